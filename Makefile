@@ -1,0 +1,50 @@
+# Everything a fresh machine needs comes from PyPI and npm; nothing is assumed pre-installed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ANVIL_VERSION := 1.7.1
+ANVIL := .tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
+export PAYMENT_WATCHER_ANVIL := $(abspath $(ANVIL))
+
+.PHONY: demo test lint unit integration bench bench-full install clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+$(ANVIL):
+	mkdir -p .tools
+	test -f .tools/package.json || echo '{"name":"payment-watcher-tools","private":true}' > .tools/package.json
+	cd .tools && npm install --no-audit --no-fund --silent @foundry-rs/anvil-linux-amd64@$(ANVIL_VERSION)
+	test -x $(ANVIL)
+
+install: $(VENV)/.installed $(ANVIL)
+
+demo: install
+	$(BIN)/payment-watcher demo
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check watcher tests bench
+	$(BIN)/mypy
+
+test: install lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+unit: $(VENV)/.installed
+	$(BIN)/pytest -q tests/unit
+
+integration: install
+	$(BIN)/pytest -q tests/integration
+
+bench: install
+	$(BIN)/python -m bench --short
+
+bench-full: install
+	$(BIN)/python -m bench --full
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
