@@ -1,0 +1,111 @@
+"""The domain's plain data: statuses, assets, transfers, invoices. No I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    PENDING = "PENDING"
+    WAITING_FOR_CONFIRMATIONS = "WAITING_FOR_CONFIRMATIONS"
+    COMPLETED = "COMPLETED"
+    PARTIAL = "PARTIAL"
+    VOIDED = "VOIDED"
+    REVERSED = "REVERSED"
+    REFUNDED = "REFUNDED"
+
+    @property
+    def event(self) -> str:
+        """The callback event name announcing this status."""
+        return "invoice." + self.value.lower()
+
+
+#: Statuses in which an invoice collects payments (while before `expireAt`).
+OPEN_STATUSES = frozenset({Status.PENDING, Status.WAITING_FOR_CONFIRMATIONS, Status.PARTIAL})
+LATE_PAYMENT_EVENT = "invoice.late_payment"
+CREATED_EVENT = "invoice.created"
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """One payable asset on one network: the native coin (`token is None`) or an ERC-20."""
+
+    network: str
+    symbol: str
+    decimals: int
+    token: str | None = None  # checksummed contract address
+    shared_address: str | None = None  # checksummed
+    amount_step: int = 1  # base units
+
+    @property
+    def is_native(self) -> bool:
+        return self.token is None
+
+
+@dataclass(slots=True)
+class Transfer:
+    """A transfer of an asset to a watched address, as found on chain."""
+
+    network: str
+    asset: str
+    tx_hash: str
+    log_index: int | None  # None for native transfers
+    from_addr: str
+    to_addr: str
+    amount: int
+    block: int
+    block_hash: str
+    timestamp: int
+    invoice_id: str | None = None
+    kind: str = "unmatched"  # "payment" | "late" | "unmatched"
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.network, self.tx_hash, -1 if self.log_index is None else self.log_index)
+
+
+@dataclass(slots=True)
+class Invoice:
+    id: str
+    seq: int
+    status: Status
+    network: str
+    chain_id: int
+    asset: str
+    token_address: str | None
+    decimals: int
+    to_addr: str
+    shared: bool
+    amount: int
+    requested_amount: int
+    created_at: int
+    updated_at: int
+    expire_at: int
+    parent_id: str | None = None
+    external_id: str | None = None
+    price: str | None = None
+    currency: str | None = None
+    email: str | None = None
+    payload: dict[str, Any] | None = None
+    callback_url: str | None = None
+    closed_at: int | None = None  # stopped collecting: voided, accepted, refunded, remainder
+    refund_tx: str | None = None
+    fingerprint: str | None = None
+    payments: list[Transfer] = field(default_factory=list)
+    late_payments: list[Transfer] = field(default_factory=list)
+
+    @property
+    def amount_paid(self) -> int:
+        return sum(p.amount for p in self.payments)
+
+    @property
+    def latest_payment(self) -> Transfer | None:
+        if not self.payments:
+            return None
+        return max(self.payments, key=lambda p: (p.block, p.log_index or -1))
+
+    def collecting(self, at: int) -> bool:
+        """True while a payment in a block with timestamp `at` counts for this invoice."""
+        return self.status in OPEN_STATUSES and self.closed_at is None and at <= self.expire_at
