@@ -30,7 +30,7 @@ def parse_amount(text: object, decimals: int) -> int:
         raise AmountError(f"has more than {decimals} decimal places")
     if len(whole) > 80:
         raise AmountError("is too large")
-    value = int(whole) * 10**decimals + (int(frac.ljust(decimals, "0")) if frac else 0)
+    value: int = int(whole) * 10**decimals + (int(frac.ljust(decimals, "0")) if frac else 0)
     if value > MAX_UINT256:
         raise AmountError("is too large")
     return value
@@ -69,4 +69,5 @@ def paid_threshold(amount: int, tolerance: Fraction) -> int:
 
 def default_step(decimals: int) -> int:
     """Smallest step for unique shared-address amounts: 10^-min(decimals, 6) asset units."""
-    return 10 ** (decimals - min(decimals, 6))
+    step: int = 10 ** (decimals - min(decimals, 6))
+    return step

@@ -1,0 +1,513 @@
+"""Operations on invoices, each run as one transaction on the store's writer thread.
+
+Every status change writes its status event and its callback outbox row in the same
+transaction as the change itself; the callback sender reads the outbox after commit.
+Functions here take the `Database` first so they can be passed to `Store.run`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import orjson
+from sqlite_utils import Database
+
+from watcher import state
+from watcher.errors import Conflict, Invalid, NotFound
+from watcher.models import (
+    CREATED_EVENT,
+    LATE_PAYMENT_EVENT,
+    OPEN_STATUSES,
+    Asset,
+    Invoice,
+    Status,
+    Transfer,
+)
+from watcher.render import invoice_json
+from watcher.store import (
+    insert_invoice,
+    load_invoice,
+    load_invoices,
+    transfer_row,
+    update_invoice,
+)
+from watcher.timeutil import iso
+
+#: How long after `expireAt` a shared-address amount stays reserved for its invoice, so a
+#: payment the follower sees late still finds the invoice it was meant for.
+SHARED_AMOUNT_HOLD = 3600
+_OPEN_SQL = ",".join(f"'{s.value}'" for s in OPEN_STATUSES)
+
+
+@dataclass(slots=True)
+class NetworkInfo:
+    name: str
+    chain_id: int
+    confirmations: int
+    assets: dict[str, Asset]
+
+
+@dataclass(slots=True)
+class NewInvoice:
+    """A validated create request (see api.py for the parsing)."""
+
+    network: str
+    asset: str
+    amount: int
+    address: str | None
+    expire_at: int | None
+    callback_url: str | None = None
+    external_id: str | None = None
+    payload: dict[str, Any] | None = None
+    price: str | None = None
+    currency: str | None = None
+    email: str | None = None
+    fingerprint: str | None = None
+
+
+@dataclass(slots=True)
+class Change:
+    """One status change (or late payment) committed; what the daemon reports and counts."""
+
+    invoice: Invoice
+    event: str
+    status: Status | None
+    block_time: int | None = None  # timestamp of the block that caused it, if any
+
+
+@dataclass(slots=True)
+class ScanBatch:
+    """What the follower found in blocks (`from_block`..`to_block`] of one network."""
+
+    network: str
+    to_block: int
+    to_hash: str | None
+    to_time: int
+    head: int
+    transfers: list[Transfer] = field(default_factory=list)
+    # (number, hash, parentHash, timestamp) of blocks to remember for reorg detection
+    blocks: list[tuple[int, str, str, int]] = field(default_factory=list)
+    keep_blocks: int = 256
+
+
+@dataclass(slots=True)
+class Outcome:
+    changes: list[Change] = field(default_factory=list)
+    touched: list[Invoice] = field(default_factory=list)  # every invoice whose row changed
+    recorded: list[Transfer] = field(default_factory=list)  # transfers newly stored
+
+
+def request_fingerprint(body: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class Ledger:
+    """The rules that turn requests and chain findings into committed invoice state."""
+
+    def __init__(
+        self,
+        networks: dict[str, NetworkInfo],
+        *,
+        tolerance: Fraction,
+        default_ttl: int,
+        late_window: int,
+        default_callback_url: str | None,
+    ) -> None:
+        self.networks = networks
+        self.tolerance = tolerance
+        self.default_ttl = default_ttl
+        self.late_window = late_window
+        self.default_callback_url = default_callback_url
+        #: Newest known head and scanned block time per network (set by the followers).
+        self.views: dict[str, state.ChainView] = {
+            n.name: state.ChainView(head=0, scanned_time=None, required=n.confirmations)
+            for n in networks.values()
+        }
+
+    # ------------------------------------------------------------------ rendering
+
+    def render(self, inv: Invoice) -> dict[str, Any]:
+        view = self.views.get(inv.network)
+        head = view.head if view and view.head else None
+        required = view.required if view else 0
+        return invoice_json(inv, head, required)
+
+    def load_views(self, db: Database) -> None:
+        for row in db.query("SELECT network, head_block, scanned_time FROM cursors"):
+            view = self.views.get(row["network"])
+            if view is not None:
+                self.views[row["network"]] = state.ChainView(
+                    head=row["head_block"] or 0,
+                    scanned_time=row["scanned_time"],
+                    required=view.required,
+                )
+
+    # ------------------------------------------------------------------ events + outbox
+
+    def _emit(
+        self, db: Database, inv: Invoice, event: str, status: Status | None, now: int
+    ) -> None:
+        event_id = "evt_" + uuid.uuid4().hex
+        body = orjson.dumps(
+            {"id": event_id, "event": event, "createdAt": iso(now), "data": self.render(inv)}
+        )
+        cur = db.execute(
+            "INSERT INTO events (id, invoice_id, event, status, created_at, body) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [event_id, inv.id, event, status.value if status else None, now, body],
+        )
+        url = inv.callback_url or self.default_callback_url
+        if url:
+            db.execute(
+                "INSERT INTO deliveries (event_id, event_seq, invoice_id, event, url, state, "
+                "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                [event_id, cur.lastrowid, inv.id, event, url, now, now],
+            )
+
+    def _move(
+        self,
+        db: Database,
+        inv: Invoice,
+        statuses: Iterable[Status],
+        now: int,
+        out: Outcome,
+        block_time: int | None = None,
+    ) -> None:
+        moved = False
+        for s in statuses:
+            inv.status = s
+            inv.updated_at = now
+            if s == Status.VOIDED and inv.closed_at is None:
+                inv.closed_at = min(now, inv.expire_at)
+            self._emit(db, inv, s.event, s, now)
+            out.changes.append(Change(inv, s.event, s, block_time))
+            moved = True
+        if moved:
+            update_invoice(db, inv)
+            out.touched.append(inv)
+
+    # ------------------------------------------------------------------ merchant actions
+
+    def get(self, db: Database, invoice_id: str) -> Invoice:
+        inv = load_invoice(db, invoice_id)
+        if inv is None:
+            raise NotFound(f"no invoice {invoice_id}", field="id")
+        return inv
+
+    def create(self, db: Database, req: NewInvoice, now: int) -> tuple[Invoice, bool, Outcome]:
+        """Create an invoice; (invoice, created, outcome). Idempotent on `externalId`."""
+        with db.atomic():
+            if req.external_id is not None:
+                found = load_invoices(db, "external_id = ?", [req.external_id])
+                if found:
+                    if found[0].fingerprint != req.fingerprint:
+                        raise Conflict(
+                            "an invoice with this externalId exists with other values",
+                            field="externalId",
+                        )
+                    return found[0], False, Outcome()
+            out = Outcome()
+            inv = self._new_invoice(db, req, now, parent=None)
+            self._emit(db, inv, CREATED_EVENT, Status.PENDING, now)
+            out.changes.append(Change(inv, CREATED_EVENT, Status.PENDING))
+            out.touched.append(inv)
+            return inv, True, out
+
+    def _new_invoice(
+        self, db: Database, req: NewInvoice, now: int, parent: Invoice | None
+    ) -> Invoice:
+        net = self.networks.get(req.network)
+        if net is None:
+            raise Invalid(f"unknown network {req.network!r}", field="network")
+        asset = net.assets.get(req.asset)
+        if asset is None:
+            raise Invalid(f"unknown asset {req.asset!r} on {req.network}", field="asset")
+        expire_at = req.expire_at if req.expire_at is not None else now + self.default_ttl
+        if expire_at <= now:
+            raise Invalid("expireAt must be in the future", field="expireAt")
+        address = req.address
+        shared = address is None or (
+            asset.shared_address is not None and address.lower() == asset.shared_address.lower()
+        )
+        amount = req.amount
+        if shared:
+            if asset.shared_address is None:
+                raise Invalid(
+                    f"address is required: {req.asset} on {req.network} has no shared_address",
+                    field="address",
+                )
+            address = asset.shared_address
+            amount = self._unique_amount(db, asset, req.amount, now)
+        else:
+            assert address is not None
+            busy = db.execute(
+                f"SELECT id FROM invoices WHERE network = ? AND asset = ? AND to_lower = ? "
+                f"AND status IN ({_OPEN_SQL}) AND closed_at IS NULL AND expire_at > ? LIMIT 1",
+                [req.network, req.asset, address.lower(), now],
+            ).fetchone()
+            if busy is not None:
+                raise Conflict(
+                    f"invoice {busy[0]} is still open on this address", field="address"
+                )
+        inv = Invoice(
+            id=str(uuid.uuid4()),
+            seq=0,
+            status=Status.PENDING,
+            network=net.name,
+            chain_id=net.chain_id,
+            asset=asset.symbol,
+            token_address=asset.token,
+            decimals=asset.decimals,
+            to_addr=address,
+            shared=shared,
+            amount=amount,
+            requested_amount=req.amount,
+            created_at=now,
+            updated_at=now,
+            expire_at=expire_at,
+            parent_id=parent.id if parent else None,
+            external_id=req.external_id,
+            price=req.price,
+            currency=req.currency,
+            email=req.email,
+            payload=req.payload,
+            callback_url=req.callback_url,
+            fingerprint=req.fingerprint,
+        )
+        return insert_invoice(db, inv)
+
+    def _unique_amount(self, db: Database, asset: Asset, amount: int, now: int) -> int:
+        assert asset.shared_address is not None
+        taken = {
+            int(r[0])
+            for r in db.execute(
+                f"SELECT amount FROM invoices WHERE network = ? AND asset = ? AND to_lower = ? "
+                f"AND status IN ({_OPEN_SQL}) AND closed_at IS NULL AND expire_at > ?",
+                [asset.network, asset.symbol, asset.shared_address.lower(),
+                 now - SHARED_AMOUNT_HOLD],
+            ).fetchall()
+        }
+        while amount in taken:
+            amount += asset.amount_step
+        return amount
+
+    def _act(
+        self, db: Database, invoice_id: str, rule: Any, now: int, refund_tx: str | None = None
+    ) -> tuple[Invoice, Outcome]:
+        """Apply a merchant action: the invoice stops collecting and moves to `rule`'s status."""
+        inv = self.get(db, invoice_id)
+        try:
+            new: Status = rule(inv)
+        except state.ActionRefused as exc:
+            raise Conflict(str(exc)) from None
+        out = Outcome()
+        if inv.closed_at is None:
+            inv.closed_at = now
+        if refund_tx is not None:
+            inv.refund_tx = refund_tx
+        self._move(db, inv, [new], now, out)
+        return inv, out
+
+    def cancel(self, db: Database, invoice_id: str, now: int) -> tuple[Invoice, Outcome]:
+        with db.atomic():
+            return self._act(db, invoice_id, state.cancel, now)
+
+    def accept(self, db: Database, invoice_id: str, now: int) -> tuple[Invoice, Outcome]:
+        with db.atomic():
+            return self._act(db, invoice_id, state.accept, now)
+
+    def refund(
+        self, db: Database, invoice_id: str, now: int, tx_hash: str | None
+    ) -> tuple[Invoice, Outcome]:
+        with db.atomic():
+            return self._act(db, invoice_id, state.refund, now, refund_tx=tx_hash)
+
+    def remainder(self, db: Database, invoice_id: str, now: int) -> tuple[Invoice, Outcome]:
+        """Close a PARTIAL invoice and open a child for what is missing."""
+        with db.atomic():
+            parent = self.get(db, invoice_id)
+            try:
+                missing = state.remainder(parent, self.tolerance)
+            except state.ActionRefused as exc:
+                raise Conflict(str(exc)) from None
+            parent.closed_at = now
+            parent.updated_at = now
+            update_invoice(db, parent)
+            req = NewInvoice(
+                network=parent.network,
+                asset=parent.asset,
+                amount=missing,
+                address=None if parent.shared else parent.to_addr,
+                expire_at=None,
+                callback_url=parent.callback_url,
+                payload=parent.payload,
+                currency=parent.currency,
+                email=parent.email,
+            )
+            child = self._new_invoice(db, req, now, parent=parent)
+            out = Outcome(touched=[parent, child])
+            self._emit(db, child, CREATED_EVENT, Status.PENDING, now)
+            out.changes.append(Change(child, CREATED_EVENT, Status.PENDING))
+            return child, out
+
+    # ------------------------------------------------------------------ chain findings
+
+    def _settle(
+        self,
+        db: Database,
+        invoices: Iterable[Invoice],
+        view: state.ChainView,
+        added: dict[str, int],
+        now: int,
+        out: Outcome,
+    ) -> None:
+        for inv in invoices:
+            steps = state.transitions(
+                inv, view, self.tolerance, payments_added=inv.id in added
+            )
+            self._move(db, inv, steps, now, out, block_time=added.get(inv.id))
+
+    def apply_scan(self, db: Database, batch: ScanBatch, now: int) -> Outcome:
+        """Record a scanned range and advance the cursor, in one transaction."""
+        net = self.networks[batch.network]
+        view = state.ChainView(batch.head, batch.to_time, net.confirmations)
+        out = Outcome()
+        with db.atomic():
+            added: dict[str, int] = {}
+            late: list[Transfer] = []
+            routed = {t.invoice_id for t in batch.transfers if t.invoice_id}
+            owners = {i.id: i for i in load_invoices(db, _in_ids(routed), list(routed))}
+            for t in batch.transfers:
+                inv = owners.get(t.invoice_id) if t.invoice_id else None
+                if t.kind == "payment" and (inv is None or not inv.collecting(t.timestamp)):
+                    t.kind = "late" if inv is not None and not inv.shared else "unmatched"
+                if t.kind == "late" and (
+                    inv is None or t.timestamp > _stopped(inv) + self.late_window
+                ):
+                    t.kind = "unmatched"
+                if t.kind == "unmatched":
+                    t.invoice_id = None
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO transfers VALUES "
+                    "(:network, :tx_hash, :log_index, :asset, :from_addr, :to_addr, :amount, "
+                    ":block, :block_hash, :timestamp, :invoice_id, :kind, :seen_at)",
+                    transfer_row(t, now),
+                )
+                if not cur.rowcount:
+                    continue  # seen before: never counted twice
+                out.recorded.append(t)
+                if inv is not None and t.kind == "payment":
+                    inv.payments.append(t)
+                    added[inv.id] = max(added.get(inv.id, 0), t.timestamp)
+                elif inv is not None and t.kind == "late":
+                    inv.late_payments.append(t)
+                    late.append(t)
+            for t in late:
+                inv = owners[t.invoice_id or ""]
+                inv.updated_at = now
+                update_invoice(db, inv)
+                self._emit(db, inv, LATE_PAYMENT_EVENT, None, now)
+                out.changes.append(Change(inv, LATE_PAYMENT_EVENT, None, t.timestamp))
+                out.touched.append(inv)
+            # Invoices whose status may move: just paid, waiting for depth, or expiring.
+            pending = load_invoices(
+                db,
+                "network = ? AND (status = 'WAITING_FOR_CONFIRMATIONS' "
+                "OR (status = 'PENDING' AND expire_at < ?))",
+                [batch.network, batch.to_time],
+            )
+            candidates = dict(owners)
+            for inv in pending:
+                candidates.setdefault(inv.id, inv)
+            self._settle(db, candidates.values(), view, added, now, out)
+            self._advance(db, batch, now)
+        self.views[batch.network] = view
+        return out
+
+    def _advance(self, db: Database, batch: ScanBatch, now: int) -> None:
+        net = self.networks[batch.network]
+        db.execute(
+            "INSERT INTO cursors (network, chain_id, scanned_block, scanned_hash, scanned_time, "
+            "head_block, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(network) DO UPDATE SET scanned_block = excluded.scanned_block, "
+            "scanned_hash = excluded.scanned_hash, scanned_time = excluded.scanned_time, "
+            "head_block = excluded.head_block, updated_at = excluded.updated_at",
+            [batch.network, net.chain_id, batch.to_block, batch.to_hash, batch.to_time,
+             batch.head, now],
+        )
+        if batch.blocks:
+            db.conn.executemany(
+                "INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?)",
+                [(batch.network, *b) for b in batch.blocks],
+            )
+        db.execute(
+            "DELETE FROM blocks WHERE network = ? AND number < ?",
+            [batch.network, batch.to_block - batch.keep_blocks],
+        )
+
+    def undo_above(
+        self, db: Database, network: str, ancestor: int, head: int, now: int
+    ) -> Outcome:
+        """A reorg replaced the blocks above `ancestor`: forget what they held and re-settle
+        every invoice they paid. The follower then rescans from `ancestor + 1`."""
+        net = self.networks[network]
+        out = Outcome()
+        with db.atomic():
+            ids = [
+                r[0]
+                for r in db.execute(
+                    "SELECT DISTINCT invoice_id FROM transfers WHERE network = ? AND block > ? "
+                    "AND invoice_id IS NOT NULL",
+                    [network, ancestor],
+                ).fetchall()
+            ]
+            db.execute("DELETE FROM transfers WHERE network = ? AND block > ?", [network, ancestor])
+            db.execute("DELETE FROM blocks WHERE network = ? AND number > ?", [network, ancestor])
+            row = db.execute(
+                "SELECT hash, timestamp FROM blocks WHERE network = ? AND number = ?",
+                [network, ancestor],
+            ).fetchone()
+            scanned_hash, scanned_time = (row[0], row[1]) if row else (None, None)
+            db.execute(
+                "UPDATE cursors SET scanned_block = ?, scanned_hash = ?, "
+                "scanned_time = COALESCE(?, scanned_time), head_block = ?, updated_at = ? "
+                "WHERE network = ?",
+                [ancestor, scanned_hash, scanned_time, head, now, network],
+            )
+            t = db.execute(
+                "SELECT scanned_time FROM cursors WHERE network = ?", [network]
+            ).fetchone()
+            view = state.ChainView(head, t[0] if t else None, net.confirmations)
+            affected = load_invoices(db, _in_ids(ids), ids)
+            self._settle(db, affected, view, {}, now, out)
+            for inv in affected:
+                if inv not in out.touched:
+                    out.touched.append(inv)
+        self.views[network] = view
+        return out
+
+    def cursor(self, db: Database, network: str) -> dict[str, Any] | None:
+        rows = list(db.query("SELECT * FROM cursors WHERE network = ?", [network]))
+        return rows[0] if rows else None
+
+    def recent_blocks(self, db: Database, network: str) -> dict[int, tuple[str, str]]:
+        return {
+            r["number"]: (r["hash"], r["parent_hash"])
+            for r in db.query(
+                "SELECT number, hash, parent_hash FROM blocks WHERE network = ?", [network]
+            )
+        }
+
+
+def _in_ids(ids: Iterable[str]) -> str:
+    n = len(list(ids))
+    return f"id IN ({','.join('?' * n)})" if n else "0"
+
+
+def _stopped(inv: Invoice) -> int:
+    return inv.expire_at if inv.closed_at is None else min(inv.closed_at, inv.expire_at)

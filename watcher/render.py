@@ -1,0 +1,78 @@
+"""The JSON objects of the contract: invoices, payments, transfers, events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from watcher.amounts import format_amount
+from watcher.models import Invoice, Transfer
+from watcher.state import confirmations
+from watcher.timeutil import iso
+
+
+def payment_json(p: Transfer, decimals: int, head: int | None) -> dict[str, Any]:
+    return {
+        "txHash": p.tx_hash,
+        "logIndex": p.log_index,
+        "from": p.from_addr,
+        "amount": format_amount(p.amount, decimals),
+        "block": p.block,
+        "blockHash": p.block_hash,
+        "timestamp": iso(p.timestamp),
+        "confirmations": confirmations(p.block, head) if head is not None else 0,
+    }
+
+
+def invoice_json(inv: Invoice, head: int | None, required: int) -> dict[str, Any]:
+    """The invoice object; `head` is the network's newest known block (None if unknown)."""
+    latest = inv.latest_payment
+    d = inv.decimals
+    return {
+        "id": inv.id,
+        "parentId": inv.parent_id,
+        "externalId": inv.external_id,
+        "status": inv.status.value,
+        "network": inv.network,
+        "chainId": inv.chain_id,
+        "asset": inv.asset,
+        "tokenAddress": inv.token_address,
+        "decimals": d,
+        "to": inv.to_addr,
+        "from": latest.from_addr if latest else None,
+        "amount": format_amount(inv.amount, d),
+        "requestedAmount": format_amount(inv.requested_amount, d),
+        "amountPaid": format_amount(inv.amount_paid, d),
+        "txHash": latest.tx_hash if latest else None,
+        "txBlock": latest.block if latest else None,
+        "confirmations": confirmations(latest.block, head) if latest and head is not None else 0,
+        "requiredConfirmations": required,
+        "payments": [payment_json(p, d, head) for p in inv.payments],
+        "latePayments": [payment_json(p, d, head) for p in inv.late_payments],
+        "price": inv.price,
+        "currency": inv.currency,
+        "email": inv.email,
+        "payload": inv.payload,
+        "callbackUrl": inv.callback_url,
+        "refundTxHash": inv.refund_tx,
+        "createdAt": iso(inv.created_at),
+        "updatedAt": iso(inv.updated_at),
+        "expireAt": iso(inv.expire_at),
+    }
+
+
+def transfer_json(t: Transfer, decimals: int) -> dict[str, Any]:
+    return {
+        "network": t.network,
+        "asset": t.asset,
+        "txHash": t.tx_hash,
+        "logIndex": t.log_index,
+        "from": t.from_addr,
+        "to": t.to_addr,
+        "amount": format_amount(t.amount, decimals),
+        "block": t.block,
+        "blockHash": t.block_hash,
+        "timestamp": iso(t.timestamp),
+        "invoiceId": t.invoice_id,
+        "matched": t.kind == "payment",
+        "kind": t.kind,
+    }

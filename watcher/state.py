@@ -1,0 +1,146 @@
+"""The invoice state machine: pure functions, no I/O.
+
+An invoice's status follows from its counted payments, the chain head, the newest scanned
+block time and a few facts that only the merchant can set (cancel, accept, refund,
+remainder). `target_status` says where the chain puts an invoice; `transitions` says which
+statuses it passes through to get there, each announced by its own callback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+from watcher.amounts import paid_threshold
+from watcher.models import OPEN_STATUSES, Invoice, Status, Transfer
+
+#: Statuses only a merchant's action leaves (or never left).
+FINAL_STATUSES = frozenset({Status.VOIDED, Status.REFUNDED})
+
+
+@dataclass(frozen=True, slots=True)
+class ChainView:
+    """What the follower knows of one network when it settles an invoice."""
+
+    head: int  # newest block number known
+    scanned_time: int | None  # timestamp of the newest scanned block
+    required: int  # confirmations needed
+
+
+def confirmations(block: int | None, head: int) -> int:
+    if block is None or head < block:
+        return 0
+    return head - block + 1
+
+
+def _ordered(payments: Sequence[Transfer]) -> list[Transfer]:
+    return sorted(payments, key=lambda p: (p.block, -1 if p.log_index is None else p.log_index))
+
+
+def chain_status(
+    amount: int,
+    payments: Sequence[Transfer],
+    expire_at: int,
+    view: ChainView,
+    tolerance: Fraction,
+) -> Status:
+    """The status the chain alone gives an invoice: no history, no merchant action."""
+    if not payments:
+        if view.scanned_time is not None and view.scanned_time > expire_at:
+            return Status.VOIDED
+        return Status.PENDING
+    threshold = paid_threshold(amount, tolerance)
+    total = 0
+    for p in _ordered(payments):
+        total += p.amount
+        if total >= threshold:
+            # The payments that reach the amount decide; later ones may still be shallow.
+            deep = confirmations(p.block, view.head) >= view.required
+            return Status.COMPLETED if deep else Status.WAITING_FOR_CONFIRMATIONS
+    if all(confirmations(p.block, view.head) >= view.required for p in payments):
+        return Status.PARTIAL
+    return Status.WAITING_FOR_CONFIRMATIONS
+
+
+def target_status(
+    inv: Invoice, view: ChainView, tolerance: Fraction, *, payments_added: bool
+) -> Status:
+    """Where the invoice must be now, given where it is."""
+    if inv.status in FINAL_STATUSES:
+        return inv.status
+    if inv.closed_at is not None and inv.status in (Status.COMPLETED, Status.PARTIAL):
+        return inv.status  # accepted by hand, or a remainder took over: no longer collecting
+    base = chain_status(inv.amount, inv.payments, inv.expire_at, view, tolerance)
+    was_paid = inv.status in (Status.COMPLETED, Status.REVERSED)
+    fresh = payments_added and base == Status.WAITING_FOR_CONFIRMATIONS
+    if was_paid and base != Status.COMPLETED and not fresh:
+        return Status.REVERSED  # a confirmed payment vanished: only a new payment moves it on
+    return base
+
+
+def transitions(
+    inv: Invoice, view: ChainView, tolerance: Fraction, *, payments_added: bool
+) -> list[Status]:
+    """The statuses to pass through, in order; empty when nothing changes.
+
+    Every paid invoice passes through WAITING_FOR_CONFIRMATIONS, with its callback, even when
+    its payment is already deep enough when first seen.
+    """
+    new = target_status(inv, view, tolerance, payments_added=payments_added)
+    if new == inv.status:
+        return []
+    settled = (Status.COMPLETED, Status.PARTIAL)
+    if (
+        new in settled
+        and inv.status != Status.WAITING_FOR_CONFIRMATIONS
+        and (payments_added or inv.status in (Status.PENDING, Status.REVERSED))
+    ):
+        return [Status.WAITING_FOR_CONFIRMATIONS, new]
+    if new == Status.VOIDED and inv.status != Status.PENDING:
+        # A reorg took every payment of an expired invoice: it was never paid in time.
+        return [Status.PENDING, Status.VOIDED]
+    return [new]
+
+
+def is_open(inv: Invoice) -> bool:
+    """Open: collects payments (before `expireAt`); at most one per dedicated address."""
+    return inv.status in OPEN_STATUSES and inv.closed_at is None
+
+
+class ActionRefused(Exception):
+    """A merchant action not allowed from the invoice's status."""
+
+
+def cancel(inv: Invoice) -> Status:
+    if inv.status != Status.PENDING:
+        raise ActionRefused(f"only a PENDING invoice can be cancelled; this one is {inv.status}")
+    return Status.VOIDED
+
+
+def accept(inv: Invoice) -> Status:
+    if inv.status != Status.PARTIAL:
+        raise ActionRefused(f"only a PARTIAL invoice can be accepted; this one is {inv.status}")
+    return Status.COMPLETED
+
+
+def refund(inv: Invoice) -> Status:
+    if inv.status not in (Status.COMPLETED, Status.PARTIAL):
+        raise ActionRefused(
+            f"only a COMPLETED or PARTIAL invoice can be refunded; this one is {inv.status}"
+        )
+    return Status.REFUNDED
+
+
+def remainder(inv: Invoice, tolerance: Fraction) -> int:
+    """The amount still missing, for a child invoice of a PARTIAL one."""
+    if inv.status != Status.PARTIAL:
+        raise ActionRefused(
+            f"a remainder can only be requested for a PARTIAL invoice; this one is {inv.status}"
+        )
+    if inv.closed_at is not None:
+        raise ActionRefused("this invoice already stopped collecting")
+    missing = inv.amount - inv.amount_paid
+    if missing <= 0:
+        raise ActionRefused("nothing is missing on this invoice")
+    return missing

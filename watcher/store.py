@@ -1,0 +1,378 @@
+"""SQLite storage through sqlite-utils: one connection owned by one writer thread.
+
+Every call goes through `Store.run(fn, *args)`, which runs `fn(db, *args)` on that thread,
+so the event loop never waits on disk and writes never interleave. Amounts are TEXT holding
+base-unit integers (SQLite INTEGER stops at 2^63); times are INTEGER unix seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import orjson
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from watcher.errors import StoreError
+from watcher.models import OPEN_STATUSES, Invoice, Status, Transfer
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+migrations = Migrations("payment-watcher")
+
+
+@migrations(name="0001_initial")
+def _m0001(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE invoices (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            parent_id TEXT,
+            external_id TEXT,
+            fingerprint TEXT,
+            status TEXT NOT NULL,
+            network TEXT NOT NULL,
+            chain_id INTEGER NOT NULL,
+            asset TEXT NOT NULL,
+            token_address TEXT,
+            decimals INTEGER NOT NULL,
+            to_addr TEXT NOT NULL,
+            to_lower TEXT NOT NULL,
+            shared INTEGER NOT NULL,
+            amount TEXT NOT NULL,
+            requested_amount TEXT NOT NULL,
+            price TEXT,
+            currency TEXT,
+            email TEXT,
+            payload TEXT,
+            callback_url TEXT,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            expire_at INTEGER NOT NULL,
+            closed_at INTEGER,
+            refund_tx TEXT
+        );
+        CREATE UNIQUE INDEX invoices_external_id ON invoices(external_id)
+            WHERE external_id IS NOT NULL;
+        CREATE INDEX invoices_status ON invoices(network, status, expire_at);
+        CREATE INDEX invoices_address ON invoices(network, asset, to_lower, status);
+        CREATE INDEX invoices_list ON invoices(status, seq);
+
+        CREATE TABLE transfers (
+            network TEXT NOT NULL,
+            tx_hash TEXT NOT NULL,
+            log_index INTEGER NOT NULL,  -- -1 for a native transfer
+            asset TEXT NOT NULL,
+            from_addr TEXT NOT NULL,
+            to_addr TEXT NOT NULL,
+            amount TEXT NOT NULL,
+            block INTEGER NOT NULL,
+            block_hash TEXT NOT NULL,
+            timestamp INTEGER NOT NULL,
+            invoice_id TEXT,
+            kind TEXT NOT NULL,  -- payment | late | unmatched
+            seen_at INTEGER NOT NULL,
+            PRIMARY KEY (network, tx_hash, log_index)
+        );
+        CREATE INDEX transfers_invoice ON transfers(invoice_id);
+        CREATE INDEX transfers_block ON transfers(network, block);
+        CREATE INDEX transfers_kind ON transfers(kind, network);
+        CREATE VIEW payments AS SELECT * FROM transfers WHERE kind = 'payment';
+
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            invoice_id TEXT NOT NULL,
+            event TEXT NOT NULL,
+            status TEXT,
+            created_at INTEGER NOT NULL,
+            body BLOB NOT NULL
+        );
+        CREATE INDEX events_invoice ON events(invoice_id, seq);
+
+        CREATE TABLE deliveries (
+            event_id TEXT PRIMARY KEY,
+            event_seq INTEGER NOT NULL,
+            invoice_id TEXT NOT NULL,
+            event TEXT NOT NULL,
+            url TEXT NOT NULL,
+            state TEXT NOT NULL,  -- pending | delivered | failed
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            created_at INTEGER NOT NULL,
+            delivered_at INTEGER,
+            last_error TEXT
+        );
+        CREATE INDEX deliveries_due ON deliveries(state, next_attempt_at);
+        CREATE INDEX deliveries_invoice ON deliveries(invoice_id, event_seq);
+
+        CREATE TABLE attempts (
+            id INTEGER PRIMARY KEY,
+            event_id TEXT NOT NULL,
+            at REAL NOT NULL,
+            status_code INTEGER,
+            error TEXT,
+            duration_ms INTEGER NOT NULL
+        );
+        CREATE INDEX attempts_event ON attempts(event_id, id);
+
+        CREATE TABLE cursors (
+            network TEXT PRIMARY KEY,
+            chain_id INTEGER NOT NULL,
+            scanned_block INTEGER,
+            scanned_hash TEXT,
+            scanned_time INTEGER,
+            head_block INTEGER,
+            updated_at INTEGER NOT NULL
+        );
+
+        CREATE TABLE blocks (
+            network TEXT NOT NULL,
+            number INTEGER NOT NULL,
+            hash TEXT NOT NULL,
+            parent_hash TEXT NOT NULL,
+            timestamp INTEGER NOT NULL,
+            PRIMARY KEY (network, number)
+        );
+        """
+    )
+
+
+def connect(path: str | Path) -> Database:
+    """Open (creating with mode 0600) and migrate the database. Call on the owning thread."""
+    path = Path(path)
+    if str(path) != ":memory:":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    db = Database(conn)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+    db.execute("PRAGMA busy_timeout=5000")
+    db.execute("PRAGMA foreign_keys=ON")
+    migrations.apply(db)
+    return db
+
+
+def _store_error(exc: sqlite3.Error) -> StoreError:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        hint = "the database is locked by another process"
+    elif "readonly" in text or "read-only" in text:
+        hint = "the database file is read-only"
+    elif "full" in text:
+        hint = "the disk is full"
+    else:
+        hint = "database error"
+    return StoreError(f"{hint}: {text}")
+
+
+class Store:
+    """The database and the one thread that owns its connection."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._db: Database | None = None
+
+    async def open(self) -> Store:
+        self._db = await self._submit(connect, self.path)
+        return self
+
+    async def _submit(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, partial(fn, *args))
+        except sqlite3.Error as exc:
+            raise _store_error(exc) from exc
+
+    async def run(
+        self, fn: Callable[Concatenate[Database, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run `fn(db, *args)` on the writer thread."""
+        if self._db is None:
+            raise StoreError("the store is not open")
+        db = self._db
+        return await self._submit(lambda: fn(db, *args, **kwargs))
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await self._submit(db.close)
+        self._executor.shutdown(wait=True)
+
+
+# ---------------------------------------------------------------- rows <-> models
+
+
+def transfer_from_row(row: dict[str, Any]) -> Transfer:
+    li = row["log_index"]
+    return Transfer(
+        network=row["network"],
+        asset=row["asset"],
+        tx_hash=row["tx_hash"],
+        log_index=None if li < 0 else li,
+        from_addr=row["from_addr"],
+        to_addr=row["to_addr"],
+        amount=int(row["amount"]),
+        block=row["block"],
+        block_hash=row["block_hash"],
+        timestamp=row["timestamp"],
+        invoice_id=row["invoice_id"],
+        kind=row["kind"],
+    )
+
+
+def transfer_row(t: Transfer, seen_at: int) -> dict[str, Any]:
+    return {
+        "network": t.network,
+        "tx_hash": t.tx_hash,
+        "log_index": -1 if t.log_index is None else t.log_index,
+        "asset": t.asset,
+        "from_addr": t.from_addr,
+        "to_addr": t.to_addr,
+        "amount": str(t.amount),
+        "block": t.block,
+        "block_hash": t.block_hash,
+        "timestamp": t.timestamp,
+        "invoice_id": t.invoice_id,
+        "kind": t.kind,
+        "seen_at": seen_at,
+    }
+
+
+def invoice_from_row(row: dict[str, Any], transfers: Iterable[Transfer] = ()) -> Invoice:
+    inv = Invoice(
+        id=row["id"],
+        seq=row["seq"],
+        status=Status(row["status"]),
+        network=row["network"],
+        chain_id=row["chain_id"],
+        asset=row["asset"],
+        token_address=row["token_address"],
+        decimals=row["decimals"],
+        to_addr=row["to_addr"],
+        shared=bool(row["shared"]),
+        amount=int(row["amount"]),
+        requested_amount=int(row["requested_amount"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        expire_at=row["expire_at"],
+        parent_id=row["parent_id"],
+        external_id=row["external_id"],
+        price=row["price"],
+        currency=row["currency"],
+        email=row["email"],
+        payload=orjson.loads(row["payload"]) if row["payload"] is not None else None,
+        callback_url=row["callback_url"],
+        closed_at=row["closed_at"],
+        refund_tx=row["refund_tx"],
+        fingerprint=row["fingerprint"],
+    )
+    for t in transfers:
+        (inv.payments if t.kind == "payment" else inv.late_payments).append(t)
+    return inv
+
+
+def invoice_row(inv: Invoice) -> dict[str, Any]:
+    return {
+        "id": inv.id,
+        "parent_id": inv.parent_id,
+        "external_id": inv.external_id,
+        "fingerprint": inv.fingerprint,
+        "status": inv.status.value,
+        "network": inv.network,
+        "chain_id": inv.chain_id,
+        "asset": inv.asset,
+        "token_address": inv.token_address,
+        "decimals": inv.decimals,
+        "to_addr": inv.to_addr,
+        "to_lower": inv.to_addr.lower(),
+        "shared": int(inv.shared),
+        "amount": str(inv.amount),
+        "requested_amount": str(inv.requested_amount),
+        "price": inv.price,
+        "currency": inv.currency,
+        "email": inv.email,
+        "payload": orjson.dumps(inv.payload).decode() if inv.payload is not None else None,
+        "callback_url": inv.callback_url,
+        "created_at": inv.created_at,
+        "updated_at": inv.updated_at,
+        "expire_at": inv.expire_at,
+        "closed_at": inv.closed_at,
+        "refund_tx": inv.refund_tx,
+    }
+
+
+_TRANSFER_ORDER = "ORDER BY block, log_index"
+
+
+def load_invoices(db: Database, where: str, params: Iterable[Any] = ()) -> list[Invoice]:
+    """Invoices matching a WHERE clause, with their payments and late payments."""
+    rows = list(db.query(f"SELECT * FROM invoices WHERE {where}", list(params)))
+    if not rows:
+        return []
+    ids = [r["id"] for r in rows]
+    by_invoice: dict[str, list[Transfer]] = {i: [] for i in ids}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for t in db.query(
+            f"SELECT * FROM transfers WHERE invoice_id IN ({marks}) "
+            f"AND kind IN ('payment', 'late') {_TRANSFER_ORDER}",
+            chunk,
+        ):
+            by_invoice[t["invoice_id"]].append(transfer_from_row(t))
+    return [invoice_from_row(r, by_invoice[r["id"]]) for r in rows]
+
+
+def load_invoice(db: Database, invoice_id: str) -> Invoice | None:
+    found = load_invoices(db, "id = ?", [invoice_id])
+    return found[0] if found else None
+
+
+def insert_invoice(db: Database, inv: Invoice) -> Invoice:
+    row = invoice_row(inv)
+    cur = db.execute(
+        f"INSERT INTO invoices ({','.join(row)}) VALUES ({','.join('?' * len(row))})",
+        list(row.values()),
+    )
+    inv.seq = int(cur.lastrowid or 0)
+    return inv
+
+
+def update_invoice(db: Database, inv: Invoice) -> None:
+    db.execute(
+        "UPDATE invoices SET status = ?, updated_at = ?, closed_at = ?, refund_tx = ? "
+        "WHERE id = ?",
+        [inv.status.value, inv.updated_at, inv.closed_at, inv.refund_tx, inv.id],
+    )
+
+
+def watched_invoices(db: Database, network: str, since: int) -> list[Invoice]:
+    """Open invoices of a network, and those that stopped collecting at or after `since`
+    (still within their late-payment window). Payments are not loaded."""
+    statuses = ",".join(f"'{s.value}'" for s in OPEN_STATUSES)
+    rows = db.query(
+        f"SELECT * FROM invoices WHERE network = ? AND (status IN ({statuses}) "
+        "OR MIN(COALESCE(closed_at, expire_at), expire_at) >= ?)",
+        [network, since],
+    )
+    return [invoice_from_row(r) for r in rows]
+
+
+def status_counts(db: Database) -> dict[str, int]:
+    return {
+        r["status"]: r["n"]
+        for r in db.query("SELECT status, COUNT(*) AS n FROM invoices GROUP BY status")
+    }
