@@ -1,0 +1,620 @@
+"""The configuration: one `Settings` object, validated once at start-up and passed down.
+
+Sources, highest priority first: keyword arguments, environment variables
+`PAYMENT_WATCHER_<SECTION>__<KEY>` (deep-merged over the file; lists as JSON), the TOML file.
+Secrets may also come from `*_file` keys or systemd credentials (`$CREDENTIALS_DIRECTORY`
+files `api_keys` and `callbacks_secret`, used when the key and its `*_file` are unset).
+
+A `[networks.NAME]` table overrides the shipped `networks/NAME.toml` field by field (its
+`tokens` merge with the shipped ones by symbol), or defines a network in full.
+
+`load_settings()` turns every problem into `ConfigError`, one line per problem, each
+starting with the dotted key path. Secret values never appear in a message.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+from web3 import Web3
+
+from watcher import networks as shipped
+from watcher.amounts import default_step, parse_amount, parse_fraction
+from watcher.errors import AmountError, ConfigError
+from watcher.models import Asset
+from watcher.timeutil import parse_duration
+
+ENV_PREFIX = "PAYMENT_WATCHER_"
+CONFIG_ENV = "PAYMENT_WATCHER_CONFIG"
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+API_KEYS_CREDENTIAL = "api_keys"
+CALLBACKS_SECRET_CREDENTIAL = "callbacks_secret"
+DEFAULT_DATABASE = "/var/lib/payment-watcher/watcher.db"
+#: `max_lag_blocks` defaults to about this much chain time, and at least MIN_LAG_BLOCKS.
+LAG_SECONDS = 120
+MIN_LAG_BLOCKS = 10
+MIN_POLL_INTERVAL = 0.25
+
+_toml_path: ContextVar[Path | None] = ContextVar("payment_watcher_toml_path", default=None)
+_HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}\Z")
+_NETWORK_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}\Z")
+_SYMBOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,19}\Z")
+
+
+# ---------------------------------------------------------------- field types
+
+
+def _address(value: object) -> str:
+    if not isinstance(value, str) or not _HEX_ADDRESS.match(value):
+        raise ValueError("not an EVM address")
+    body = value[2:]
+    if body != body.lower() and body != body.upper() and not Web3.is_checksum_address(value):
+        raise ValueError("bad checksum")
+    return str(Web3.to_checksum_address(value))
+
+
+def _url_check(schemes: tuple[str, ...]) -> Any:
+    wanted = " or ".join(f"{s}://" for s in schemes)
+    article = "an" if schemes[0] == "http" else "a"
+
+    def check(value: str) -> str:
+        try:
+            parts = urlsplit(value)
+            host_ok = bool(parts.hostname)
+            parts.port  # noqa: B018  (raises ValueError on a bad port)
+        except ValueError:
+            host_ok = False
+        if parts.scheme.lower() not in schemes or not host_ok or any(c.isspace() for c in value):
+            raise ValueError(f"must be {article} {wanted} URL")
+        return value
+
+    return AfterValidator(check)
+
+
+def _duration(value: object) -> int:
+    return parse_duration(value)
+
+
+def _seconds(value: object) -> float:
+    """A positive number of seconds: a number, or a duration string (`"10s"`, `"2.5"`)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number of seconds")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return float(parse_duration(value))
+    raise ValueError("must be a number of seconds")
+
+
+def _fraction(value: object) -> Fraction:
+    if isinstance(value, Fraction):
+        return value
+    return parse_fraction(value)
+
+
+def _one_or_many(value: object) -> object:
+    """`rpc = "https://..."` is accepted as a one-element list."""
+    return [value] if isinstance(value, str) else value
+
+
+def _no_duplicates(values: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for v in values:
+        if v in seen:
+            raise ValueError(f"{redact_url(v)} is listed twice")
+        seen.add(v)
+    return values
+
+
+Address = Annotated[str, BeforeValidator(_address)]
+HttpUrlStr = Annotated[str, _url_check(("http", "https"))]
+WsUrlStr = Annotated[str, _url_check(("ws", "wss"))]
+Duration = Annotated[int, BeforeValidator(_duration)]
+Seconds = Annotated[float, BeforeValidator(_seconds)]
+UrlList = Annotated[list[HttpUrlStr], BeforeValidator(_one_or_many), AfterValidator(_no_duplicates)]
+WsUrlList = Annotated[list[WsUrlStr], BeforeValidator(_one_or_many), AfterValidator(_no_duplicates)]
+
+
+def redact_url(url: str) -> str:
+    """An RPC or callback URL safe to print: scheme, host and port only (providers put API
+    keys in the path, the query or the user part)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<invalid URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    rest = "/…" if parts.path.strip("/") or parts.query or parts.username else ""
+    return f"{parts.scheme}://{host}{port}{rest}"
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"cannot read {path}: not UTF-8 text") from None
+
+
+def _parse_keys(text: str, where: Path) -> list[SecretStr]:
+    """One API key per line; blank lines and `#` comments are skipped."""
+    keys = [ln.strip() for ln in text.splitlines()]
+    keys = [k for k in keys if k and not k.startswith("#")]
+    if not keys:
+        raise ValueError(f"{where} holds no API key")
+    if any(any(c.isspace() for c in k) for k in keys):
+        raise ValueError(f"{where}: an API key contains whitespace")
+    return [SecretStr(k) for k in keys]
+
+
+def _parse_secret(text: str, where: Path) -> SecretStr:
+    secret = text.strip()
+    if not secret:
+        raise ValueError(f"{where} is empty")
+    return SecretStr(secret)
+
+
+def _credential(name: str) -> Path | None:
+    """A systemd credential file (`LoadCredential=NAME:...`), if there is one."""
+    folder = os.environ.get(CREDENTIALS_ENV)
+    if not folder:
+        return None
+    path = Path(folder) / name
+    return path if path.is_file() else None
+
+
+# ---------------------------------------------------------------- sections
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ApiConfig(_Section):
+    listen: str = "127.0.0.1:8080"
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    api_keys_file: Path | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        _split_listen(value)
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for k in keys:
+            v = k.get_secret_value()
+            if not v or any(c.isspace() for c in v):
+                raise ValueError("an API key is empty or contains whitespace")
+        return keys
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _check_keys_file(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            _parse_keys(_read_secret(path), path)
+        return path
+
+    @model_validator(mode="after")
+    def _fill_keys(self) -> ApiConfig:
+        if self.api_keys and self.api_keys_file is not None:
+            raise ValueError("set api_keys or api_keys_file, not both")
+        if not self.api_keys:
+            source = self.api_keys_file or _credential(API_KEYS_CREDENTIAL)
+            if source is not None:
+                self.api_keys = _parse_keys(_read_secret(source), source)
+        return self
+
+    @property
+    def host(self) -> str:
+        return _split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_listen(self.listen)[1]
+
+
+def _split_listen(value: str) -> tuple[str, int]:
+    """`"127.0.0.1:8080"`, `"[::1]:8080"`, `"0.0.0.0:0"` (any free port)."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or any(c.isspace() for c in host) or not port.isdigit():
+        raise ValueError('must be "host:port", e.g. "127.0.0.1:8080" or "[::1]:8080"')
+    if int(port) > 65535:
+        raise ValueError("port must be at most 65535")
+    return host, int(port)
+
+
+class CallbacksConfig(_Section):
+    url: HttpUrlStr | None = None
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+    timeout: Annotated[Seconds, Field(gt=0, le=300)] = 10.0
+    max_age: Annotated[Duration, Field(gt=0)] = 86400
+    concurrency: Annotated[int, Field(ge=1, le=1000)] = 8
+
+    @field_validator("secret")
+    @classmethod
+    def _check_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and not secret.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return secret
+
+    @field_validator("secret_file")
+    @classmethod
+    def _check_secret_file(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            _parse_secret(_read_secret(path), path)
+        return path
+
+    @model_validator(mode="after")
+    def _fill_secret(self) -> CallbacksConfig:
+        if self.secret is not None and self.secret_file is not None:
+            raise ValueError("set secret or secret_file, not both")
+        if self.secret is None:
+            source = self.secret_file or _credential(CALLBACKS_SECRET_CREDENTIAL)
+            if source is not None:
+                self.secret = _parse_secret(_read_secret(source), source)
+        return self
+
+
+class InvoicesConfig(_Section):
+    default_ttl: Annotated[Duration, Field(gt=0)] = 86400
+    late_payment_window: Duration = 86400
+    underpayment_tolerance: Annotated[Fraction, BeforeValidator(_fraction)] = Fraction(0)
+
+
+class MetricsConfig(_Section):
+    require_auth: bool = False
+
+
+# ---------------------------------------------------------------- networks
+
+
+class _AssetConfig(_Section):
+    symbol: str
+    decimals: Annotated[int, Field(ge=0, le=77)]
+    shared_address: Address | None = None
+    #: Base units. Configured as a decimal string in asset units; the default is
+    #: `amounts.default_step(decimals)`.
+    amount_step: int = 1
+
+    @field_validator("symbol")
+    @classmethod
+    def _check_symbol(cls, value: str) -> str:
+        if not _SYMBOL.match(value):
+            raise ValueError("must be 1-20 letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("amount_step", mode="before")
+    @classmethod
+    def _parse_step(cls, value: object, info: ValidationInfo) -> object:
+        decimals = info.data.get("decimals")
+        if decimals is None:  # decimals is invalid: that error is reported already
+            return 1
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ValueError('must be a decimal string in asset units, like "0.01"')
+        try:
+            step = parse_amount(str(value), decimals)
+        except AmountError as e:
+            raise ValueError(f"must be a decimal string in asset units: {e}") from None
+        if step <= 0:
+            raise ValueError("must be greater than 0")
+        return step
+
+    @model_validator(mode="after")
+    def _default_step(self) -> _AssetConfig:
+        if "amount_step" not in self.model_fields_set:
+            self.amount_step = default_step(self.decimals)
+        return self
+
+
+class NativeConfig(_AssetConfig):
+    pass
+
+
+class TokenConfig(_AssetConfig):
+    address: Address
+
+
+class NetworkConfig(_Section):
+    name: str
+    chain_id: Annotated[int, Field(ge=1)]
+    rpc: UrlList = Field(default_factory=list)
+    ws: WsUrlList = Field(default_factory=list)
+    confirmations: Annotated[int, Field(ge=1)] = 12
+    block_time: Annotated[float, Field(gt=0)] = 2.0
+    max_block_range: Annotated[int, Field(ge=1)] = 1000
+    #: Seconds between head polls; default `block_time / 2` (see `effective_poll_interval`).
+    poll_interval: Annotated[float, Field(gt=0)] | None = None
+    #: `/readyz` fails when the scan is further behind the head than this. Default: about
+    #: LAG_SECONDS of blocks, at least MIN_LAG_BLOCKS.
+    max_lag_blocks: Annotated[int, Field(ge=1)] = MIN_LAG_BLOCKS
+    enabled: bool = True
+    native: NativeConfig
+    tokens: list[TokenConfig] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _NETWORK_NAME.match(value):
+            raise ValueError("must be 1-32 lowercase letters, digits, '_' or '-'")
+        return value
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_assets(cls, tokens: list[TokenConfig], info: ValidationInfo) -> list[TokenConfig]:
+        native = info.data.get("native")
+        seen: set[str] = {native.symbol.lower()} if isinstance(native, NativeConfig) else set()
+        addresses: set[str] = set()
+        for t in tokens:
+            if t.symbol.lower() in seen:
+                raise ValueError(f"symbol {t.symbol} is used twice (native included)")
+            if t.address in addresses:
+                raise ValueError(f"address {t.address} is listed twice")
+            seen.add(t.symbol.lower())
+            addresses.add(t.address)
+        return tokens
+
+    @model_validator(mode="after")
+    def _default_lag(self) -> NetworkConfig:
+        if "max_lag_blocks" not in self.model_fields_set:
+            self.max_lag_blocks = max(MIN_LAG_BLOCKS, math.ceil(LAG_SECONDS / self.block_time))
+        return self
+
+    @property
+    def effective_poll_interval(self) -> float:
+        return max(MIN_POLL_INTERVAL, self.poll_interval or self.block_time / 2)
+
+    def assets(self) -> dict[str, Asset]:
+        """Every payable asset of this network by symbol, the native coin first."""
+        out: dict[str, Asset] = {}
+        for a in [self.native, *self.tokens]:
+            out[a.symbol] = Asset(
+                network=self.name,
+                symbol=a.symbol,
+                decimals=a.decimals,
+                token=a.address if isinstance(a, TokenConfig) else None,
+                shared_address=a.shared_address,
+                amount_step=a.amount_step,
+            )
+        return out
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def merge_network(base: dict[str, Any], table: dict[str, Any]) -> dict[str, Any]:
+    """A config table over a shipped network file: field by field, tokens by symbol."""
+    out = _deep_merge(
+        {k: v for k, v in base.items() if k != "tokens"},
+        {k: v for k, v in table.items() if k != "tokens"},
+    )
+    tokens = [dict(t) for t in base.get("tokens", [])]
+    override = table.get("tokens", [])
+    if not isinstance(override, list):
+        out["tokens"] = override  # not a list: let validation name the problem
+        return out
+    for entry in override:
+        symbol = entry.get("symbol") if isinstance(entry, dict) else None
+        match = next((i for i, t in enumerate(tokens) if symbol and t.get("symbol") == symbol), -1)
+        if match < 0:
+            tokens.append(entry)
+        else:
+            tokens[match] = _deep_merge(tokens[match], entry)
+    out["tokens"] = tokens
+    return out
+
+
+# ---------------------------------------------------------------- settings
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+    )
+
+    database: Path = Path(DEFAULT_DATABASE)
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
+    invoices: InvoicesConfig = Field(default_factory=InvoicesConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    networks: dict[str, NetworkConfig] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _toml_path.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @field_validator("database")
+    @classmethod
+    def _check_database(cls, value: Path) -> Path:
+        if not str(value).strip() or str(value) == ".":
+            raise ValueError("must be a file path")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("networks", mode="before")
+    @classmethod
+    def _merge_shipped(cls, value: object) -> object:
+        if not isinstance(value, dict):
+            return value
+        out: dict[str, Any] = {}
+        for name, table in value.items():
+            if not isinstance(table, dict):
+                out[name] = table
+                continue
+            if "name" in table and table["name"] != name:
+                raise ValueError(
+                    f"[networks.{name}] sets name = {table['name']!r}: "
+                    "a network's name is its table name"
+                )
+            base = shipped.load_network_file(name) if shipped.is_shipped(name) else {}
+            out[name] = merge_network(base, table) if base else {**table, "name": name}
+        return out
+
+    def enabled_networks(self) -> dict[str, NetworkConfig]:
+        return {k: n for k, n in self.networks.items() if n.enabled}
+
+    def runtime_problems(self) -> list[str]:
+        """What stops `run` though the file is valid: no enabled network, or one with no
+        RPC URL."""
+        enabled = self.enabled_networks()
+        if not enabled:
+            return ["networks: no enabled network: add a [networks.NAME] table"]
+        return [
+            f"networks.{name}.rpc: at least one RPC URL is required"
+            for name, net in enabled.items()
+            if not net.rpc
+        ]
+
+    def require_runnable(self) -> None:
+        """Raise ConfigError if `runtime_problems()` finds any."""
+        problems = self.runtime_problems()
+        if problems:
+            raise ConfigError(problems)
+
+    def warnings(self) -> list[str]:
+        """Valid but probably unintended settings, one line each."""
+        out = []
+        if not self.api.api_keys:
+            out.append("api.api_keys: none configured: every /v1 request will be refused (401)")
+        if self.callbacks.secret is None:
+            out.append("callbacks.secret: not set: callbacks cannot be signed")
+        elif len(self.callbacks.secret.get_secret_value()) < 16:
+            out.append("callbacks.secret: shorter than 16 characters")
+        return out
+
+
+# ---------------------------------------------------------------- loading
+
+
+@contextmanager
+def _reading(path: Path | None) -> Iterator[None]:
+    token = _toml_path.set(path)
+    try:
+        yield
+    finally:
+        _toml_path.reset(token)
+
+
+def _describe(error: Any) -> str:
+    loc = ".".join(str(p) for p in error["loc"]) or "config"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        msg = "unknown key"
+    elif kind == "missing":
+        msg = "required key is missing"
+        parts = error["loc"]
+        if len(parts) == 3 and parts[0] == "networks" and not shipped.is_shipped(str(parts[1])):
+            msg += f" (no shipped network is named {parts[1]!r}: define it in full)"
+    else:
+        msg = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        msg = msg[:1].lower() + msg[1:]
+    return f"{loc}: {msg}"
+
+
+def validation_problems(error: ValidationError) -> list[str]:
+    """One line per problem of a pydantic ValidationError, starting with the key path."""
+    return [_describe(e) for e in error.errors(include_url=False, include_input=False)]
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read, merge and validate the configuration. `path` None: `$PAYMENT_WATCHER_CONFIG`.
+    Raises ConfigError (one line per problem) on any problem."""
+    if path is None:
+        path = os.environ.get(CONFIG_ENV) or None
+    if path is None:
+        raise ConfigError(
+            [f"config: no configuration file given: use --config PATH or set {CONFIG_ENV}"]
+        )
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path}: is a directory, not a TOML file"]) from None
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror or e}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: TOML syntax error: {e}"]) from None
+    try:
+        with _reading(path):
+            return Settings()
+    except ValidationError as e:
+        raise ConfigError(validation_problems(e)) from None
+    except SettingsError as e:
+        raise ConfigError(
+            [f"env: {e}: lists from {ENV_PREFIX}* variables must be JSON, like '[\"https://...\"]'"]
+        ) from None
+    except tomllib.TOMLDecodeError as e:  # the file changed under us
+        raise ConfigError([f"{path}: TOML syntax error: {e}"]) from None
