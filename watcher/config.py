@@ -18,12 +18,12 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from fractions import Fraction
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -64,6 +64,7 @@ LAG_SECONDS = 120
 MIN_LAG_BLOCKS = 10
 MIN_POLL_INTERVAL = 0.25
 
+T = TypeVar("T")
 _toml_path: ContextVar[Path | None] = ContextVar("payment_watcher_toml_path", default=None)
 _HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}\Z")
 _NETWORK_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}\Z")
@@ -198,6 +199,19 @@ def _credential(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def _fallback_secret(
+    key: str, is_set: bool, file: Path | None, credential: str, parse: Callable[[str, Path], T]
+) -> T | None:
+    """The value of `key` from its `*_file` or, failing that, from the systemd credential,
+    when `key` itself is unset. None when there is nothing to fill."""
+    if is_set and file is not None:
+        raise ValueError(f"set {key} or {key}_file, not both")
+    if is_set:
+        return None
+    source = file or _credential(credential)
+    return None if source is None else parse(_read_secret(source), source)
+
+
 # ---------------------------------------------------------------- sections
 
 
@@ -234,12 +248,11 @@ class ApiConfig(_Section):
 
     @model_validator(mode="after")
     def _fill_keys(self) -> ApiConfig:
-        if self.api_keys and self.api_keys_file is not None:
-            raise ValueError("set api_keys or api_keys_file, not both")
-        if not self.api_keys:
-            source = self.api_keys_file or _credential(API_KEYS_CREDENTIAL)
-            if source is not None:
-                self.api_keys = _parse_keys(_read_secret(source), source)
+        found = _fallback_secret(
+            "api_keys", bool(self.api_keys), self.api_keys_file, API_KEYS_CREDENTIAL, _parse_keys
+        )
+        if found is not None:
+            self.api_keys = found
         return self
 
     @property
@@ -287,12 +300,15 @@ class CallbacksConfig(_Section):
 
     @model_validator(mode="after")
     def _fill_secret(self) -> CallbacksConfig:
-        if self.secret is not None and self.secret_file is not None:
-            raise ValueError("set secret or secret_file, not both")
-        if self.secret is None:
-            source = self.secret_file or _credential(CALLBACKS_SECRET_CREDENTIAL)
-            if source is not None:
-                self.secret = _parse_secret(_read_secret(source), source)
+        found = _fallback_secret(
+            "secret",
+            self.secret is not None,
+            self.secret_file,
+            CALLBACKS_SECRET_CREDENTIAL,
+            _parse_secret,
+        )
+        if found is not None:
+            self.secret = found
         return self
 
 
@@ -618,3 +634,13 @@ def load_settings(path: str | Path | None = None) -> Settings:
         ) from None
     except tomllib.TOMLDecodeError as e:  # the file changed under us
         raise ConfigError([f"{path}: TOML syntax error: {e}"]) from None
+
+
+def shipped_network(name: str) -> NetworkConfig:
+    """A shipped network file validated as it stands (no config, no RPC unless shipped).
+    KeyError if none is named so; ConfigError if the file is invalid."""
+    raw = shipped.load_network_file(name)
+    try:
+        return NetworkConfig.model_validate({"name": name, **raw})
+    except ValidationError as e:
+        raise ConfigError([f"networks/{name}.toml: {p}" for p in validation_problems(e)]) from None
