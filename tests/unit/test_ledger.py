@@ -1,0 +1,349 @@
+"""Ledger rules through a real SQLite file: create, idempotency, unique amounts, merchant
+actions, and the status event + outbox row written in the same transaction as the change.
+
+The helpers at the top are shared with tests/unit/test_api.py.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlite_utils import Database
+
+from watcher import store
+from watcher.errors import Conflict, Invalid, NotFound
+from watcher.ledger import Ledger, NetworkInfo, NewInvoice, Outcome, ScanBatch
+from watcher.models import Asset, Invoice, Status, Transfer
+
+NET = "testnet"
+TOKEN = "0x1111111111111111111111111111111111111111"
+SHARED = "0x2222222222222222222222222222222222222222"
+DEDICATED = "0x1105F97fBAB9674Ef069331F2b48E9B870ed9Adc"
+OTHER = "0x41ce73496136A0072013B9187550e30841eDeD74"
+HOOK = "https://shop.example.com/hooks/payment"
+CONFIRMATIONS = 2
+
+
+def make_networks() -> dict[str, NetworkInfo]:
+    assets = {
+        "ETH": Asset(NET, "ETH", 18),
+        "USDT": Asset(NET, "USDT", 6, token=TOKEN, shared_address=SHARED, amount_step=1),
+    }
+    return {NET: NetworkInfo(NET, 31337, CONFIRMATIONS, assets)}
+
+
+def make_ledger(callback_url: str | None = HOOK) -> Ledger:
+    return Ledger(
+        make_networks(),
+        tolerance=Fraction(0),
+        default_ttl=3600,
+        late_window=3600,
+        default_callback_url=callback_url,
+    )
+
+
+def new(
+    amount: int = 10_000_000, asset: str = "USDT", address: str | None = None, **kw: Any
+) -> NewInvoice:
+    return NewInvoice(network=NET, asset=asset, amount=amount, address=address, expire_at=None,
+                      **kw)
+
+
+def tx_hash() -> str:
+    return "0x" + uuid.uuid4().hex + uuid.uuid4().hex
+
+
+def pay(
+    db: Database, ledger: Ledger, inv: Invoice, amount: int, *, deep: bool, now: int
+) -> Outcome:
+    """Record a payment of `amount` to `inv` in a scanned block; `deep` gives it enough
+    confirmations to settle, otherwise it waits for them."""
+    block = 1000 + db.execute("SELECT COUNT(*) FROM transfers").fetchone()[0]
+    t = Transfer(NET, inv.asset, tx_hash(), 0 if inv.token_address else None, OTHER,
+                 inv.to_addr, amount, block, tx_hash(), now, invoice_id=inv.id, kind="payment")
+    head = block + CONFIRMATIONS + 3 if deep else block
+    return ledger.apply_scan(db, ScanBatch(NET, head, None, now, head, [t]), now)
+
+
+def invoice_in(db: Database, ledger: Ledger, status: Status, now: int, **kw: Any) -> Invoice:
+    """A fresh invoice brought into `status` through the ledger (REVERSED by SQL)."""
+    inv, _, _ = ledger.create(db, new(address=None, **kw), now)
+    if status == Status.WAITING_FOR_CONFIRMATIONS:
+        pay(db, ledger, inv, inv.amount, deep=False, now=now)
+    elif status in (Status.COMPLETED, Status.REFUNDED, Status.REVERSED):
+        pay(db, ledger, inv, inv.amount, deep=True, now=now)
+        if status == Status.REFUNDED:
+            ledger.refund(db, inv.id, now, None)
+        if status == Status.REVERSED:
+            db.execute("UPDATE invoices SET status = 'REVERSED' WHERE id = ?", [inv.id])
+    elif status == Status.PARTIAL:
+        pay(db, ledger, inv, inv.amount // 4, deep=True, now=now)
+    elif status == Status.VOIDED:
+        ledger.cancel(db, inv.id, now)
+    got = ledger.get(db, inv.id)
+    assert got.status == status
+    return got
+
+
+def rows(db: Database, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+    return list(db.query(sql, params or []))
+
+
+def events_of(db: Database, invoice_id: str) -> list[str]:
+    return [r["event"] for r in rows(
+        db, "SELECT event FROM events WHERE invoice_id = ? ORDER BY seq", [invoice_id])]
+
+
+def deliveries_of(db: Database, invoice_id: str) -> list[str]:
+    return [r["event"] for r in rows(
+        db, "SELECT event FROM deliveries WHERE invoice_id = ? ORDER BY event_seq", [invoice_id])]
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = store.connect(tmp_path / "watcher.db")
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def ledger() -> Ledger:
+    return make_ledger()
+
+
+NOW = int(time.time())
+
+
+# ---------------------------------------------------------------- create
+
+
+def test_create_dedicated_writes_invoice_event_and_delivery(db: Database, ledger: Ledger) -> None:
+    inv, created, out = ledger.create(db, new(asset="ETH", address=DEDICATED,
+                                               amount=10**18), NOW)
+    assert created
+    assert inv.status == Status.PENDING and not inv.shared
+    assert inv.to_addr == DEDICATED and inv.expire_at == NOW + 3600
+    assert [c.event for c in out.changes] == ["invoice.created"]
+    assert events_of(db, inv.id) == ["invoice.created"]
+    assert deliveries_of(db, inv.id) == ["invoice.created"]
+    d = rows(db, "SELECT * FROM deliveries WHERE invoice_id = ?", [inv.id])[0]
+    assert d["url"] == HOOK and d["state"] == "pending"
+
+
+def test_create_without_any_callback_url_writes_event_but_no_delivery(db: Database) -> None:
+    ledger = make_ledger(callback_url=None)
+    inv, _, _ = ledger.create(db, new(), NOW)
+    assert events_of(db, inv.id) == ["invoice.created"]
+    assert deliveries_of(db, inv.id) == []
+    with_url, _, _ = ledger.create(db, new(callback_url="https://a.example/cb"), NOW)
+    assert deliveries_of(db, with_url.id) == ["invoice.created"]
+
+
+def test_external_id_is_idempotent_by_fingerprint(db: Database, ledger: Ledger) -> None:
+    first, created, _ = ledger.create(db, new(external_id="o-1", fingerprint="f1"), NOW)
+    again, created_again, out = ledger.create(db, new(external_id="o-1", fingerprint="f1"), NOW)
+    assert created and not created_again
+    assert again.id == first.id and out.changes == []
+    with pytest.raises(Conflict) as exc:
+        ledger.create(db, new(external_id="o-1", fingerprint="f2"), NOW)
+    assert exc.value.field == "externalId"
+    assert len(rows(db, "SELECT id FROM invoices")) == 1
+
+
+def test_one_open_invoice_per_dedicated_address(db: Database, ledger: Ledger) -> None:
+    first, _, _ = ledger.create(db, new(asset="ETH", address=DEDICATED, amount=1), NOW)
+    with pytest.raises(Conflict) as exc:
+        ledger.create(db, new(asset="ETH", address=DEDICATED.lower(), amount=2), NOW)
+    assert exc.value.field == "address"
+    # Another asset at the same address is another slot.
+    ledger.create(db, new(asset="USDT", address=DEDICATED, amount=1), NOW)
+    ledger.cancel(db, first.id, NOW)
+    second, created, _ = ledger.create(db, new(asset="ETH", address=DEDICATED, amount=2), NOW)
+    assert created and second.id != first.id
+
+
+def test_shared_address_amounts_are_unique_among_open_invoices(
+    db: Database, ledger: Ledger
+) -> None:
+    made = [ledger.create(db, new(amount=5_000_000), NOW)[0] for _ in range(5)]
+    assert [i.amount for i in made] == [5_000_000 + k for k in range(5)]
+    assert all(i.requested_amount == 5_000_000 and i.shared and i.to_addr == SHARED
+               for i in made)
+    ledger.cancel(db, made[1].id, NOW)  # its amount is free again
+    again, _, _ = ledger.create(db, new(amount=5_000_000), NOW)
+    assert again.amount == 5_000_001
+    other, _, _ = ledger.create(db, new(amount=7_000_000), NOW)
+    assert other.amount == 7_000_000
+
+
+def test_shared_mode_needs_a_shared_address(db: Database, ledger: Ledger) -> None:
+    with pytest.raises(Invalid) as exc:
+        ledger.create(db, new(asset="ETH"), NOW)
+    assert exc.value.field == "address"
+
+
+@pytest.mark.parametrize(
+    ("req", "field"),
+    [
+        (NewInvoice("nowhere", "USDT", 1, None, None), "network"),
+        (NewInvoice(NET, "DOGE", 1, None, None), "asset"),
+        (NewInvoice(NET, "USDT", 1, None, NOW - 1), "expireAt"),
+    ],
+)
+def test_create_rejects_bad_requests(
+    db: Database, ledger: Ledger, req: NewInvoice, field: str
+) -> None:
+    with pytest.raises(Invalid) as exc:
+        ledger.create(db, req, NOW)
+    assert exc.value.field == field
+    assert rows(db, "SELECT id FROM invoices") == []
+
+
+# ---------------------------------------------------------------- actions
+
+ALL = list(Status)
+#: action -> (statuses it is allowed from, status it leads to)
+RULES = {
+    "cancel": ({Status.PENDING}, Status.VOIDED),
+    "accept": ({Status.PARTIAL}, Status.COMPLETED),
+    "refund": ({Status.COMPLETED, Status.PARTIAL}, Status.REFUNDED),
+}
+REFUND_TX = "0x" + "ab" * 32
+
+
+def act(db: Database, ledger: Ledger, name: str, invoice_id: str) -> tuple[Invoice, Outcome]:
+    if name == "refund":
+        return ledger.refund(db, invoice_id, NOW, REFUND_TX)
+    action = ledger.cancel if name == "cancel" else ledger.accept
+    return action(db, invoice_id, NOW)
+
+
+@pytest.mark.parametrize("status", ALL)
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_action_rules_from_every_status(
+    db: Database, ledger: Ledger, name: str, status: Status
+) -> None:
+    allowed, target = RULES[name]
+    inv = invoice_in(db, ledger, status, NOW)
+    before = events_of(db, inv.id)
+    if status not in allowed:
+        with pytest.raises(Conflict):
+            act(db, ledger, name, inv.id)
+        assert events_of(db, inv.id) == before
+        assert ledger.get(db, inv.id).status == status
+        return
+    done, out = act(db, ledger, name, inv.id)
+    assert done.status == target and done.closed_at == NOW
+    assert [c.event for c in out.changes] == [target.event]
+    assert events_of(db, inv.id) == [*before, target.event]
+    assert deliveries_of(db, inv.id) == events_of(db, inv.id)
+    stored = ledger.get(db, inv.id)
+    assert stored.status == target
+    assert stored.refund_tx == (REFUND_TX if name == "refund" else None)
+
+
+@pytest.mark.parametrize("status", ALL)
+def test_remainder_only_from_partial(db: Database, ledger: Ledger, status: Status) -> None:
+    inv = invoice_in(db, ledger, status, NOW, callback_url="https://a.example/cb",
+                     email="a@b.example")
+    if status != Status.PARTIAL:
+        with pytest.raises(Conflict):
+            ledger.remainder(db, inv.id, NOW)
+        return
+    child, out = ledger.remainder(db, inv.id, NOW)
+    assert child.parent_id == inv.id and child.status == Status.PENDING
+    assert child.requested_amount == inv.amount - inv.amount_paid
+    assert child.shared == inv.shared and child.asset == inv.asset
+    assert child.callback_url == "https://a.example/cb" and child.email == "a@b.example"
+    parent = ledger.get(db, inv.id)
+    assert parent.status == Status.PARTIAL and parent.closed_at == NOW
+    assert events_of(db, child.id) == ["invoice.created"]
+    assert {i.id for i in out.touched} == {inv.id, child.id}
+    with pytest.raises(Conflict):  # the parent stopped collecting: once only
+        ledger.remainder(db, inv.id, NOW)
+
+
+def test_remainder_at_a_dedicated_address_reuses_the_address(
+    db: Database, ledger: Ledger
+) -> None:
+    inv, _, _ = ledger.create(db, new(asset="ETH", address=DEDICATED, amount=10**18), NOW)
+    pay(db, ledger, inv, 4 * 10**17, deep=True, now=NOW)
+    child, _ = ledger.remainder(db, inv.id, NOW)
+    assert child.to_addr == DEDICATED and not child.shared
+    assert child.amount == 6 * 10**17
+
+
+def test_actions_on_unknown_invoice_are_not_found(db: Database, ledger: Ledger) -> None:
+    for act in (ledger.cancel, ledger.accept, ledger.remainder):
+        with pytest.raises(NotFound):
+            act(db, "missing", NOW)
+    with pytest.raises(NotFound):
+        ledger.refund(db, "missing", NOW, None)
+
+
+def test_every_status_change_writes_an_event_and_a_delivery(
+    db: Database, ledger: Ledger
+) -> None:
+    inv, _, _ = ledger.create(db, new(), NOW)
+    pay(db, ledger, inv, inv.amount, deep=True, now=NOW)
+    ledger.refund(db, inv.id, NOW, None)
+    expected = ["invoice.created", "invoice.waiting_for_confirmations", "invoice.completed",
+                "invoice.refunded"]
+    assert events_of(db, inv.id) == expected
+    assert deliveries_of(db, inv.id) == expected
+    statuses = [r["status"] for r in rows(
+        db, "SELECT status FROM events WHERE invoice_id = ? ORDER BY seq", [inv.id])]
+    assert statuses == ["PENDING", "WAITING_FOR_CONFIRMATIONS", "COMPLETED", "REFUNDED"]
+
+
+# ---------------------------------------------------------------- one transaction
+
+
+def _fail_on(db: Database, table: str, op: str = "INSERT") -> None:
+    db.execute(
+        f"CREATE TRIGGER fail_{table} AFTER {op} ON {table} "
+        "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+    )
+
+
+def test_create_rolls_back_invoice_and_event_when_the_outbox_insert_fails(
+    db: Database, ledger: Ledger
+) -> None:
+    _fail_on(db, "deliveries")
+    with pytest.raises(sqlite3.IntegrityError):
+        ledger.create(db, new(), NOW)
+    assert rows(db, "SELECT id FROM invoices") == []
+    assert rows(db, "SELECT id FROM events") == []
+
+
+def test_cancel_rolls_back_event_and_delivery_when_the_status_update_fails(
+    db: Database, ledger: Ledger
+) -> None:
+    inv, _, _ = ledger.create(db, new(), NOW)
+    _fail_on(db, "invoices", "UPDATE")
+    with pytest.raises(sqlite3.IntegrityError):
+        ledger.cancel(db, inv.id, NOW)
+    assert events_of(db, inv.id) == ["invoice.created"]
+    assert deliveries_of(db, inv.id) == ["invoice.created"]
+    assert ledger.get(db, inv.id).status == Status.PENDING
+
+
+def test_remainder_rolls_back_parent_close_when_the_child_fails(
+    db: Database, ledger: Ledger
+) -> None:
+    inv = invoice_in(db, ledger, Status.PARTIAL, NOW)
+    _fail_on(db, "deliveries")
+    with pytest.raises(sqlite3.IntegrityError):
+        ledger.remainder(db, inv.id, NOW)
+    assert ledger.get(db, inv.id).closed_at is None
+    assert len(rows(db, "SELECT id FROM invoices")) == 1

@@ -1,0 +1,361 @@
+"""Validation of API request bodies and query strings into ledger inputs.
+
+Pure functions, no I/O: the HTTP API and the CLI share them, so a request means the same
+thing whichever door it comes through. Every problem raises an `ApiError` whose `field`
+names the request field at fault (`Invalid`, 422) or `BadRequest` (400) for a body or token
+that cannot be read at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from web3 import Web3
+
+from watcher import ledger
+from watcher.amounts import parse_amount
+from watcher.errors import AmountError, BadRequest, Invalid
+from watcher.models import Status
+from watcher.timeutil import parse_iso
+
+CREATE_FIELDS = (
+    "network",
+    "asset",
+    "amount",
+    "address",
+    "expireAt",
+    "ttl",
+    "callbackUrl",
+    "externalId",
+    "payload",
+    "price",
+    "currency",
+    "email",
+)
+MAX_URL = 2048
+MAX_EXTERNAL_ID = 128
+MAX_PAYLOAD = 4096
+MAX_CURRENCY = 16
+MAX_EMAIL = 254
+MAX_PRICE = 64
+#: Longest accepted ttl: ten years (keeps every time far inside SQLite's INTEGER).
+MAX_TTL = 10 * 365 * 86400
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+
+_HEX40 = re.compile(r"0x[0-9a-fA-F]{40}\Z")
+_TX_HASH = re.compile(r"0x[0-9a-fA-F]{64}\Z")
+_DECIMAL = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)\Z")
+
+
+def require_object(body: object) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def parse_json_body(raw: bytes, *, required: bool = True) -> dict[str, Any]:
+    """Decode a request body; an empty body is `{}` unless `required`."""
+    if not raw.strip():
+        if required:
+            raise BadRequest("the request body must be a JSON object")
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest("the request body is not valid JSON") from None
+    return require_object(body)
+
+
+def _reject_unknown(body: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    for key in body:
+        if key not in allowed:
+            raise Invalid(f"unknown field {key!r}", field=str(key))
+
+
+def _optional_str(body: Mapping[str, Any], name: str, limit: int) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise Invalid(f"{name} must be a string", field=name)
+    if not value:
+        raise Invalid(f"{name} must not be empty", field=name)
+    if len(value) > limit:
+        raise Invalid(f"{name} must be at most {limit} characters", field=name)
+    return value
+
+
+def parse_address(value: object, name: str = "address") -> str:
+    """An EVM address, checksummed; mixed case must be a valid EIP-55 checksum."""
+    if not isinstance(value, str) or not _HEX40.match(value) or not Web3.is_address(value):
+        raise Invalid(f"{name} must be an EVM address (0x and 40 hex digits)", field=name)
+    digits = value[2:]
+    mixed = digits != digits.lower() and digits != digits.upper()
+    if mixed and not Web3.is_checksum_address(value):
+        raise Invalid(f"{name} has an invalid EIP-55 checksum", field=name)
+    return str(Web3.to_checksum_address(value))
+
+
+def _callback_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:
+        host = None
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not host
+        or any(c.isspace() for c in value)
+    ):
+        raise Invalid("callbackUrl must be an http or https URL", field="callbackUrl")
+    return value
+
+
+def _amount(value: object, decimals: int) -> int:
+    if value is None:
+        raise Invalid("amount is required", field="amount")
+    if not isinstance(value, str):
+        raise Invalid("amount must be a decimal string", field="amount")
+    try:
+        base = parse_amount(value, decimals)
+    except AmountError as exc:
+        raise Invalid(f"amount {exc}", field="amount") from None
+    if base <= 0:
+        raise Invalid("amount must be greater than 0", field="amount")
+    return base
+
+
+def _expiry(body: Mapping[str, Any], now: int) -> tuple[int | None, int | None, int | None]:
+    """(expire_at, expireAt as given in unix seconds, ttl as given)."""
+    raw_at, raw_ttl = body.get("expireAt"), body.get("ttl")
+    if raw_at is not None and raw_ttl is not None:
+        raise Invalid("give either expireAt or ttl, not both", field="ttl")
+    if raw_ttl is not None:
+        if isinstance(raw_ttl, bool) or not isinstance(raw_ttl, int):
+            raise Invalid("ttl must be an integer number of seconds", field="ttl")
+        if raw_ttl <= 0 or raw_ttl > MAX_TTL:
+            raise Invalid(f"ttl must be between 1 and {MAX_TTL} seconds", field="ttl")
+        return now + raw_ttl, None, raw_ttl
+    if raw_at is not None:
+        if not isinstance(raw_at, str):
+            raise Invalid("expireAt must be an ISO 8601 time string", field="expireAt")
+        try:
+            at = parse_iso(raw_at)
+        except (ValueError, OverflowError) as exc:
+            raise Invalid(f"expireAt {exc}", field="expireAt") from None
+        if at <= now:
+            raise Invalid("expireAt must be in the future", field="expireAt")
+        return at, at, None
+    return None, None, None
+
+
+def _payload(value: object) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise Invalid("payload must be a JSON object", field="payload")
+    try:
+        size = len(orjson.dumps(value))
+    except TypeError:
+        raise Invalid("payload must be plain JSON", field="payload") from None
+    if size > MAX_PAYLOAD:
+        raise Invalid(f"payload must be at most {MAX_PAYLOAD} bytes of JSON", field="payload")
+    return value
+
+
+def _price(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _DECIMAL.match(value) or len(value) > MAX_PRICE:
+        raise Invalid('price must be a decimal string like "500.00"', field="price")
+    return value
+
+
+def _email(value: str | None) -> str | None:
+    if value is not None and ("@" not in value or any(c.isspace() for c in value)):
+        raise Invalid("email must be an e-mail address", field="email")
+    return value
+
+
+def parse_create(
+    body: object, networks: Mapping[str, ledger.NetworkInfo], now: int
+) -> ledger.NewInvoice:
+    """Validate a create request into a `NewInvoice` (with its idempotency fingerprint)."""
+    data = require_object(body)
+    _reject_unknown(data, CREATE_FIELDS)
+
+    network = data.get("network")
+    if network is None:
+        raise Invalid("network is required", field="network")
+    if not isinstance(network, str) or network not in networks:
+        known = ", ".join(sorted(networks)) or "none"
+        raise Invalid(f"unknown network {network!r} (known: {known})", field="network")
+    net = networks[network]
+
+    symbol = data.get("asset")
+    if symbol is None:
+        raise Invalid("asset is required", field="asset")
+    if not isinstance(symbol, str) or symbol not in net.assets:
+        known = ", ".join(sorted(net.assets)) or "none"
+        raise Invalid(
+            f"unknown asset {symbol!r} on {network} (known: {known})", field="asset"
+        )
+    asset = net.assets[symbol]
+
+    amount = _amount(data.get("amount"), asset.decimals)
+    raw_address = data.get("address")
+    address = None if raw_address is None else parse_address(raw_address)
+    if address is None and asset.shared_address is None:
+        raise Invalid(
+            f"address is required: {symbol} on {network} has no shared address",
+            field="address",
+        )
+    expire_at, expire_given, ttl = _expiry(data, now)
+    callback_url = _callback_url(_optional_str(data, "callbackUrl", MAX_URL))
+    external_id = _optional_str(data, "externalId", MAX_EXTERNAL_ID)
+    payload = _payload(data.get("payload"))
+    price = _price(data.get("price"))
+    currency = _optional_str(data, "currency", MAX_CURRENCY)
+    email = _email(_optional_str(data, "email", MAX_EMAIL))
+
+    normalized = {
+        "network": network,
+        "asset": symbol,
+        "amount": str(amount),
+        "address": address.lower() if address else None,
+        "expireAt": expire_given,
+        "ttl": ttl,
+        "callbackUrl": callback_url,
+        "externalId": external_id,
+        "payload": payload,
+        "price": price,
+        "currency": currency,
+        "email": email,
+    }
+    return ledger.NewInvoice(
+        network=network,
+        asset=symbol,
+        amount=amount,
+        address=address,
+        expire_at=expire_at,
+        callback_url=callback_url,
+        external_id=external_id,
+        payload=payload,
+        price=price,
+        currency=currency,
+        email=email,
+        fingerprint=ledger.request_fingerprint(normalized),
+    )
+
+
+def parse_refund(body: object) -> str | None:
+    """The optional `txHash` of a refund request."""
+    data = require_object(body)
+    _reject_unknown(data, ("txHash",))
+    tx = data.get("txHash")
+    if tx is None:
+        return None
+    if not isinstance(tx, str) or not _TX_HASH.match(tx):
+        raise Invalid("txHash must be 0x and 64 hex digits", field="txHash")
+    return tx.lower()
+
+
+# ---------------------------------------------------------------- list queries
+
+
+def encode_cursor(position: int) -> str:
+    """An opaque page token for the row position `position` (exclusive)."""
+    return base64.urlsafe_b64encode(f"pw1:{position}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadRequest("cursor is not a valid page token", field="cursor") from None
+    prefix, _, number = text.partition(":")
+    if prefix != "pw1" or not number.isdigit() or len(number) > 18:
+        raise BadRequest("cursor is not a valid page token", field="cursor")
+    return int(number)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    limit: int
+    before: int | None  # exclusive upper bound of the row position, from the cursor
+
+
+def _page(query: Mapping[str, str]) -> Page:
+    raw = query.get("limit")
+    limit = DEFAULT_LIMIT
+    if raw is not None:
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+            raise Invalid(f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
+        limit = int(raw)
+    token = query.get("cursor")
+    return Page(limit, decode_cursor(token) if token else None)
+
+
+def _reject_unknown_params(query: Mapping[str, str], allowed: tuple[str, ...]) -> None:
+    for key in query:
+        if key not in allowed:
+            raise Invalid(f"unknown query parameter {key!r}", field=key)
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceQuery:
+    statuses: tuple[Status, ...]
+    network: str | None
+    external_id: str | None
+    page: Page
+
+
+def parse_invoice_query(query: Mapping[str, str]) -> InvoiceQuery:
+    """`status` (one or several, comma separated), `network`, `externalId`, `limit`, `cursor`."""
+    _reject_unknown_params(query, ("status", "network", "externalId", "limit", "cursor"))
+    statuses: list[Status] = []
+    for part in (query.get("status") or "").split(","):
+        if not part.strip():
+            continue
+        try:
+            statuses.append(Status(part.strip().upper()))
+        except ValueError:
+            known = ", ".join(s.value for s in Status)
+            raise Invalid(f"unknown status {part!r} (known: {known})", field="status") from None
+    return InvoiceQuery(
+        statuses=tuple(statuses),
+        network=query.get("network") or None,
+        external_id=query.get("externalId") or None,
+        page=_page(query),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TransferQuery:
+    network: str | None
+    matched: bool | None
+    page: Page
+
+
+def parse_transfer_query(query: Mapping[str, str]) -> TransferQuery:
+    """`network`, `matched` (true/false), `limit`, `cursor`."""
+    _reject_unknown_params(query, ("network", "matched", "limit", "cursor"))
+    raw = query.get("matched")
+    matched: bool | None = None
+    if raw:
+        if raw.lower() not in ("true", "false"):
+            raise Invalid("matched must be true or false", field="matched")
+        matched = raw.lower() == "true"
+    return TransferQuery(network=query.get("network") or None, matched=matched, page=_page(query))
