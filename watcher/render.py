@@ -73,6 +73,6 @@ def transfer_json(t: Transfer, decimals: int) -> dict[str, Any]:
         "blockHash": t.block_hash,
         "timestamp": iso(t.timestamp),
         "invoiceId": t.invoice_id,
-        "matched": t.kind == "payment",
+        "matched": t.invoice_id is not None,
         "kind": t.kind,
     }
