@@ -13,7 +13,7 @@ from fractions import Fraction
 from watcher.errors import AmountError
 
 MAX_UINT256 = 2**256 - 1
-_PLAIN = re.compile(r"(?:(\d+)(?:\.(\d*))?|\.(\d+))\Z")
+_PLAIN = re.compile(r"(?:([0-9]+)(?:\.([0-9]*))?|\.([0-9]+))\Z")
 
 
 def parse_amount(text: object, decimals: int) -> int:

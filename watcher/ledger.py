@@ -38,8 +38,8 @@ from watcher.store import (
 )
 from watcher.timeutil import iso
 
-#: How long after `expireAt` a shared-address amount stays reserved for its invoice, so a
-#: payment the follower sees late still finds the invoice it was meant for.
+#: How long after `expireAt` a shared-address amount stays reserved for its invoice (while
+#: not closed), so a payment the follower sees late still finds the invoice it was for.
 SHARED_AMOUNT_HOLD = 3600
 _OPEN_SQL = ",".join(f"'{s.value}'" for s in OPEN_STATUSES)
 
@@ -286,8 +286,9 @@ class Ledger:
         taken = {
             int(r[0])
             for r in db.execute(
-                f"SELECT amount FROM invoices WHERE network = ? AND asset = ? AND to_lower = ? "
-                f"AND status IN ({_OPEN_SQL}) AND closed_at IS NULL AND expire_at > ?",
+                "SELECT amount FROM invoices WHERE network = ? AND asset = ? AND to_lower = ? "
+                "AND status NOT IN ('VOIDED', 'REFUNDED') AND closed_at IS NULL "
+                "AND expire_at > ?",
                 [asset.network, asset.symbol, asset.shared_address.lower(),
                  now - SHARED_AMOUNT_HOLD],
             ).fetchall()
@@ -375,7 +376,6 @@ class Ledger:
     def apply_scan(self, db: Database, batch: ScanBatch, now: int) -> Outcome:
         """Record a scanned range and advance the cursor, in one transaction."""
         net = self.networks[batch.network]
-        view = state.ChainView(batch.head, batch.to_time, net.confirmations)
         out = Outcome()
         with db.atomic():
             added: dict[str, int] = {}
@@ -414,18 +414,24 @@ class Ledger:
                 self._emit(db, inv, LATE_PAYMENT_EVENT, None, now)
                 out.changes.append(Change(inv, LATE_PAYMENT_EVENT, None, t.timestamp))
                 out.touched.append(inv)
+            self._advance(db, batch, now)
+            view = state.ChainView(
+                batch.head,
+                _confirmed_time(db, batch.network, batch.to_block, batch.to_time, batch.head,
+                                net.confirmations),
+                net.confirmations,
+            )
             # Invoices whose status may move: just paid, waiting for depth, or expiring.
             pending = load_invoices(
                 db,
                 "network = ? AND (status = 'WAITING_FOR_CONFIRMATIONS' "
                 "OR (status = 'PENDING' AND expire_at < ?))",
-                [batch.network, batch.to_time],
+                [batch.network, view.scanned_time if view.scanned_time is not None else -1],
             )
             candidates = dict(owners)
             for inv in pending:
                 candidates.setdefault(inv.id, inv)
             self._settle(db, candidates.values(), view, added, now, out)
-            self._advance(db, batch, now)
         self.views[batch.network] = view
         return out
 
@@ -482,7 +488,10 @@ class Ledger:
             t = db.execute(
                 "SELECT scanned_time FROM cursors WHERE network = ?", [network]
             ).fetchone()
-            view = state.ChainView(head, t[0] if t else None, net.confirmations)
+            confirmed = _confirmed_time(
+                db, network, ancestor, t[0] if t else None, head, net.confirmations
+            )
+            view = state.ChainView(head, confirmed, net.confirmations)
             affected = load_invoices(db, _in_ids(ids), ids)
             self._settle(db, affected, view, {}, now, out)
             for inv in affected:
@@ -502,6 +511,19 @@ class Ledger:
                 "SELECT number, hash, parent_hash FROM blocks WHERE network = ?", [network]
             )
         }
+
+
+def _confirmed_time(
+    db: Database, network: str, scanned: int, scanned_time: int | None, head: int, required: int
+) -> int | None:
+    """Timestamp of the newest scanned block that has `required` confirmations."""
+    deep = head - required + 1
+    if scanned <= deep:
+        return scanned_time
+    row = db.execute(
+        "SELECT timestamp FROM blocks WHERE network = ? AND number = ?", [network, deep]
+    ).fetchone()
+    return row[0] if row else None
 
 
 def _in_ids(ids: Iterable[str]) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from watcher.models import OPEN_STATUSES, Asset, Invoice
+from watcher.models import Asset, Invoice
 
 
 class Route(StrEnum):
@@ -62,14 +62,15 @@ class WatchIndex:
     def put(self, inv: Invoice) -> None:
         """Record the invoice's current state: open, stopped collecting, or gone."""
         key = (inv.asset, inv.to_addr.lower())
-        is_open = inv.status in OPEN_STATUSES and inv.closed_at is None
         if inv.shared:
             by_amount = self._shared.setdefault(key, {})
-            if is_open:
+            current = by_amount.get(inv.amount)
+            if current is not None and current.seq > inv.seq:
+                return  # a newer invoice took this amount
+            if inv.collects:
                 by_amount[inv.amount] = Entry(inv.id, inv.seq, inv.amount, inv.expire_at, None)
                 self._where[inv.id] = key
             else:
-                current = by_amount.get(inv.amount)
                 if current is not None and current.invoice_id == inv.id:
                     del by_amount[inv.amount]
                 self._where.pop(inv.id, None)
@@ -77,7 +78,7 @@ class WatchIndex:
         current = self._dedicated.get(key)
         if current is not None and current.seq > inv.seq:
             return  # a newer invoice owns this address
-        closed_at = None if is_open else (inv.closed_at or inv.expire_at)
+        closed_at = None if inv.collects else (inv.closed_at or inv.expire_at)
         self._dedicated[key] = Entry(inv.id, inv.seq, inv.amount, inv.expire_at, closed_at)
         if current is not None and current.invoice_id != inv.id:
             self._where.pop(current.invoice_id, None)
@@ -92,7 +93,13 @@ class WatchIndex:
         ]
         for k in gone:
             self._where.pop(self._dedicated.pop(k).invoice_id, None)
-        return len(gone)
+        count = len(gone)
+        for by_amount in self._shared.values():
+            old = [a for a, e in by_amount.items() if e.expire_at + self.late_window < now]
+            for a in old:
+                self._where.pop(by_amount.pop(a).invoice_id, None)
+            count += len(old)
+        return count
 
     def is_watched(self, symbol: str, address: str) -> bool:
         key = (symbol, address.lower())

@@ -24,6 +24,8 @@ class Status(StrEnum):
 
 #: Statuses in which an invoice collects payments (while before `expireAt`).
 OPEN_STATUSES = frozenset({Status.PENDING, Status.WAITING_FOR_CONFIRMATIONS, Status.PARTIAL})
+#: Statuses that end collection for good.
+CLOSED_STATUSES = frozenset({Status.VOIDED, Status.REFUNDED})
 LATE_PAYMENT_EVENT = "invoice.late_payment"
 CREATED_EVENT = "invoice.created"
 
@@ -106,6 +108,12 @@ class Invoice:
             return None
         return max(self.payments, key=lambda p: (p.block, p.log_index or -1))
 
+    @property
+    def collects(self) -> bool:
+        """Not closed: neither voided, refunded, accepted by hand nor replaced by a remainder.
+        A collecting invoice takes every transfer made before `expireAt`, even once paid."""
+        return self.closed_at is None and self.status not in CLOSED_STATUSES
+
     def collecting(self, at: int) -> bool:
-        """True while a payment in a block with timestamp `at` counts for this invoice."""
-        return self.status in OPEN_STATUSES and self.closed_at is None and at <= self.expire_at
+        """True when a payment in a block with timestamp `at` counts for this invoice."""
+        return self.collects and at <= self.expire_at

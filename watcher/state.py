@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from watcher.amounts import paid_threshold
-from watcher.models import OPEN_STATUSES, Invoice, Status, Transfer
+from watcher.models import CLOSED_STATUSES, OPEN_STATUSES, Invoice, Status, Transfer
 
-#: Statuses only a merchant's action leaves (or never left).
-FINAL_STATUSES = frozenset({Status.VOIDED, Status.REFUNDED})
+FINAL_STATUSES = CLOSED_STATUSES
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +23,10 @@ class ChainView:
     """What the follower knows of one network when it settles an invoice."""
 
     head: int  # newest block number known
-    scanned_time: int | None  # timestamp of the newest scanned block
+    #: timestamp of the newest scanned block that has `required` confirmations: an unpaid
+    #: invoice is voided only once a block past its expiry is that deep, so no reorg can
+    #: still bring in a payment made in time
+    scanned_time: int | None
     required: int  # confirmations needed
 
 

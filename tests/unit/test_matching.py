@@ -1,0 +1,92 @@
+import tracemalloc
+
+import pytest
+
+from tests.unit.factories import invoice
+from watcher.matching import Route, WatchIndex
+from watcher.models import Asset, Status
+
+SHARED = "0x" + "aa" * 20
+TOKEN = "0x" + "bb" * 20
+ADDR = "0x" + "11" * 20
+ASSETS = {
+    "ETH": Asset("local", "ETH", 18),
+    "USDT": Asset("local", "USDT", 6, token=TOKEN, shared_address=SHARED),
+}
+
+
+def index() -> WatchIndex:
+    return WatchIndex(ASSETS, late_window=100)
+
+
+def test_dedicated_address_takes_any_amount_before_expiry() -> None:
+    ix = index()
+    ix.put(invoice(to_addr=ADDR, expire_at=2000))
+    assert ix.route("ETH", ADDR.upper().replace("0X", "0x"), 1, 2000) == (Route.PAYMENT, "inv-1")
+    assert ix.route("ETH", ADDR, 10**30, 1500) == (Route.PAYMENT, "inv-1")
+    assert ix.route("ETH", ADDR, 5, 2001) == (Route.LATE, "inv-1")
+    assert ix.route("ETH", ADDR, 5, 2101) == (Route.UNMATCHED, None)
+    with pytest.raises(KeyError):
+        ix.route("ETH", "0x" + "33" * 20, 5, 1500)
+    with pytest.raises(KeyError):
+        ix.route("USDT", ADDR, 5, 1500)  # the same address for another asset is not watched
+
+
+def test_voided_invoice_takes_late_payments_within_window() -> None:
+    ix = index()
+    ix.put(invoice(to_addr=ADDR, status=Status.VOIDED, closed_at=1200, expire_at=2000))
+    assert ix.route("ETH", ADDR, 5, 1250) == (Route.LATE, "inv-1")
+    assert ix.route("ETH", ADDR, 5, 1301) == (Route.UNMATCHED, None)
+
+
+def test_newest_invoice_owns_a_dedicated_address() -> None:
+    ix = index()
+    ix.put(invoice(id="old", seq=1, to_addr=ADDR, status=Status.VOIDED, closed_at=1200))
+    ix.put(invoice(id="new", seq=2, to_addr=ADDR, expire_at=5000))
+    ix.put(invoice(id="old", seq=1, to_addr=ADDR, status=Status.VOIDED, closed_at=1200))
+    assert ix.route("ETH", ADDR, 5, 1300) == (Route.PAYMENT, "new")
+    assert len(ix) == 1
+
+
+def test_shared_address_matches_exact_amount_only() -> None:
+    ix = index()
+    ix.put(invoice(id="a", seq=1, asset="USDT", to_addr=SHARED, shared=True, amount=100))
+    ix.put(invoice(id="b", seq=2, asset="USDT", to_addr=SHARED, shared=True, amount=101))
+    assert ix.route("USDT", SHARED, 101, 1500) == (Route.PAYMENT, "b")
+    assert ix.route("USDT", SHARED, 102, 1500) == (Route.UNMATCHED, None)
+    assert ix.route("USDT", SHARED, 100, 2001) == (Route.UNMATCHED, None)
+    ix.put(invoice(id="a", seq=1, asset="USDT", to_addr=SHARED, shared=True, amount=100,
+                   status=Status.COMPLETED))
+    assert ix.route("USDT", SHARED, 100, 1500) == (Route.PAYMENT, "a")  # overpays until expiry
+    ix.put(invoice(id="a", seq=1, asset="USDT", to_addr=SHARED, shared=True, amount=100,
+                   status=Status.REFUNDED, closed_at=1400))
+    assert ix.route("USDT", SHARED, 100, 1500) == (Route.UNMATCHED, None)
+    assert ix.is_watched("USDT", SHARED)  # the shared address stays watched when idle
+
+
+def test_native_watching_follows_invoices() -> None:
+    ix = index()
+    assert not ix.watches_native()
+    ix.put(invoice(to_addr=ADDR, expire_at=2000))
+    assert ix.watches_native()
+    assert ix.prune(now=2050) == 0
+    assert ix.prune(now=2101) == 1
+    assert not ix.watches_native()
+
+
+def test_token_lookup_is_case_insensitive() -> None:
+    ix = index()
+    assert ix.symbol_for_token(TOKEN.upper().replace("0X", "0x")) == "USDT"
+    assert ix.symbol_for_token("0x" + "cc" * 20) is None
+
+
+def test_holds_100k_open_invoices() -> None:
+    tracemalloc.start()
+    ix = index()
+    for i in range(100_000):
+        ix.put(invoice(id=f"i{i}", seq=i, to_addr=f"0x{i:040x}", expire_at=10**10))
+    size, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(ix) == 100_000
+    assert ix.route("ETH", f"0x{99_999:040x}", 1, 5) == (Route.PAYMENT, "i99999")
+    assert size < 100 * 2**20  # the index itself, not the invoices that built it

@@ -1,0 +1,300 @@
+"""Wires the daemon together: store, ledger, one follower per network, the callback sender,
+the HTTP API, metrics and systemd notification. The only module that knows them all."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from typing import Any
+
+from aiohttp import web
+
+from watcher import __version__, timeutil
+from watcher.api import ApiContext, create_app
+from watcher.callbacks import CallbackSender
+from watcher.config import NetworkConfig, Settings
+from watcher.errors import ChainIdMismatch, ConfigError, StoreError
+from watcher.follower import Follower, FollowerConfig
+from watcher.ledger import Ledger, NetworkInfo, Outcome
+from watcher.matching import WatchIndex
+from watcher.metrics import Metrics
+from watcher.outbox import queue_depth
+from watcher.rpc import RpcClient
+from watcher.sdnotify import Notifier
+from watcher.store import Store, status_counts, watched_invoices
+
+log = logging.getLogger("watcher.daemon")
+
+HOUSEKEEPING_INTERVAL = 10.0
+
+
+def build_ledger(settings: Settings) -> Ledger:
+    nets = {
+        name: NetworkInfo(name, n.chain_id, n.confirmations, n.assets())
+        for name, n in settings.enabled_networks().items()
+    }
+    return Ledger(
+        nets,
+        tolerance=settings.invoices.underpayment_tolerance,
+        default_ttl=settings.invoices.default_ttl,
+        late_window=settings.invoices.late_payment_window,
+        default_callback_url=settings.callbacks.url,
+    )
+
+
+class Daemon:
+    """The running service. `await start()`, then `await wait()`; `await stop()` to end."""
+
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.store = Store(settings.database)
+        self.ledger = build_ledger(settings)
+        self.networks: dict[str, NetworkConfig] = settings.enabled_networks()
+        self.indexes = {
+            name: WatchIndex(n.assets(), settings.invoices.late_payment_window)
+            for name, n in self.networks.items()
+        }
+        self.rpcs: dict[str, RpcClient] = {}
+        self.followers: dict[str, Follower] = {}
+        self.sender: CallbackSender | None = None
+        self.notifier = Notifier()
+        self.runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopped = asyncio.Event()
+
+    # ------------------------------------------------------------------ start
+
+    async def start(self, *, check_chain_ids: bool = True) -> None:
+        await self.store.open()
+        await self.store.run(self.ledger.load_views)
+        since = timeutil.now() - self.settings.invoices.late_payment_window
+        for name, index in self.indexes.items():
+            for inv in await self.store.run(watched_invoices, name, since):
+                index.put(inv)
+            self.metrics.add_network(name, index.assets)
+            log.info("%s: watching %d invoices", name, len(index), extra={"network": name})
+        for name, net in self.networks.items():
+            self.rpcs[name] = RpcClient(name, net.rpc, on_request=self.metrics.rpc_hook(name))
+        if check_chain_ids:
+            await self._check_chain_ids()
+        for name, net in self.networks.items():
+            cfg = FollowerConfig(
+                name, net.confirmations, net.max_block_range, net.effective_poll_interval, net.ws
+            )
+            self.followers[name] = Follower(
+                cfg, self.rpcs[name], self.store, self.ledger, self.indexes[name],
+                self.on_outcome, self.metrics,
+            )
+        cb = self.settings.callbacks
+        self.sender = CallbackSender(
+            self.store,
+            secret=cb.secret.get_secret_value() if cb.secret else None,
+            timeout=cb.timeout,
+            max_age=cb.max_age,
+            concurrency=cb.concurrency,
+            metrics=self.metrics,
+        )
+        await self._start_api()
+        for name, f in self.followers.items():
+            self._spawn(f.run(), f"follow-{name}")
+        self._spawn(self.sender.run(), "callbacks")
+        self._spawn(self._housekeeping(), "housekeeping")
+        self._spawn(self.notifier.watchdog_loop(), "watchdog")
+        self.metrics.build_info.labels(version=__version__).set(1)
+        self.notifier.ready()
+        self.notifier.status("started")
+        log.info(
+            "payment-watcher %s: API on %s:%s, networks %s",
+            __version__, self.settings.api.host, self.port, ", ".join(self.networks) or "none",
+        )
+
+    async def _check_chain_ids(self) -> None:
+        problems = []
+        for name, net in self.networks.items():
+            try:
+                rows = await self.rpcs[name].check_chain_id(net.chain_id)
+            except ChainIdMismatch as exc:
+                problems.append(f"networks.{name}.rpc: {exc}")
+                continue
+            for row in rows:
+                if row["error"]:
+                    log.warning(
+                        "%s: %s unreachable at start: %s", name, row["label"], row["error"],
+                        extra={"network": name},
+                    )
+        if problems:
+            await self._close_clients()
+            await self.store.close()
+            raise ConfigError(problems)
+
+    async def _start_api(self) -> None:
+        ctx = ApiContext(
+            store=self.store,
+            ledger=self.ledger,
+            api_keys=[k.get_secret_value() for k in self.settings.api.api_keys],
+            metrics_handler=self.metrics.aiohttp_handler(),
+            metrics_require_auth=self.settings.metrics.require_auth,
+            on_outcome=self.on_outcome,
+            networks_status=self.networks_status,
+            readiness=self.readiness,
+        )
+        app = create_app(ctx)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.settings.api.host, self.settings.api.port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.settings.api.port
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.critical("task %s died: %r", task.get_name(), exc, exc_info=exc)
+            self._stopped.set()  # systemd restarts us (Restart=on-failure)
+
+    # ------------------------------------------------------------------ outcomes
+
+    def on_outcome(self, outcome: Outcome) -> None:
+        """After every commit: keep the indexes in step, count, log, wake the sender."""
+        for inv in outcome.touched:
+            index = self.indexes.get(inv.network)
+            if index is not None:
+                index.put(inv)
+        now = timeutil.now()
+        for ch in outcome.changes:
+            inv = ch.invoice
+            latest = inv.latest_payment
+            if ch.status is not None:
+                self.metrics.invoice_transitions.labels(inv.network, ch.status.value).inc()
+            if ch.block_time is not None:
+                self.metrics.detection_latency.labels(inv.network).observe(
+                    max(0, now - ch.block_time)
+                )
+            log.info(
+                "invoice %s %s on %s tx %s",
+                inv.id, ch.event.removeprefix("invoice."), inv.network,
+                latest.tx_hash if latest else "-",
+                extra={"invoice": inv.id, "network": inv.network, "status": inv.status.value,
+                       "tx": latest.tx_hash if latest else None},
+            )
+        if outcome.changes and self.sender is not None:
+            self.sender.wake()
+
+    # ------------------------------------------------------------------ status
+
+    def networks_status(self) -> list[dict[str, Any]]:
+        out = []
+        for name, net in self.networks.items():
+            f = self.followers.get(name)
+            rpc = self.rpcs.get(name)
+            head = f.head if f else None
+            scanned = f.scanned if f else None
+            out.append({
+                "name": name,
+                "chainId": net.chain_id,
+                "headBlock": head,
+                "scannedBlock": scanned,
+                "lagBlocks": head - scanned if head is not None and scanned is not None else None,
+                "confirmations": net.confirmations,
+                "rpc": rpc.health() if rpc else [],
+                "lastError": f.last_error if f else None,
+                "assets": [
+                    {"symbol": a.symbol, "decimals": a.decimals, "tokenAddress": a.token,
+                     "sharedAddress": a.shared_address}
+                    for a in net.assets().values()
+                ],
+            })
+        return out
+
+    def readiness(self) -> tuple[bool, str]:
+        behind = []
+        for name, net in self.networks.items():
+            f = self.followers.get(name)
+            if f is None or f.head is None or f.scanned is None:
+                behind.append(f"{name}: not synced yet")
+            elif f.head - f.scanned > net.max_lag_blocks:
+                behind.append(
+                    f"{name}: {f.head - f.scanned} blocks behind (max {net.max_lag_blocks})"
+                )
+        return (not behind, "; ".join(behind) or "ok")
+
+    async def _housekeeping(self) -> None:
+        while True:
+            try:
+                counts = await self.store.run(status_counts)
+                self.metrics.set_invoice_counts(counts)
+                self.metrics.callback_queue_depth.set(await self.store.run(queue_depth))
+                now = timeutil.now()
+                for index in self.indexes.values():
+                    index.prune(now)
+                ready, reason = self.readiness()
+                self.notifier.status(
+                    "ready" if ready else reason
+                )
+            except StoreError as exc:
+                log.error("housekeeping: %s", exc)
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+
+    # ------------------------------------------------------------------ stop
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def stop(self) -> None:
+        """Stop taking work, let the write in flight finish, close everything."""
+        self.notifier.stopping()
+        for f in self.followers.values():
+            f.stop()
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.sender is not None:
+            await self.sender.stop()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._close_clients()
+        await self.store.close()
+
+    async def _close_clients(self) -> None:
+        for rpc in self.rpcs.values():
+            await rpc.close()
+
+
+async def serve(settings: Settings) -> None:
+    """`payment-watcher run`: until SIGTERM/SIGINT; a second signal exits at once."""
+    daemon = Daemon(settings)
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def on_signal() -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            os._exit(1)
+        log.info("stopping")
+        daemon.request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    await daemon.start()
+    try:
+        await daemon.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(daemon.stop(), 8)

@@ -1,0 +1,453 @@
+"""One follower per network: tracks the head, scans every block from the cursor, finds
+transfers to watched addresses, and hands them to the ledger with the cursor advance.
+
+Per range of blocks the follower asks the node for:
+- ERC-20 `Transfer` logs of the configured token contracts (`eth_getLogs`), only while some
+  token address is watched, narrowed by recipient topic while few addresses are watched;
+- full blocks only while a native invoice may be paid on this network;
+- headers of the blocks within the reorg window of the head (hash and parentHash), and the
+  range's last header (its time decides expiry).
+A reorg is found by a parentHash (or a stored hash) that does not match; the follower walks
+back to the common ancestor, has the ledger undo everything above it, and rescans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from web3 import Web3
+
+from watcher import timeutil
+from watcher.errors import RangeTooLarge, RpcError, StoreError
+from watcher.ledger import Ledger, Outcome, ScanBatch
+from watcher.matching import Route, WatchIndex
+from watcher.metrics import Metrics
+from watcher.models import Transfer
+from watcher.rpc import RpcClient
+from watcher.store import Store
+
+log = logging.getLogger("watcher.follower")
+
+TRANSFER_TOPIC = Web3.keccak(text="Transfer(address,address,uint256)").to_0x_hex()
+#: Up to this many watched token recipients, `eth_getLogs` filters by recipient topic.
+TOPIC_FILTER_LIMIT = 200
+NATIVE_RANGE = 100  # blocks per step while full blocks are fetched
+
+
+@dataclass(slots=True)
+class FollowerConfig:
+    network: str
+    confirmations: int
+    max_block_range: int
+    poll_interval: float
+    ws: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Header:
+    number: int
+    hash: str
+    parent: str
+    timestamp: int
+
+    @classmethod
+    def of(cls, block: dict[str, Any]) -> Header:
+        return cls(
+            int(block["number"], 16),
+            block["hash"],
+            block["parentHash"],
+            int(block["timestamp"], 16),
+        )
+
+
+class ReorgDetected(Exception):
+    """The chain changed under a step; `at` is a height whose stored hash is stale."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(f"reorg at or below block {at}")
+        self.at = at
+
+
+def _topic_address(topic: str) -> str:
+    return "0x" + topic[-40:]
+
+
+def _pad(address: str) -> str:
+    return "0x" + "0" * 24 + address[2:].lower()
+
+
+class Follower:
+    """Follows one network. `run()` never returns until cancelled; RPC or store trouble is
+    logged, retried, and shown in `health`."""
+
+    def __init__(
+        self,
+        cfg: FollowerConfig,
+        rpc: RpcClient,
+        store: Store,
+        ledger: Ledger,
+        index: WatchIndex,
+        on_outcome: Callable[[Outcome], None],
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.rpc = rpc
+        self.store = store
+        self.ledger = ledger
+        self.index = index
+        self.on_outcome = on_outcome
+        self.metrics = metrics
+        self.head: int | None = None
+        self.scanned: int | None = None
+        self.last_error: str | None = None
+        self._hashes: dict[int, tuple[str, str]] = {}  # number -> (hash, parentHash)
+        self._range = max(1, cfg.max_block_range)
+        self._good_ranges = 0
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._errors_logged: dict[str, float] = {}
+        #: blocks whose hashes are kept and checked: deeper than any payment still pending
+        self.track = max(cfg.confirmations + 2, 12)
+        self.keep = max(2 * cfg.confirmations, 64)
+
+    # ------------------------------------------------------------------ life cycle
+
+    @property
+    def network(self) -> str:
+        return self.cfg.network
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        ws_task = None
+        if self.cfg.ws:
+            ws_task = asyncio.create_task(self._follow_ws(), name=f"ws-{self.network}")
+        try:
+            await self._load()
+            while not self._stopping:
+                try:
+                    await self.sync_once()
+                    self.last_error = None
+                except (RpcError, StoreError, aiohttp.ClientError, OSError) as exc:
+                    self._note_error(exc)
+                    await self._sleep(max(self.cfg.poll_interval, 1.0))
+                    continue
+                await self._sleep(self.cfg.poll_interval)
+        finally:
+            if ws_task is not None:
+                ws_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ws_task
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    def _note_error(self, exc: BaseException) -> None:
+        """Log an error, at most once a minute per kind of error."""
+        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        key = type(exc).__name__
+        now = time.monotonic()
+        if now - self._errors_logged.get(key, -1e9) >= 60:
+            self._errors_logged[key] = now
+            log.warning(
+                "%s: %s (scanned %s, head %s)",
+                self.network, self.last_error, self.scanned, self.head,
+                extra={"network": self.network},
+            )
+
+    async def _load(self) -> None:
+        cursor = await self.store.run(self.ledger.cursor, self.network)
+        if cursor and cursor["scanned_block"] is not None:
+            self.scanned = cursor["scanned_block"]
+            self.head = cursor["head_block"]
+        self._hashes = await self.store.run(self.ledger.recent_blocks, self.network)
+
+    # ------------------------------------------------------------------ one pass
+
+    async def sync_once(self) -> None:
+        """Poll the head once and scan up to it (or as far as one pass gets)."""
+        latest = await self.rpc.get_block("latest", False)
+        if latest is None:
+            raise RpcError("node has no latest block")
+        tip = Header.of(latest)
+        self.head = tip.number
+        self._observe_head()
+        if self.scanned is None:
+            # A fresh database starts at the head: nothing before it was ever asked for.
+            self.scanned = tip.number - 1
+            log.info("%s: starting at block %d", self.network, tip.number)
+        known = self._hashes.get(tip.number)
+        if tip.number <= self.scanned and known is not None and known[0] != tip.hash:
+            await self._handle_reorg(tip.number)
+        elif tip.number < self.scanned:
+            await self._handle_reorg(tip.number + 1)  # the chain got shorter under us
+        deadline = time.monotonic() + 5.0
+        while self.scanned < tip.number and not self._stopping:
+            try:
+                await self._step(tip)
+            except ReorgDetected as r:
+                await self._handle_reorg(r.at)
+            if time.monotonic() > deadline:
+                break  # come back for a fresh head (and let the loop breathe)
+
+    def _observe_head(self) -> None:
+        if self.metrics is not None and self.head is not None and self.scanned is not None:
+            self.metrics.set_heights(self.network, self.head, self.scanned)
+
+    async def _step(self, tip: Header) -> None:
+        assert self.scanned is not None
+        start = self.scanned + 1
+        native = self.index.native_symbol is not None and self.index.watches_native()
+        span = min(self._range, NATIVE_RANGE) if native else self._range
+        end = min(tip.number, start + span - 1)
+        try:
+            logs = await self._logs(start, end)
+        except RangeTooLarge as exc:
+            self._shrink(exc, start, end)
+            return
+        headers, blocks = await self._blocks(start, end, tip, native)
+        self._check_chain(start, headers)
+        transfers = self._token_transfers(logs, headers)
+        if native:
+            transfers += await self._native_transfers(blocks)
+        transfers.sort(key=lambda t: (t.block, -1 if t.log_index is None else t.log_index))
+        last = headers[end]
+        batch = ScanBatch(
+            network=self.network,
+            to_block=end,
+            to_hash=last.hash,
+            to_time=last.timestamp,
+            head=tip.number,
+            transfers=transfers,
+            blocks=[(h.number, h.hash, h.parent, h.timestamp) for h in headers.values()
+                    if h.number > tip.number - self.keep],
+            keep_blocks=self.keep,
+        )
+        outcome = await self.store.run(self.ledger.apply_scan, batch, timeutil.now())
+        for h in headers.values():
+            if h.number > tip.number - self.keep:
+                self._hashes[h.number] = (h.hash, h.parent)
+        for n in [n for n in self._hashes if n < end - self.keep]:
+            del self._hashes[n]
+        self.scanned = end
+        self._grow()
+        self.on_outcome(outcome)
+        self._count(start, end, outcome)
+
+    def _count(self, start: int, end: int, outcome: Outcome) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.blocks_scanned.labels(self.network).inc(end - start + 1)
+        self._observe_head()
+        for t in outcome.recorded:
+            self.metrics.transfer_seen(self.network, t.asset, t.invoice_id is not None)
+
+    def _shrink(self, exc: RangeTooLarge, start: int, end: int) -> None:
+        if exc.suggested and exc.suggested[1] >= exc.suggested[0] >= start:
+            self._range = max(1, exc.suggested[1] - start + 1)
+        else:
+            self._range = max(1, (end - start + 1) // 2)
+        self._good_ranges = 0
+        log.info("%s: eth_getLogs range narrowed to %d blocks", self.network, self._range)
+
+    def _grow(self) -> None:
+        if self._range < self.cfg.max_block_range:
+            self._good_ranges += 1
+            if self._good_ranges >= 20:
+                self._range = min(self.cfg.max_block_range, self._range * 2)
+                self._good_ranges = 0
+
+    # ------------------------------------------------------------------ fetching
+
+    async def _logs(self, start: int, end: int) -> list[dict[str, Any]]:
+        tokens = self.index.token_addresses()
+        if not tokens:
+            return []
+        recipients: set[str] = set()
+        for symbol, asset in self.index.assets.items():
+            if asset.token:
+                recipients |= self.index.addresses(symbol)
+        if not recipients:
+            return []
+        topics: list[Any] = [TRANSFER_TOPIC]
+        if len(recipients) <= TOPIC_FILTER_LIMIT:
+            topics += [None, sorted(_pad(a) for a in recipients)]
+        return await self.rpc.get_logs(start, end, tokens, topics)
+
+    async def _blocks(
+        self, start: int, end: int, tip: Header, native: bool
+    ) -> tuple[dict[int, Header], list[dict[str, Any]]]:
+        """Headers the step needs (all of them for full blocks), and the full blocks."""
+        if native:
+            blocks = await self.rpc.get_blocks(list(range(start, end + 1)), full=True)
+            return {h.number: h for h in map(Header.of, blocks)}, blocks
+        wanted = {n for n in range(max(start, tip.number - self.track + 1), end + 1)}
+        wanted.add(end)
+        headers: dict[int, Header] = {}
+        if tip.number in wanted:
+            headers[tip.number] = tip
+            wanted.discard(tip.number)
+        if wanted:
+            for b in await self.rpc.get_blocks(sorted(wanted), full=False):
+                h = Header.of(b)
+                headers[h.number] = h
+        return dict(sorted(headers.items())), []
+
+    def _check_chain(self, start: int, headers: dict[int, Header]) -> None:
+        """Fetched headers must link to each other and to what was stored."""
+        prev = self._hashes.get(start - 1)
+        for n, h in headers.items():
+            if n - 1 in headers and headers[n - 1].hash != h.parent:
+                raise ReorgDetected(n - 1)  # changed while we fetched: walk back from there
+            if n == start and prev is not None and prev[0] != h.parent:
+                raise ReorgDetected(start - 1)
+
+    def _token_transfers(
+        self, logs: list[dict[str, Any]], headers: dict[int, Header]
+    ) -> list[Transfer]:
+        out: list[Transfer] = []
+        for lg in logs:
+            topics = lg.get("topics") or []
+            if lg.get("removed") or len(topics) != 3 or topics[0] != TRANSFER_TOPIC:
+                continue
+            symbol = self.index.symbol_for_token(lg["address"])
+            if symbol is None:
+                continue
+            to = _topic_address(topics[2])
+            if not self.index.is_watched(symbol, to):
+                continue
+            block = int(lg["blockNumber"], 16)
+            h = headers.get(block)
+            if h is not None and h.hash != lg["blockHash"]:
+                raise ReorgDetected(block)
+            ts = lg.get("blockTimestamp")
+            if ts is None and h is None:
+                raise ReorgDetected(block)  # pragma: no cover - every node we know sends it
+            timestamp = int(ts, 16) if ts is not None else h.timestamp  # type: ignore[union-attr]
+            data = lg.get("data") or "0x"
+            amount = int(data[:66], 16) if len(data) > 2 else 0
+            out.append(self._route(
+                symbol, lg["transactionHash"], int(lg["logIndex"], 16),
+                _topic_address(topics[1]), to, amount, block, lg["blockHash"], timestamp,
+            ))
+        return out
+
+    async def _native_transfers(self, blocks: list[dict[str, Any]]) -> list[Transfer]:
+        symbol = self.index.native_symbol
+        assert symbol is not None
+        found: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for b in blocks:
+            for tx in b.get("transactions") or []:
+                to = tx.get("to")
+                if to and tx.get("value", "0x0") != "0x0" and self.index.is_watched(symbol, to):
+                    found.append((b, tx))
+        if not found:
+            return []
+        receipts = await self.rpc.get_receipts([tx["hash"] for _, tx in found])
+        out = []
+        for (b, tx), receipt in zip(found, receipts, strict=True):
+            if receipt is None:
+                raise ReorgDetected(int(b["number"], 16))  # the node lost it: chain moved
+            if receipt.get("status") != "0x1":
+                continue  # reverted: nothing arrived
+            out.append(self._route(
+                symbol, tx["hash"], None, tx["from"], tx["to"], int(tx["value"], 16),
+                int(b["number"], 16), b["hash"], int(b["timestamp"], 16),
+            ))
+        return out
+
+    def _route(
+        self, symbol: str, tx_hash: str, log_index: int | None, sender: str, to: str,
+        amount: int, block: int, block_hash: str, timestamp: int,
+    ) -> Transfer:
+        route, invoice_id = self.index.route(symbol, to, amount, timestamp)
+        return Transfer(
+            network=self.network,
+            asset=symbol,
+            tx_hash=tx_hash,
+            log_index=log_index,
+            from_addr=Web3.to_checksum_address(sender),
+            to_addr=Web3.to_checksum_address(to),
+            amount=amount,
+            block=block,
+            block_hash=block_hash,
+            timestamp=timestamp,
+            invoice_id=invoice_id,
+            kind=Route(route).value,
+        )
+
+    # ------------------------------------------------------------------ reorgs
+
+    async def _handle_reorg(self, suspect: int) -> None:
+        """Walk back from `suspect` to the newest stored block the node still has, undo
+        everything above it, and let the next step rescan."""
+        assert self.scanned is not None
+        ancestor = None
+        oldest = min(self._hashes) if self._hashes else self.scanned
+        n = min(suspect, self.scanned)
+        while n >= oldest:
+            stored = self._hashes.get(n)
+            if stored is not None:
+                b = await self.rpc.get_block(n, False)
+                if b is not None and b["hash"] == stored[0]:
+                    ancestor = n
+                    break
+            n -= 1
+        if ancestor is None:
+            ancestor = max(0, oldest - 1)
+            log.error(
+                "%s: reorg deeper than the %d blocks kept; rescanning from block %d",
+                self.network, self.keep, ancestor + 1, extra={"network": self.network},
+            )
+        depth = self.scanned - ancestor
+        log.warning(
+            "%s: reorg: blocks above %d replaced (depth %d)", self.network, ancestor, depth,
+            extra={"network": self.network, "block": ancestor},
+        )
+        outcome = await self.store.run(
+            self.ledger.undo_above, self.network, ancestor, self.head or ancestor, timeutil.now()
+        )
+        for k in [k for k in self._hashes if k > ancestor]:
+            del self._hashes[k]
+        self.scanned = ancestor
+        if self.metrics is not None:
+            self.metrics.reorgs.labels(self.network).inc()
+        self.on_outcome(outcome)
+
+    # ------------------------------------------------------------------ websocket heads
+
+    async def _follow_ws(self) -> None:
+        """Wake the poller on every `newHeads`; polling goes on if the socket drops."""
+        backoff = 1.0
+        while not self._stopping:
+            for url in self.cfg.ws:
+                try:
+                    async with aiohttp.ClientSession() as session, session.ws_connect(
+                        url, heartbeat=30, max_msg_size=4 * 2**20
+                    ) as ws:
+                        await ws.send_bytes(orjson.dumps({
+                            "jsonrpc": "2.0", "id": 1, "method": "eth_subscribe",
+                            "params": ["newHeads"],
+                        }))
+                        backoff = 1.0
+                        async for msg in ws:
+                            if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                                self._wake.set()
+                            elif msg.type == aiohttp.WSMsgType.ERROR:
+                                break
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    self._note_error(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
