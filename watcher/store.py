@@ -147,6 +147,19 @@ def _m0001(db: Database) -> None:
     )
 
 
+@migrations(name="0002_delivery_retry_window")
+def _m0002(db: Database) -> None:
+    # A delivery's retry window: it starts at created_at and again at each redeliver, so a
+    # redelivered event gets the whole backoff schedule and `callbacks.max_age` afresh.
+    # window_start NULL means created_at; window_attempts picks the backoff step.
+    db.executescript(
+        """
+        ALTER TABLE deliveries ADD COLUMN window_start REAL;
+        ALTER TABLE deliveries ADD COLUMN window_attempts INTEGER NOT NULL DEFAULT 0;
+        """
+    )
+
+
 def connect(path: str | Path) -> Database:
     """Open (creating with mode 0600) and migrate the database. Call on the owning thread."""
     path = Path(path)

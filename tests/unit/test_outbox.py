@@ -1,0 +1,122 @@
+"""The outbox SQL on a real migrated database, with rows written by the ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlite_utils import Database
+
+from tests.integration.receiver import create_invoices, event_ids, make_ledger
+from watcher import outbox
+from watcher.store import connect
+
+URL = "http://127.0.0.1:9/hook"
+T0 = 1_722_000_000
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = connect(tmp_path / "outbox.db")
+    yield database
+    database.close()
+
+
+def _due_ids(
+    db: Database, now: float = T0, limit: int = 100, busy: set[str] | None = None
+) -> list[str]:
+    return [r["event_id"] for r in outbox.due(db, now, limit, busy or set())]
+
+
+def test_due_gives_the_first_event_of_each_invoice_with_its_body(db: Database) -> None:
+    a, b = create_invoices(db, make_ledger(), 2, URL, T0, cancel=True)
+    a_created, a_voided = event_ids(db, [a])
+    b_created, b_voided = event_ids(db, [b])
+    rows = outbox.due(db, T0, 100, set())
+    assert [r["event_id"] for r in rows] == [a_created, b_created]
+    body = db.execute("SELECT body FROM events WHERE id = ?", [a_created]).fetchone()[0]
+    assert rows[0]["body"] == body and isinstance(rows[0]["body"], bytes)
+    assert rows[0]["event"] == "invoice.created" and rows[0]["url"] == URL
+    assert rows[0]["window_start"] == T0 and rows[0]["window_attempts"] == 0
+    # The second event of each invoice waits for the first.
+    outbox.record_attempt(db, a_created, T0, 200, None, 3, "delivered", None)
+    assert _due_ids(db) == [a_voided, b_created]
+    outbox.record_attempt(db, b_created, T0, 500, "HTTP 500", 3, "retry", T0 + 10)
+    assert _due_ids(db) == [a_voided]  # b's voided still waits behind the retry
+    assert _due_ids(db, now=T0 + 10) == [a_voided, b_created]
+    assert b_voided not in _due_ids(db, now=T0 + 10_000)
+
+
+def test_due_respects_next_attempt_at_limit_and_busy(db: Database) -> None:
+    ids = create_invoices(db, make_ledger(), 3, URL, T0)
+    first = event_ids(db)
+    assert _due_ids(db, now=T0 - 1) == []
+    assert _due_ids(db, limit=2) == first[:2]
+    assert _due_ids(db, limit=0) == []
+    assert _due_ids(db, busy={ids[0], ids[2]}) == [first[1]]
+
+
+def test_failed_does_not_block_later_events(db: Database) -> None:
+    (a,) = create_invoices(db, make_ledger(), 1, URL, T0, cancel=True)
+    created, voided = event_ids(db, [a])
+    outbox.record_attempt(db, created, T0, 400, "HTTP 400", 5, "failed", None)
+    assert _due_ids(db) == [voided]
+
+
+def test_record_attempt_writes_the_attempt_and_the_state(db: Database) -> None:
+    create_invoices(db, make_ledger(), 1, URL, T0)
+    (evt,) = event_ids(db)
+    outbox.record_attempt(db, evt, T0 + 1.5, None, "x" * 2000, 10_000, "retry", T0 + 20)
+    outbox.record_attempt(db, evt, T0 + 21, 204, None, 12, "delivered", None)
+    (row,) = outbox.list_deliveries(db, failed_only=False, limit=10)
+    assert row["state"] == "delivered" and row["attempts"] == 2
+    assert row["delivered_at"] == T0 + 21 and row["next_attempt_at"] == T0 + 20
+    tries = outbox.attempts_for(db, [evt, "evt_unknown"])
+    assert tries["evt_unknown"] == []
+    assert [(t["status_code"], t["duration_ms"]) for t in tries[evt]] == [(None, 10_000), (204, 12)]
+    assert len(tries[evt][0]["error"]) == outbox.MAX_ERROR
+    with pytest.raises(ValueError):
+        outbox.record_attempt(db, evt, T0, 500, "e", 1, "retry", None)
+
+
+def test_redeliver_requeues_with_a_fresh_window(db: Database) -> None:
+    (a,) = create_invoices(db, make_ledger(), 1, URL, T0, cancel=True)
+    created, voided = event_ids(db, [a])
+    outbox.record_attempt(db, created, T0, 500, "HTTP 500", 1, "retry", T0 + 10)
+    outbox.record_attempt(db, created, T0 + 10, 410, "HTTP 410", 1, "failed", None)
+    outbox.record_attempt(db, voided, T0 + 10, 200, None, 1, "delivered", None)
+    assert outbox.queue_depth(db) == 0 and outbox.next_due_at(db) is None
+    assert [d["event_id"] for d in outbox.list_deliveries(db, True, 10)] == [created]
+
+    assert outbox.redeliver(db, created, T0 + 100) is True
+    assert outbox.redeliver(db, "evt_nope", T0 + 100) is False
+    (row,) = outbox.due(db, T0 + 100, 10, set())
+    assert row["event_id"] == created and row["window_start"] == T0 + 100
+    assert row["window_attempts"] == 0 and row["attempts"] == 2  # history is kept
+    assert outbox.queue_depth(db) == 1 and outbox.list_deliveries(db, True, 10) == []
+    # A delivered event can be sent again too.
+    assert outbox.redeliver(db, voided, T0 + 100)
+    assert outbox.queue_depth(db) == 2
+
+
+def test_next_due_at_counts_only_heads_not_busy(db: Database) -> None:
+    assert outbox.next_due_at(db) is None
+    a, b = create_invoices(db, make_ledger(), 2, URL, T0, cancel=True)
+    a_created, _ = event_ids(db, [a])
+    b_created, _ = event_ids(db, [b])
+    outbox.record_attempt(db, a_created, T0, 503, "HTTP 503", 1, "retry", T0 + 30)
+    assert outbox.next_due_at(db) == T0  # b's first event
+    assert outbox.next_due_at(db, busy={b}) == T0 + 30  # a's voided waits behind T0 + 30
+    outbox.record_attempt(db, b_created, T0, 503, "HTTP 503", 1, "retry", T0 + 60)
+    assert outbox.next_due_at(db) == T0 + 30
+    assert outbox.queue_depth(db) == 4
+
+
+def test_deliveries_only_for_invoices_with_a_url(db: Database) -> None:
+    ledger = make_ledger()
+    create_invoices(db, ledger, 2, None, T0)
+    assert outbox.queue_depth(db) == 0 and _due_ids(db) == []
+    create_invoices(db, make_ledger("http://127.0.0.1:9/default"), 1, None, T0, first=5)
+    (row,) = outbox.due(db, T0, 10, set())
+    assert row["url"] == "http://127.0.0.1:9/default"

@@ -1,0 +1,342 @@
+"""The callback sender: reads the outbox, POSTs signed callbacks, records every attempt.
+
+One long-running task (`CallbackSender.run`). It talks to the database only through
+`Store.run` (outbox.py holds the SQL) and to receivers through its own aiohttp session, so
+a slow or dead receiver never slows chain scanning.
+
+- Each event's body was frozen at commit: it is POSTed byte for byte, with headers from
+  `signing.headers` (a fresh timestamp and signature per attempt; `X-Watcher-Delivery` is the
+  event id, the same on every retry).
+- Success is any 2xx within `timeout`. Connection errors, timeouts, 408, 425, 429 and 5xx are
+  retried on `schedule` (stored as `next_attempt_at`, so a restart keeps it), honouring
+  `Retry-After`; after `max_age` seconds of retrying the delivery is `failed`. Any other
+  status (other 4xx, and 3xx: redirects are not followed) fails it at once.
+- Events of one invoice go out in order, one at a time; up to `concurrency` invoices are
+  sent at once.
+- Delivery is at least once: a crash between a receiver's 2xx and the commit of the attempt
+  sends that event again after restart. Receivers dedupe on `X-Watcher-Delivery`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import random
+import time
+import urllib.parse
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+from sqlite_utils import Database
+
+from watcher import outbox, signing
+from watcher.outbox import Outcome
+from watcher.store import Store
+
+log = logging.getLogger(__name__)
+
+#: Backoff between attempts (seconds): about 10 s, 30 s, 1 m, 5 m, 10 m, 30 m, then hourly.
+DEFAULT_SCHEDULE: tuple[float, ...] = (10, 30, 60, 300, 600, 1800, 3600)
+#: HTTP statuses (besides 5xx) worth another try.
+RETRY_STATUSES = frozenset({408, 425, 429})
+#: Longest wait a `Retry-After` header can ask for.
+MAX_RETRY_AFTER = 3600.0
+#: Up to this fraction of each delay is added at random, so retries do not come in waves.
+JITTER = 0.1
+#: How much of an error answer's body is kept in the attempt's error text.
+ERROR_BODY_BYTES = 200
+
+_DELIVERED: Outcome = "delivered"
+_RETRY: Outcome = "retry"
+_FAILED: Outcome = "failed"
+
+
+class _Counter(Protocol):
+    def labels(self, *args: str, **kwargs: str) -> Any: ...
+
+
+class _Gauge(Protocol):
+    def set(self, value: float) -> None: ...
+
+
+class CallbackMetrics(Protocol):
+    """What the sender needs of `watcher.metrics.Metrics`."""
+
+    @property
+    def callbacks(self) -> _Counter: ...
+
+    @property
+    def callback_queue_depth(self) -> _Gauge: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Result:
+    """What one HTTP attempt gave."""
+
+    status: int | None  # None: no HTTP answer
+    error: str | None = None
+    retry_after: float | None = None  # seconds, from a Retry-After header
+    permanent: bool = False  # no point retrying (an invalid URL)
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delta seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _host(url: str) -> str:
+    try:
+        return urllib.parse.urlsplit(url).hostname or "?"
+    except ValueError:
+        return "?"
+
+
+def _poll(
+    db: Database, now: float, limit: int, busy: Collection[str]
+) -> tuple[list[dict[str, Any]], float | None, int]:
+    """One trip to the writer thread: the due rows, when the next one is due, the depth."""
+    rows = outbox.due(db, now, limit, busy)
+    taken = set(busy) | {r["invoice_id"] for r in rows}
+    return rows, outbox.next_due_at(db, taken), outbox.queue_depth(db)
+
+
+class CallbackSender:
+    """Delivers the outbox. `run()` is the task; `wake()` after a commit that wrote outbox
+    rows; `stop()` to finish."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        secret: str | None,
+        timeout: float,
+        max_age: int,
+        concurrency: int = 8,
+        metrics: CallbackMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+        schedule: Sequence[float] = DEFAULT_SCHEDULE,
+        poll_interval: float = 2.0,
+        grace: float = 3.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if not schedule:
+            raise ValueError("schedule must not be empty")
+        self.store = store
+        self.secret = secret or None
+        self.timeout = timeout
+        self.max_age = max_age
+        self.concurrency = concurrency
+        self.metrics = metrics
+        self.clock = clock
+        self.schedule = tuple(float(s) for s in schedule)
+        #: Longest sleep between polls: picks up rows written by another process (the CLI).
+        self.poll_interval = poll_interval
+        #: How long `stop()` lets in-flight sends finish before cancelling them.
+        self.grace = grace
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._running = False
+        self._done = asyncio.Event()
+        self._inflight: dict[str, asyncio.Task[None]] = {}  # invoice id -> its send
+        self._session: aiohttp.ClientSession | None = None
+
+    # ---------------------------------------------------------------- control
+
+    def wake(self) -> None:
+        """New outbox rows were committed: look for due deliveries now."""
+        self._wakeup.set()
+
+    async def stop(self) -> None:
+        """Stop taking work; let in-flight sends finish (cancelled after `grace`)."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._running:
+            await self._done.wait()
+
+    async def run(self) -> None:
+        """Deliver until `stop()` (or cancellation)."""
+        if self._running:
+            raise RuntimeError("CallbackSender.run is already running")
+        self._running = True
+        self._done.clear()
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.concurrency),
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            auto_decompress=False,
+        )
+        try:
+            while not self._stopping:
+                self._wakeup.clear()
+                delay = await self._fill()
+                if self._stopping:
+                    break
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), delay)
+                else:
+                    await asyncio.sleep(0)
+        finally:
+            await self._drain()
+            self._running = False
+            self._done.set()
+
+    async def _fill(self) -> float:
+        """Start sends for due deliveries; return how long to sleep before looking again."""
+        free = self.concurrency - len(self._inflight)
+        try:
+            rows, next_at, depth = await self.store.run(
+                _poll, self.clock(), free, set(self._inflight)
+            )
+        except Exception as exc:
+            log.error("callbacks: cannot read the outbox: %s", exc)
+            return min(1.0, self.poll_interval)
+        if self.metrics is not None:
+            self.metrics.callback_queue_depth.set(depth)
+        for row in rows:
+            if self._stopping:
+                break
+            task = asyncio.create_task(self._deliver(row), name=f"callback-{row['event_id']}")
+            self._inflight[row["invoice_id"]] = task
+        if len(self._inflight) >= self.concurrency or next_at is None:
+            return self.poll_interval  # a finishing send or wake() ends the sleep early
+        return max(0.0, min(next_at - self.clock(), self.poll_interval))
+
+    async def _drain(self) -> None:
+        tasks = list(self._inflight.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ---------------------------------------------------------------- one attempt
+
+    async def _deliver(self, row: dict[str, Any]) -> None:
+        try:
+            started = time.monotonic()
+            result = await self._post(row)
+            duration_ms = int((time.monotonic() - started) * 1000)
+            at = self.clock()
+            outcome, next_at = self._decide(row, result, at)
+            await self.store.run(
+                outbox.record_attempt, row["event_id"], at, result.status, result.error,
+                duration_ms, outcome, next_at,
+            )  # fmt: skip
+            if self.metrics is not None:
+                self.metrics.callbacks.labels(event=row["event"], outcome=outcome).inc()
+            if outcome != _DELIVERED:
+                self._log_failure(row, result, outcome, next_at, at)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The row stays pending and due: it is sent again after a pause (the invoice
+            # stays busy meanwhile, so a broken store does not turn into a flood of POSTs).
+            log.exception(
+                "callbacks: could not record the attempt for %s", row["event_id"],
+                extra={"event_id": row["event_id"], "invoice": row["invoice_id"]},
+            )  # fmt: skip
+            await asyncio.sleep(1.0)
+        finally:
+            self._inflight.pop(row["invoice_id"], None)
+            self._wakeup.set()
+
+    async def _post(self, row: dict[str, Any]) -> _Result:
+        assert self._session is not None
+        body: bytes = row["body"]
+        url: str = row["url"]
+        hdrs = signing.headers(row["event"], row["event_id"], self.secret, body, int(self.clock()))
+        try:
+            async with self._session.post(
+                url, data=body, headers=hdrs, allow_redirects=False
+            ) as resp:
+                if 200 <= resp.status < 300:
+                    with contextlib.suppress(aiohttp.ClientError):
+                        await resp.content.read(64 * 1024)  # lets the connection be reused
+                    return _Result(resp.status, None)
+                snippet = b""
+                with contextlib.suppress(aiohttp.ClientError):
+                    snippet = await resp.content.read(ERROR_BODY_BYTES)
+                text = " ".join(snippet.decode("utf-8", "replace").split())
+                error = f"HTTP {resp.status}" + (f": {text}" if text else "")
+                if 300 <= resp.status < 400:
+                    error += " (redirects are not followed)"
+                return _Result(
+                    resp.status,
+                    error,
+                    parse_retry_after(resp.headers.get("Retry-After"), self.clock()),
+                )
+        except TimeoutError:
+            return _Result(None, f"timeout: no answer within {self.timeout:g} s")
+        except aiohttp.InvalidURL as exc:
+            return _Result(None, f"invalid URL: {exc}", permanent=True)
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            text = str(exc).replace(url, _host(url))
+            return _Result(None, f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+    def _decide(
+        self, row: dict[str, Any], result: _Result, now: float
+    ) -> tuple[Outcome, float | None]:
+        status = result.status
+        if status is not None and 200 <= status < 300:
+            return _DELIVERED, None
+        if status is None:
+            retryable = not result.permanent
+        else:
+            retryable = status in RETRY_STATUSES or status >= 500
+        deadline = float(row["window_start"]) + self.max_age
+        if not retryable or now >= deadline:
+            return _FAILED, None
+        step = self.schedule[min(int(row["window_attempts"]), len(self.schedule) - 1)]
+        delay = step * (1 + random.uniform(0, JITTER))
+        if result.retry_after is not None:
+            delay = max(delay, min(result.retry_after, MAX_RETRY_AFTER))
+        # The last try is made at the deadline rather than never.
+        return _RETRY, min(now + delay, deadline)
+
+    def _log_failure(
+        self,
+        row: dict[str, Any],
+        result: _Result,
+        outcome: Outcome,
+        next_at: float | None,
+        now: float,
+    ) -> None:
+        host = _host(row["url"])
+        extra = {
+            "event_id": row["event_id"],
+            "invoice": row["invoice_id"],
+            "host": host,
+            "http_status": result.status,
+            "outcome": outcome,
+        }
+        if outcome == _RETRY and next_at is not None:
+            log.warning(
+                "callback %s for invoice %s to %s failed (%s), retry in %.0f s",
+                row["event_id"], row["invoice_id"], host, result.error, next_at - now,
+                extra=extra,
+            )  # fmt: skip
+        else:
+            log.error(
+                "callback %s for invoice %s to %s failed (%s), giving up after %d attempts",
+                row["event_id"], row["invoice_id"], host, result.error,
+                int(row["attempts"]) + 1, extra=extra,
+            )  # fmt: skip

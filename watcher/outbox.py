@@ -1,0 +1,161 @@
+"""The callback outbox in SQL: which deliveries are due, and what each attempt did.
+
+The ledger writes one `deliveries` row (state `pending`, `next_attempt_at` = now) in the same
+transaction as each event; the sender (callbacks.py) reads due rows here and records every
+attempt here. Functions take the `Database` first so they can be passed to `Store.run`.
+
+Per-invoice order: a delivery is due only when no earlier event of the same invoice is still
+`pending`; an earlier one that is `failed` (given up) does not hold the later ones back.
+
+Retry window: `window_start` (NULL = `created_at`) and `window_attempts` (migration 0002)
+restart at each redeliver, so a redelivered event gets the full backoff schedule and
+`callbacks.max_age` again; `attempts` keeps counting every attempt ever made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from typing import Any, Literal
+
+from sqlite_utils import Database
+
+Outcome = Literal["delivered", "retry", "failed"]
+
+#: Longest `error` text kept per attempt.
+MAX_ERROR = 500
+
+_HEAD = (
+    "d.state = 'pending' AND NOT EXISTS (SELECT 1 FROM deliveries p "
+    "WHERE p.invoice_id = d.invoice_id AND p.state = 'pending' AND p.event_seq < d.event_seq)"
+)
+_CHUNK = 500
+
+
+def _not_busy(busy: Collection[str]) -> tuple[str, list[str]]:
+    if not busy:
+        return "", []
+    return f" AND d.invoice_id NOT IN ({','.join('?' * len(busy))})", list(busy)
+
+
+def due(db: Database, now: float, limit: int, busy: Collection[str]) -> list[dict[str, Any]]:
+    """Up to `limit` deliveries to attempt now, oldest due first, with the event's `body`.
+
+    A row is due when it is `pending`, `next_attempt_at <= now`, it is the earliest pending
+    event of its invoice, and its invoice is not in `busy` (being sent right now).
+    Each row: event_id, event_seq, invoice_id, event, url, attempts, window_attempts,
+    window_start, created_at, next_attempt_at, body (bytes).
+    """
+    if limit <= 0:
+        return []
+    skip, params = _not_busy(busy)
+    rows = db.query(
+        "SELECT d.event_id, d.event_seq, d.invoice_id, d.event, d.url, d.attempts, "
+        "d.window_attempts, COALESCE(d.window_start, d.created_at) AS window_start, "
+        "d.created_at, d.next_attempt_at, e.body "
+        "FROM deliveries d JOIN events e ON e.id = d.event_id "
+        f"WHERE d.next_attempt_at <= ? AND {_HEAD}{skip} "
+        "ORDER BY d.next_attempt_at, d.event_seq LIMIT ?",
+        [now, *params, limit],
+    )
+    out = []
+    for row in rows:
+        body = row["body"]
+        row["body"] = body.encode() if isinstance(body, str) else bytes(body)
+        out.append(row)
+    return out
+
+
+def next_due_at(db: Database, busy: Collection[str] = ()) -> float | None:
+    """When the next delivery becomes due (may be in the past), None if nothing waits.
+
+    Only the earliest pending event of each invoice counts (the others wait for it);
+    invoices in `busy` are left out (their sender wakes up when it is done).
+    """
+    skip, params = _not_busy(busy)
+    row = db.execute(
+        f"SELECT MIN(d.next_attempt_at) FROM deliveries d WHERE {_HEAD}{skip}", params
+    ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def record_attempt(
+    db: Database,
+    event_id: str,
+    at: float,
+    status_code: int | None,
+    error: str | None,
+    duration_ms: int,
+    outcome: Outcome,
+    next_attempt_at: float | None,
+) -> None:
+    """Store one attempt and move its delivery, in one transaction.
+
+    `delivered` and `failed` end the delivery; `retry` keeps it pending until
+    `next_attempt_at` (required then).
+    """
+    if outcome == "retry" and next_attempt_at is None:
+        raise ValueError("a retry needs next_attempt_at")
+    if error is not None and len(error) > MAX_ERROR:
+        error = error[: MAX_ERROR - 3] + "..."
+    state = "pending" if outcome == "retry" else outcome
+    with db.atomic():
+        db.execute(
+            "INSERT INTO attempts (event_id, at, status_code, error, duration_ms) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [event_id, at, status_code, error, duration_ms],
+        )
+        db.execute(
+            "UPDATE deliveries SET state = ?, attempts = attempts + 1, "
+            "window_attempts = window_attempts + 1, "
+            "next_attempt_at = COALESCE(?, next_attempt_at), "
+            "delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END, "
+            "last_error = ? WHERE event_id = ?",
+            [state, next_attempt_at, outcome, int(at), error, event_id],
+        )
+
+
+def redeliver(db: Database, event_id: str, now: float) -> bool:
+    """Queue a delivery again (whatever its state), due at `now`, with a fresh retry
+    window. False if no delivery has this event id."""
+    with db.atomic():
+        cur = db.execute(
+            "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, window_start = ?, "
+            "window_attempts = 0 WHERE event_id = ?",
+            [now, now, event_id],
+        )
+        return bool(cur.rowcount)
+
+
+def queue_depth(db: Database) -> int:
+    """Deliveries still pending (due now or waiting for a retry or an earlier event)."""
+    row = db.execute("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def list_deliveries(db: Database, failed_only: bool, limit: int) -> list[dict[str, Any]]:
+    """Deliveries, newest event first (only `failed` ones if `failed_only`)."""
+    where = "WHERE state = 'failed' " if failed_only else ""
+    return list(
+        db.query(
+            "SELECT event_id, event_seq, invoice_id, event, url, state, attempts, "
+            "next_attempt_at, created_at, delivered_at, last_error "
+            f"FROM deliveries {where}ORDER BY event_seq DESC LIMIT ?",
+            [limit],
+        )
+    )
+
+
+def attempts_for(db: Database, event_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """The attempts of each event id, oldest first: at, status_code, error, duration_ms.
+    Every requested id is a key (an empty list when it has no attempt yet)."""
+    ids = list(dict.fromkeys(event_ids))
+    out: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        for row in db.query(
+            "SELECT event_id, at, status_code, error, duration_ms FROM attempts "
+            f"WHERE event_id IN ({','.join('?' * len(chunk))}) ORDER BY id",
+            chunk,
+        ):
+            out[row.pop("event_id")].append(row)
+    return out
