@@ -29,11 +29,11 @@ NAMESPACE = "payment_watcher"
 #: error (`outcome!="ok"`), so RPC callers are free to name failures ("error", "timeout", ...).
 RPC_OK = "ok"
 
-#: `outcome` values of `callbacks_total`.
-CALLBACK_OK = "ok"  # delivered: a 2xx in time
-CALLBACK_RETRY = "retry"  # attempt failed, will be retried
+#: `outcome` values of `callbacks_total` (those of `watcher.callbacks`).
+CALLBACK_DELIVERED = "delivered"  # a 2xx within callbacks.timeout
+CALLBACK_RETRY = "retry"  # the attempt failed and will be retried
 CALLBACK_FAILED = "failed"  # given up (non-retryable 4xx or past callbacks.max_age)
-CALLBACK_OUTCOMES = (CALLBACK_OK, CALLBACK_RETRY, CALLBACK_FAILED)
+CALLBACK_OUTCOMES = (CALLBACK_DELIVERED, CALLBACK_RETRY, CALLBACK_FAILED)
 
 #: Every callback event name of the contract (section 3).
 CALLBACK_EVENTS = (CREATED_EVENT, *(s.event for s in Status), LATE_PAYMENT_EVENT)
@@ -115,7 +115,7 @@ class Metrics:
         )
         self.callbacks = Counter(
             "callbacks",
-            "Callback delivery attempts by event and outcome (ok, retry, failed).",
+            "Callback delivery attempts by event and outcome (delivered, retry, failed).",
             ("event", "outcome"),
             **kw,
         )

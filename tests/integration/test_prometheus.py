@@ -61,7 +61,7 @@ async def test_live_exposition_passes_promtool_lint(served_metrics: tuple[Metric
     metrics.rpc_hook("anvil")("eth_getLogs", "timeout", "rpc0", 10.0)
     metrics.transfer_seen("anvil", "USDT", matched=True)
     metrics.detection_latency.labels(network="anvil").observe(2.5)
-    metrics.callbacks.labels(event="invoice.completed", outcome="ok").inc()
+    metrics.callbacks.labels(event="invoice.completed", outcome="delivered").inc()
     metrics.callback_queue_depth.set(3)
     metrics.reorgs.labels(network="anvil").inc()
     async with (
@@ -206,9 +206,22 @@ def test_alert_rules_fire_when_they_should(tmp_path: Path) -> None:
         {
             "interval": "1m",
             "input_series": [
+                # The receiver slows down: the queue grows, 3 of 4 attempts are retried.
                 _series("payment_watcher_callback_queue_depth", sel, "20+1x60"),
+                _series(
+                    "payment_watcher_callbacks_total",
+                    sel + ',event="invoice.completed",outcome="retry"',
+                    "0+6x60",
+                ),
+                _series(
+                    "payment_watcher_callbacks_total",
+                    sel + ',event="invoice.completed",outcome="delivered"',
+                    "0+2x60",
+                ),
             ],
             "alert_rule_test": [
+                _alert("PaymentWatcherCallbacksRetrying", "10m"),
+                _alert("PaymentWatcherCallbacksRetrying", "30m", {**common, "severity": "warning"}),
                 _alert("PaymentWatcherCallbackQueueGrowing", "10m"),
                 _alert(
                     "PaymentWatcherCallbackQueueGrowing", "45m", {**common, "severity": "warning"}
