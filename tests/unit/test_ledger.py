@@ -72,7 +72,9 @@ def pay(
     return ledger.apply_scan(db, ScanBatch(NET, head, None, now, head, [t]), now)
 
 
-def invoice_in(db: Database, ledger: Ledger, status: Status, now: int, **kw: Any) -> Invoice:
+def invoice_in(
+    db: Database, /, ledger: Ledger, status: Status, now: int, **kw: Any
+) -> Invoice:
     """A fresh invoice brought into `status` through the ledger (REVERSED by SQL)."""
     inv, _, _ = ledger.create(db, new(address=None, **kw), now)
     if status == Status.WAITING_FOR_CONFIRMATIONS:
