@@ -183,7 +183,7 @@ class Ledger:
             inv.status = s
             inv.updated_at = now
             if s == Status.VOIDED and inv.closed_at is None:
-                inv.closed_at = min(now, inv.expire_at)
+                inv.closed_at = inv.expire_at  # expired: it stopped collecting at expireAt
             self._emit(db, inv, s.event, s, now)
             out.changes.append(Change(inv, s.event, s, block_time))
             moved = True
