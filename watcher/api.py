@@ -23,7 +23,7 @@ from sqlite_utils import Database
 
 from watcher import ledger as ledger_mod
 from watcher import requests as rq
-from watcher.errors import ApiError, NotFound, PayloadTooLarge, Unauthorized
+from watcher.errors import ApiError, NotFound, PayloadTooLarge, StoreError, Unauthorized
 from watcher.models import Invoice
 from watcher.render import transfer_json
 from watcher.store import Store, load_invoice, load_invoices, transfer_from_row
@@ -130,6 +130,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             return resp
         code = _HTTP_CODES.get(exc.status, "http_error")
         return _error(exc.status, code, exc.reason)
+    except StoreError:
+        log.exception("database unavailable in %s %s", request.method, request.path)
+        return _error(503, "unavailable", "the database is unavailable; try again later")
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return _error(500, "internal", "internal error; the details are in the server log")

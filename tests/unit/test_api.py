@@ -30,6 +30,7 @@ from tests.unit.test_ledger import (
     tx_hash,
 )
 from watcher.api import ApiContext, create_app, key_matches, load_openapi
+from watcher.errors import StoreError
 from watcher.ledger import Ledger, Outcome, ScanBatch
 from watcher.models import Invoice, Status, Transfer
 from watcher.store import Store
@@ -612,3 +613,13 @@ async def test_openapi_documents_exactly_the_registered_routes(env: Env) -> None
 async def test_unique_ids_in_paths_are_not_guessable_routes(env: Env) -> None:
     status, _ = await env.call("GET", f"/v1/invoices/{uuid.uuid4()}")
     assert status == 404
+
+
+async def test_a_database_failure_is_503_json(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise StoreError("database error: disk I/O error")
+
+    monkeypatch.setattr(env.store, "run", down)
+    status, data = await env.call("GET", "/v1/invoices")
+    assert status == 503 and data["error"]["code"] == "unavailable"
+    assert "disk" not in data["error"]["message"]
