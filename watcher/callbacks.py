@@ -47,6 +47,8 @@ RETRY_STATUSES = frozenset({408, 425, 429})
 MAX_RETRY_AFTER = 3600.0
 #: Up to this fraction of each delay is added at random, so retries do not come in waves.
 JITTER = 0.1
+#: Under load, the queue depth gauge is refreshed at most this often (seconds).
+DEPTH_INTERVAL = 1.0
 #: How much of an error answer's body is kept in the attempt's error text.
 ERROR_BODY_BYTES = 200
 
@@ -106,18 +108,51 @@ def _host(url: str) -> str:
         return "?"
 
 
-def _poll(
-    db: Database, now: float, limit: int, busy: Collection[str]
-) -> tuple[list[dict[str, Any]], float | None, int]:
-    """One trip to the writer thread: the due rows, when the next one is due, the depth."""
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """A finished attempt, waiting to be recorded."""
+
+    row: dict[str, Any]
+    at: float
+    result: _Result
+    duration_ms: int
+    outcome: Outcome
+    next_at: float | None
+
+
+def _cycle(
+    db: Database,
+    done: Sequence[_Done],
+    now: float,
+    limit: int,
+    busy: Collection[str],
+    depth: bool,
+) -> tuple[list[dict[str, Any]], float | None, int | None]:
+    """One trip to the writer thread: record the finished attempts (one transaction), then
+    the due rows; when the next one is due (only if fewer than `limit` were due: otherwise a
+    finishing send wakes the sender); the queue depth if asked."""
+    if done:
+        with db.atomic():
+            for d in done:
+                outbox.record_attempt(
+                    db, d.row["event_id"], d.at, d.result.status, d.result.error,
+                    d.duration_ms, d.outcome, d.next_at,
+                )  # fmt: skip
     rows = outbox.due(db, now, limit, busy)
-    taken = set(busy) | {r["invoice_id"] for r in rows}
-    return rows, outbox.next_due_at(db, taken), outbox.queue_depth(db)
+    next_at = None
+    if len(rows) < limit:
+        next_at = outbox.next_due_at(db, set(busy) | {r["invoice_id"] for r in rows})
+    return rows, next_at, outbox.queue_depth(db) if depth else None
 
 
 class CallbackSender:
     """Delivers the outbox. `run()` is the task; `wake()` after a commit that wrote outbox
-    rows; `stop()` to finish."""
+    rows; `stop()` to finish.
+
+    An invoice holds one of the `concurrency` slots from the start of its send until the
+    attempt is recorded. Finished attempts are recorded in batches, in the same trip to the
+    writer thread as the next poll of the outbox.
+    """
 
     def __init__(
         self,
@@ -153,8 +188,10 @@ class CallbackSender:
         self._stopping = False
         self._running = False
         self._done = asyncio.Event()
-        self._inflight: dict[str, asyncio.Task[None]] = {}  # invoice id -> its send
+        self._busy: dict[str, asyncio.Task[None]] = {}  # invoice id -> its send
+        self._finished: list[_Done] = []  # attempts not recorded yet (their invoice is busy)
         self._session: aiohttp.ClientSession | None = None
+        self._depth_at = -DEPTH_INTERVAL  # monotonic time of the last queue depth update
 
     # ---------------------------------------------------------------- control
 
@@ -163,7 +200,8 @@ class CallbackSender:
         self._wakeup.set()
 
     async def stop(self) -> None:
-        """Stop taking work; let in-flight sends finish (cancelled after `grace`)."""
+        """Stop taking work; let in-flight sends finish (cancelled after `grace`), record
+        what they did, close the session."""
         self._stopping = True
         self._wakeup.set()
         if self._running:
@@ -183,7 +221,7 @@ class CallbackSender:
         try:
             while not self._stopping:
                 self._wakeup.clear()
-                delay = await self._fill()
+                delay = await self._step()
                 if self._stopping:
                     break
                 if delay > 0:
@@ -196,37 +234,57 @@ class CallbackSender:
             self._running = False
             self._done.set()
 
-    async def _fill(self) -> float:
-        """Start sends for due deliveries; return how long to sleep before looking again."""
-        free = self.concurrency - len(self._inflight)
+    async def _step(self, take: bool = True) -> float:
+        """Record finished attempts, start sends for due deliveries (if `take`); return how
+        long to sleep before looking again."""
+        done, self._finished = self._finished, []
+        recorded = {d.row["invoice_id"] for d in done}
+        busy = [i for i in self._busy if i not in recorded]
+        free = self.concurrency - len(busy) if take else 0
+        now = time.monotonic()
+        want_depth = self.metrics is not None and (
+            free == self.concurrency or now - self._depth_at >= DEPTH_INTERVAL
+        )
         try:
             rows, next_at, depth = await self.store.run(
-                _poll, self.clock(), free, set(self._inflight)
+                _cycle, done, self.clock(), free, busy, want_depth
             )
         except Exception as exc:
-            log.error("callbacks: cannot read the outbox: %s", exc)
+            log.error("callbacks: cannot use the outbox: %s", exc)
+            self._finished[:0] = done  # kept (their invoices stay busy): recorded next time
             return min(1.0, self.poll_interval)
-        if self.metrics is not None:
+        for d in done:
+            self._busy.pop(d.row["invoice_id"], None)
+            self._report(d)
+        if self.metrics is not None and depth is not None:
             self.metrics.callback_queue_depth.set(depth)
+            self._depth_at = now
         for row in rows:
-            if self._stopping:
-                break
             task = asyncio.create_task(self._deliver(row), name=f"callback-{row['event_id']}")
-            self._inflight[row["invoice_id"]] = task
-        if len(self._inflight) >= self.concurrency or next_at is None:
+            self._busy[row["invoice_id"]] = task
+        if len(rows) >= free or next_at is None:
             return self.poll_interval  # a finishing send or wake() ends the sleep early
         return max(0.0, min(next_at - self.clock(), self.poll_interval))
 
     async def _drain(self) -> None:
-        tasks = list(self._inflight.values())
+        tasks = [t for t in self._busy.values() if not t.done()]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.grace)
             for task in pending:
-                task.cancel()
+                task.cancel()  # not recorded: sent again after restart (at least once)
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._finished:
+            await self._step(take=False)
+        self._busy.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _report(self, d: _Done) -> None:
+        if self.metrics is not None:
+            self.metrics.callbacks.labels(event=d.row["event"], outcome=d.outcome).inc()
+        if d.outcome != _DELIVERED:
+            self._log_failure(d.row, d.result, d.outcome, d.next_at, d.at)
 
     # ---------------------------------------------------------------- one attempt
 
@@ -237,26 +295,20 @@ class CallbackSender:
             duration_ms = int((time.monotonic() - started) * 1000)
             at = self.clock()
             outcome, next_at = self._decide(row, result, at)
-            await self.store.run(
-                outbox.record_attempt, row["event_id"], at, result.status, result.error,
-                duration_ms, outcome, next_at,
-            )  # fmt: skip
-            if self.metrics is not None:
-                self.metrics.callbacks.labels(event=row["event"], outcome=outcome).inc()
-            if outcome != _DELIVERED:
-                self._log_failure(row, result, outcome, next_at, at)
+            self._finished.append(_Done(row, at, result, duration_ms, outcome, next_at))
         except asyncio.CancelledError:
+            self._busy.pop(row["invoice_id"], None)
             raise
         except Exception:
-            # The row stays pending and due: it is sent again after a pause (the invoice
-            # stays busy meanwhile, so a broken store does not turn into a flood of POSTs).
+            # Not recorded: the row stays pending and due. Pause before freeing the invoice
+            # so that a bug here does not turn into a flood of POSTs.
             log.exception(
-                "callbacks: could not record the attempt for %s", row["event_id"],
+                "callbacks: attempt for %s failed unexpectedly", row["event_id"],
                 extra={"event_id": row["event_id"], "invoice": row["invoice_id"]},
             )  # fmt: skip
             await asyncio.sleep(1.0)
+            self._busy.pop(row["invoice_id"], None)
         finally:
-            self._inflight.pop(row["invoice_id"], None)
             self._wakeup.set()
 
     async def _post(self, row: dict[str, Any]) -> _Result:
