@@ -74,7 +74,9 @@ _SYMBOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,19}\Z")
 # ---------------------------------------------------------------- field types
 
 
-def _address(value: object) -> str:
+def checksum_address(value: object) -> str:
+    """`0x` + 40 hex digits; mixed case must be a valid EIP-55 checksum. Returns the
+    checksummed form; ValueError "not an EVM address" or "bad checksum"."""
     if not isinstance(value, str) or not _HEX_ADDRESS.match(value):
         raise ValueError("not an EVM address")
     body = value[2:]
@@ -83,22 +85,20 @@ def _address(value: object) -> str:
     return str(Web3.to_checksum_address(value))
 
 
-def _url_check(schemes: tuple[str, ...]) -> Any:
-    wanted = " or ".join(f"{s}://" for s in schemes)
-    article = "an" if schemes[0] == "http" else "a"
-
-    def check(value: str) -> str:
-        try:
-            parts = urlsplit(value)
-            host_ok = bool(parts.hostname)
-            parts.port  # noqa: B018  (raises ValueError on a bad port)
-        except ValueError:
-            host_ok = False
-        if parts.scheme.lower() not in schemes or not host_ok or any(c.isspace() for c in value):
-            raise ValueError(f"must be {article} {wanted} URL")
-        return value
-
-    return AfterValidator(check)
+def check_url(value: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    """`value` if it is an absolute URL with a host and one of `schemes`, else ValueError.
+    The string is kept as given (no trailing slash added)."""
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme.lower() in schemes and bool(parts.hostname)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except (ValueError, AttributeError, TypeError):
+        ok = False
+    if not ok or any(c.isspace() for c in value):
+        wanted = " or ".join(f"{s}://" for s in schemes)
+        article = "an" if schemes[0] == "http" else "a"
+        raise ValueError(f"must be {article} {wanted} URL")
+    return value
 
 
 def _duration(value: object) -> int:
@@ -139,9 +139,9 @@ def _no_duplicates(values: list[str]) -> list[str]:
     return values
 
 
-Address = Annotated[str, BeforeValidator(_address)]
-HttpUrlStr = Annotated[str, _url_check(("http", "https"))]
-WsUrlStr = Annotated[str, _url_check(("ws", "wss"))]
+Address = Annotated[str, BeforeValidator(checksum_address)]
+HttpUrlStr = Annotated[str, AfterValidator(check_url)]
+WsUrlStr = Annotated[str, AfterValidator(lambda v: check_url(v, ("ws", "wss")))]
 Duration = Annotated[int, BeforeValidator(_duration)]
 Seconds = Annotated[float, BeforeValidator(_seconds)]
 UrlList = Annotated[list[HttpUrlStr], BeforeValidator(_one_or_many), AfterValidator(_no_duplicates)]
@@ -377,10 +377,10 @@ class NetworkConfig(_Section):
     rpc: UrlList = Field(default_factory=list)
     ws: WsUrlList = Field(default_factory=list)
     confirmations: Annotated[int, Field(ge=1)] = 12
-    block_time: Annotated[float, Field(gt=0)] = 2.0
+    block_time: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 2.0
     max_block_range: Annotated[int, Field(ge=1)] = 1000
     #: Seconds between head polls; default `block_time / 2` (see `effective_poll_interval`).
-    poll_interval: Annotated[float, Field(gt=0)] | None = None
+    poll_interval: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] | None = None
     #: `/readyz` fails when the scan is further behind the head than this. Default: about
     #: LAG_SECONDS of blocks, at least MIN_LAG_BLOCKS.
     max_lag_blocks: Annotated[int, Field(ge=1)] = MIN_LAG_BLOCKS

@@ -16,7 +16,14 @@ from click.testing import CliRunner
 from pydantic import BaseModel
 
 from watcher.cli import main
-from watcher.config import NetworkConfig, Settings, load_settings, merge_network
+from watcher.config import (
+    NetworkConfig,
+    Settings,
+    check_url,
+    checksum_address,
+    load_settings,
+    merge_network,
+)
 from watcher.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -342,6 +349,7 @@ BAD_CONFIGS = [
     ("bad type", '[callbacks]\nconcurrency = "many"\n' + ANVIL, "callbacks.concurrency: "),
     ("bad network type", ANVIL + 'confirmations = "deep"\n', "networks.anvil.confirmations: "),
     ("out of range", ANVIL + "confirmations = 0\n", "networks.anvil.confirmations: "),
+    ("infinite block time", ANVIL + "block_time = inf\n", "networks.anvil.block_time: "),
     ("bad listen", '[api]\nlisten = "localhost"\n' + ANVIL, "api.listen: must be"),
     ("bad port", '[api]\nlisten = "127.0.0.1:70000"\n' + ANVIL, "api.listen: port"),
     ("bad duration", '[callbacks]\nmax_age = "a day"\n' + ANVIL, "callbacks.max_age: must be"),
@@ -587,3 +595,27 @@ def test_example_commented_networks_validate(tmp_path: Path) -> None:
     assert set(s.networks) == {"anvil", "polygon", "sepolia"}
     assert s.networks["polygon"].assets()["USDT"].shared_address == ADDR
     assert s.networks["sepolia"].assets()["USDC"].amount_step == 10_000
+
+
+# ---------------------------------------------------------------- reusable validators
+
+
+def test_checksum_address() -> None:
+    assert checksum_address(ADDR.lower()) == ADDR
+    assert checksum_address(ADDR) == ADDR
+    for bad, message in [
+        (ADDR_BAD_SUM, "bad checksum"),
+        ("0x12", "not an EVM address"),
+        (ADDR[2:], "not an EVM address"),
+        (None, "not an EVM address"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            checksum_address(bad)
+
+
+def test_check_url() -> None:
+    assert check_url("https://shop.example/hook") == "https://shop.example/hook"
+    assert check_url("wss://node.example/ws", ("ws", "wss")) == "wss://node.example/ws"
+    for bad in ["http://[::1", "http://a:99999", "ftp://a", "https://", "http://a b", "a.com"]:
+        with pytest.raises(ValueError, match="must be an http:// or https:// URL"):
+            check_url(bad)
