@@ -25,12 +25,15 @@ from watcher import ledger as ledger_mod
 from watcher import requests as rq
 from watcher.errors import ApiError, NotFound, PayloadTooLarge, StoreError, Unauthorized
 from watcher.models import Invoice
+from watcher.outbox import redeliver
 from watcher.render import transfer_json
 from watcher.store import Store, load_invoice, load_invoices, transfer_from_row
 from watcher.timeutil import iso
 from watcher.timeutil import now as _clock
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ApiContext", "create_app", "redeliver"]
 
 MAX_BODY = 64 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -327,17 +330,6 @@ def invoice_events(db: Database, invoice_id: str) -> list[dict[str, Any]] | None
             }
         )
     return out
-
-
-def redeliver(db: Database, event_id: str, now: float) -> bool:
-    """Queue an event's delivery again (state `pending`, due now; past attempts are kept).
-    False when the event has no delivery."""
-    with db.atomic():
-        cur = db.execute(
-            "UPDATE deliveries SET state = 'pending', next_attempt_at = ? WHERE event_id = ?",
-            [now, event_id],
-        )
-        return bool(cur.rowcount)
 
 
 def fallback_networks(
