@@ -321,11 +321,13 @@ class CallbackSender:
                 url, data=body, headers=hdrs, allow_redirects=False
             ) as resp:
                 if 200 <= resp.status < 300:
-                    with contextlib.suppress(aiohttp.ClientError):
-                        await resp.content.read(64 * 1024)  # lets the connection be reused
+                    # The status is the answer; reading the body lets the connection be
+                    # reused, and a body that stalls does not undo the success.
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                        await resp.content.read(64 * 1024)
                     return _Result(resp.status, None)
                 snippet = b""
-                with contextlib.suppress(aiohttp.ClientError):
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     snippet = await resp.content.read(ERROR_BODY_BYTES)
                 text = " ".join(snippet.decode("utf-8", "replace").split())
                 error = f"HTTP {resp.status}" + (f": {text}" if text else "")
@@ -338,7 +340,7 @@ class CallbackSender:
                 )
         except TimeoutError:
             return _Result(None, f"timeout: no answer within {self.timeout:g} s")
-        except aiohttp.InvalidURL as exc:
+        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
             return _Result(None, f"invalid URL: {exc}", permanent=True)
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             text = str(exc).replace(url, _host(url))
@@ -382,7 +384,7 @@ class CallbackSender:
         }
         if outcome == _RETRY and next_at is not None:
             log.warning(
-                "callback %s for invoice %s to %s failed (%s), retry in %.0f s",
+                "callback %s for invoice %s to %s failed (%s), retry in %.1f s",
                 row["event_id"], row["invoice_id"], host, result.error, next_at - now,
                 extra=extra,
             )  # fmt: skip
