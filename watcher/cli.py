@@ -227,3 +227,245 @@ def networks_command() -> None:
 # `@config_option` and `load_config(config_path)`; raise ConfigError / ApiError for what the
 # user can fix (the group prints it and exits 2). `run` should also call
 # `settings.require_runnable()`.
+
+
+def _store_call(settings: Settings, fn: Callable[..., R], *args: Any) -> R:
+    """Run `fn(db, *args)` on the database of `settings` and close it."""
+    from watcher.store import Store
+
+    async def go() -> R:
+        store = await Store(settings.database).open()
+        try:
+            return await store.run(fn, *args)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def _echo_json(data: object) -> None:
+    import orjson
+
+    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+
+@main.command("run")
+@config_option
+@handles_errors
+def run_command(config_path: Path | None) -> None:
+    """Run the daemon in the foreground (systemd Type=notify)."""
+    import os
+
+    from watcher.daemon import serve
+    from watcher.logs import setup_logging
+
+    settings = load_config(config_path)
+    settings.require_runnable()
+    secrets = [k.get_secret_value() for k in settings.api.api_keys]
+    if settings.callbacks.secret is not None:
+        secrets.append(settings.callbacks.secret.get_secret_value())
+    setup_logging(settings.log_level, settings.log_format, secrets)
+    import logging
+
+    log = logging.getLogger("watcher")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        log.warning("running as root: use the systemd unit (DynamicUser=yes) or a service user")
+    for warning in settings.warnings():
+        log.warning("%s", warning)
+    asyncio.run(serve(settings))
+
+
+@main.group("invoices")
+def invoices_group() -> None:
+    """Create, list, show and cancel invoices directly on the database."""
+
+
+@invoices_group.command("create")
+@config_option
+@click.option("--network", required=True)
+@click.option("--asset", required=True)
+@click.option("--amount", required=True, help="Decimal string in asset units, e.g. 12.5")
+@click.option("--address", default=None, help="Dedicated receiving address.")
+@click.option("--ttl", type=int, default=None, help="Seconds until it expires.")
+@click.option("--expire-at", "expire_at", default=None, help="ISO 8601 time with zone.")
+@click.option("--callback-url", "callback_url", default=None)
+@click.option("--external-id", "external_id", default=None)
+@handles_errors
+def invoices_create(config_path: Path | None, **fields: Any) -> None:
+    """Create an invoice and print it as JSON."""
+    from watcher import timeutil
+    from watcher.daemon import build_ledger
+    from watcher.requests import parse_create
+
+    settings = load_config(config_path)
+    ledger = build_ledger(settings)
+    names = {"expire_at": "expireAt", "callback_url": "callbackUrl", "external_id": "externalId"}
+    body = {names.get(k, k): v for k, v in fields.items() if v is not None}
+    now = timeutil.now()
+    req = parse_create(body, ledger.networks, now)
+
+    def create(db: Any) -> dict[str, Any]:
+        ledger.load_views(db)
+        inv, _, _ = ledger.create(db, req, now)
+        return ledger.render(inv)
+
+    _echo_json(_store_call(settings, create))
+
+
+@invoices_group.command("list")
+@config_option
+@click.option("--status", default=None, help="One or several statuses, comma separated.")
+@click.option("--network", default=None)
+@click.option("--limit", default="50")
+@handles_errors
+def invoices_list(
+    config_path: Path | None, status: str | None, network: str | None, limit: str
+) -> None:
+    """Newest first: id, status, network, asset, amount, paid, to."""
+    from watcher.api import list_invoices
+    from watcher.requests import parse_invoice_query
+
+    settings = load_config(config_path)
+    query = {"limit": limit, **({"status": status} if status else {}),
+             **({"network": network} if network else {})}
+    q = parse_invoice_query(query)
+    invoices, _ = _store_call(settings, list_invoices, q)
+    for inv in invoices:
+        click.echo(
+            f"{inv.id}  {inv.status.value:<26} {inv.network:<10} {inv.asset:<6} "
+            f"{format_amount(inv.amount, inv.decimals):>16}  "
+            f"paid {format_amount(inv.amount_paid, inv.decimals):<14} {inv.to_addr}"
+        )
+
+
+def _show(settings: Settings, fn: Callable[..., Any], invoice_id: str, *args: Any) -> None:
+    from watcher.daemon import build_ledger
+
+    ledger = build_ledger(settings)
+
+    def act(db: Any) -> dict[str, Any]:
+        ledger.load_views(db)
+        result = fn(ledger, db, invoice_id, *args)
+        inv = result[0] if isinstance(result, tuple) else result
+        return ledger.render(inv)
+
+    _echo_json(_store_call(settings, act))
+
+
+@invoices_group.command("show")
+@config_option
+@click.argument("invoice_id")
+@handles_errors
+def invoices_show(config_path: Path | None, invoice_id: str) -> None:
+    """The invoice as JSON."""
+    from watcher.ledger import Ledger
+
+    _show(load_config(config_path), Ledger.get, invoice_id)
+
+
+@invoices_group.command("cancel")
+@config_option
+@click.argument("invoice_id")
+@handles_errors
+def invoices_cancel(config_path: Path | None, invoice_id: str) -> None:
+    """PENDING -> VOIDED; the invoice as JSON."""
+    from watcher import timeutil
+    from watcher.ledger import Ledger
+
+    _show(load_config(config_path), Ledger.cancel, invoice_id, timeutil.now())
+
+
+@main.group("callbacks")
+def callbacks_group() -> None:
+    """Callback deliveries: list them, queue one again."""
+
+
+@callbacks_group.command("list")
+@config_option
+@click.option("--failed", is_flag=True, help="Only deliveries that gave up.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100)
+@handles_errors
+def callbacks_list(config_path: Path | None, failed: bool, limit: int) -> None:
+    """Newest first: event id, state, attempts, event, invoice, last error."""
+    from watcher.outbox import list_deliveries
+
+    rows = _store_call(load_config(config_path), list_deliveries, failed, limit)
+    for r in rows:
+        click.echo(
+            f"{r['event_id']}  {r['state']:<9} {r['attempts']:>3}  {r['event']:<36} "
+            f"{r['invoice_id']}  {r.get('last_error') or ''}"
+        )
+
+
+@callbacks_group.command("redeliver")
+@config_option
+@click.argument("event_id")
+@handles_errors
+def callbacks_redeliver(config_path: Path | None, event_id: str) -> None:
+    """Queue an event's delivery again (the daemon sends it within seconds)."""
+    from watcher import timeutil
+    from watcher.errors import NotFound
+    from watcher.outbox import redeliver
+
+    if not _store_call(load_config(config_path), redeliver, event_id, timeutil.now()):
+        raise NotFound(f"no delivery for event {event_id}")
+    click.echo(f"queued {event_id}")
+
+
+@main.command("status")
+@config_option
+@handles_errors
+def status_command(config_path: Path | None) -> None:
+    """Networks (head, scanned, lag, RPC health), invoices by status, callback queue."""
+    from watcher.outbox import queue_depth
+    from watcher.store import status_counts
+
+    settings = load_config(config_path)
+
+    def read(db: Any) -> tuple[list[dict[str, Any]], dict[str, int], int]:
+        cursors = list(db.query("SELECT * FROM cursors"))
+        return cursors, status_counts(db), queue_depth(db)
+
+    cursors, counts, depth = _store_call(settings, read)
+    live = _live_networks(settings)
+    by_name = {c["network"]: c for c in cursors}
+    click.echo(f"{'network':<12} {'head':>12} {'scanned':>12} {'lag':>6}  rpc")
+    for name in settings.enabled_networks():
+        row = live.get(name) or {}
+        c = by_name.get(name, {})
+        head = row.get("headBlock", c.get("head_block"))
+        scanned = row.get("scannedBlock", c.get("scanned_block"))
+        lag = head - scanned if head is not None and scanned is not None else None
+        rpc = row.get("rpc")
+        health = (
+            ", ".join(f"{r['label']} {'ok' if r.get('healthy') else 'DOWN'}" for r in rpc)
+            if rpc else "daemon not reachable"
+        )
+        click.echo(f"{name:<12} {head if head is not None else '-':>12} "
+                   f"{scanned if scanned is not None else '-':>12} "
+                   f"{lag if lag is not None else '-':>6}  {health}")
+    click.echo("")
+    click.echo("invoices: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+    click.echo(f"callback queue: {depth}")
+
+
+def _live_networks(settings: Settings) -> dict[str, dict[str, Any]]:
+    """`/v1/networks` of the running daemon, if it answers."""
+    if not settings.api.api_keys:
+        return {}
+    key = settings.api.api_keys[0].get_secret_value()
+    host = settings.api.host if settings.api.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    url = f"http://{host}:{settings.api.port}/v1/networks"
+
+    async def ask() -> dict[str, dict[str, Any]]:
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as s, s.get(
+            url, headers={"Authorization": f"Bearer {key}"}
+        ) as r:
+            data = await r.json()
+            return {n["name"]: n for n in data.get("data", [])}
+
+    try:
+        return asyncio.run(ask())
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError):
+        return {}

@@ -24,11 +24,13 @@ from watcher.metrics import Metrics
 from watcher.outbox import queue_depth
 from watcher.rpc import RpcClient
 from watcher.sdnotify import Notifier
-from watcher.store import Store, status_counts, watched_invoices
+from watcher.store import Store, invoices_updated_since, status_counts, watched_invoices
 
 log = logging.getLogger("watcher.daemon")
 
 HOUSEKEEPING_INTERVAL = 10.0
+#: How often invoices changed by another process (the CLI) are taken into the index.
+REFRESH_INTERVAL = 2.0
 
 
 def build_ledger(settings: Settings) -> Ledger:
@@ -66,6 +68,7 @@ class Daemon:
         self.port: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = asyncio.Event()
+        self.failed = False
 
     # ------------------------------------------------------------------ start
 
@@ -104,6 +107,7 @@ class Daemon:
             self._spawn(f.run(), f"follow-{name}")
         self._spawn(self.sender.run(), "callbacks")
         self._spawn(self._housekeeping(), "housekeeping")
+        self._spawn(self._refresh(), "refresh")
         self._spawn(self.notifier.watchdog_loop(), "watchdog")
         self.metrics.build_info.labels(version=__version__).set(1)
         self.notifier.ready()
@@ -142,6 +146,7 @@ class Daemon:
             on_outcome=self.on_outcome,
             networks_status=self.networks_status,
             readiness=self.readiness,
+            on_redeliver=self._wake_sender,
         )
         app = create_app(ctx)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -151,6 +156,10 @@ class Daemon:
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.api.port
+
+    def _wake_sender(self, _event_id: str = "") -> None:
+        if self.sender is not None:
+            self.sender.wake()
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -163,7 +172,8 @@ class Daemon:
         exc = task.exception()
         if exc is not None:
             log.critical("task %s died: %r", task.get_name(), exc, exc_info=exc)
-            self._stopped.set()  # systemd restarts us (Restart=on-failure)
+            self.failed = True
+            self._stopped.set()  # exit non-zero: systemd restarts us (Restart=on-failure)
 
     # ------------------------------------------------------------------ outcomes
 
@@ -230,6 +240,23 @@ class Daemon:
                     f"{name}: {f.head - f.scanned} blocks behind (max {net.max_lag_blocks})"
                 )
         return (not behind, "; ".join(behind) or "ok")
+
+    async def _refresh(self) -> None:
+        """Take invoices another process created or changed into the in-memory index."""
+        since = timeutil.now()
+        while True:
+            await asyncio.sleep(REFRESH_INTERVAL)
+            now = timeutil.now()
+            try:
+                changed = await self.store.run(invoices_updated_since, since - 1)
+            except StoreError as exc:
+                log.error("refresh: %s", exc)
+                continue
+            since = now
+            for inv in changed:
+                index = self.indexes.get(inv.network)
+                if index is not None:
+                    index.put(inv)
 
     async def _housekeeping(self) -> None:
         while True:
@@ -298,3 +325,5 @@ async def serve(settings: Settings) -> None:
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(daemon.stop(), 8)
+    if daemon.failed:
+        raise SystemExit(1)

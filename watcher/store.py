@@ -160,6 +160,12 @@ def _m0002(db: Database) -> None:
     )
 
 
+@migrations(name="0003_invoices_updated_at")
+def _m0003(db: Database) -> None:
+    # The daemon picks up invoices that another process (the CLI) changed by updated_at.
+    db.execute("CREATE INDEX invoices_updated ON invoices(updated_at)")
+
+
 def connect(path: str | Path) -> Database:
     """Open (creating with mode 0600) and migrate the database. Call on the owning thread."""
     path = Path(path)
@@ -382,6 +388,14 @@ def watched_invoices(db: Database, network: str, since: int) -> list[Invoice]:
         [network, since],
     )
     return [invoice_from_row(r) for r in rows]
+
+
+def invoices_updated_since(db: Database, since: int) -> list[Invoice]:
+    """Invoices changed at or after `since` (payments not loaded)."""
+    return [
+        invoice_from_row(r)
+        for r in db.query("SELECT * FROM invoices WHERE updated_at >= ?", [since])
+    ]
 
 
 def status_counts(db: Database) -> dict[str, int]:
