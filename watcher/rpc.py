@@ -404,7 +404,7 @@ class RpcClient:
             nonlocal outcome
             outcome = out
             return _TransportError(
-                f"{method}: {what} from {ep.label}",
+                f"{method}: {ep.label}: {what}",
                 outcome=out,
                 label=ep.label,
                 method=method,
