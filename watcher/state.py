@@ -74,6 +74,15 @@ def target_status(
     if inv.closed_at is not None and inv.status in (Status.COMPLETED, Status.PARTIAL):
         return inv.status  # accepted by hand, or a remainder took over: no longer collecting
     base = chain_status(inv.amount, inv.payments, inv.expire_at, view, tolerance)
+    if base == Status.WAITING_FOR_CONFIRMATIONS and not payments_added:
+        # Confirmations only fall when a reorg shortens the chain; payments that survived it
+        # are still on the canonical chain and stay confirmed.
+        if inv.status == Status.PARTIAL:
+            return Status.PARTIAL
+        if inv.status == Status.COMPLETED and inv.amount_paid >= paid_threshold(
+            inv.amount, tolerance
+        ):
+            return Status.COMPLETED
     was_paid = inv.status in (Status.COMPLETED, Status.REVERSED)
     fresh = payments_added and base == Status.WAITING_FOR_CONFIRMATIONS
     if was_paid and base != Status.COMPLETED and not fresh:

@@ -1,4 +1,4 @@
-"""Property: whatever sequence of blocks, transfers and (shallower than confirmations) reorgs
+"""Property: whatever sequence of blocks, transfers and reorgs shallower than the confirmations
 the follower lives through, the invoices end exactly as a fresh scan of the final canonical
 chain leaves them. Runs the real ledger, matching index and state machine on SQLite; the
 chain is simulated (no node), so thousands of histories run in seconds."""
@@ -62,6 +62,7 @@ class Sim:
         )
         self.index = WatchIndex(ASSETS, late_window=50)
         self.scanned = 0
+        self.confirmed = 0  # the highest block ever seen with REQUIRED confirmations
         self.hashes: dict[int, str] = {}
         # amounts in base units; the two shared ones become 50 and 51
         specs = [("ETH", A[0], 100), ("ETH", A[1], 100), ("USDT", A[2], 100),
@@ -99,6 +100,7 @@ class Sim:
             self.apply(self.ledger.apply_scan(self.db, batch, NOW))
             self.hashes[b.number] = b.hash
             self.scanned = b.number
+            self.confirmed = max(self.confirmed, head - REQUIRED + 1)
 
     def result(self) -> dict[str, Any]:
         out = {}
@@ -148,7 +150,9 @@ def test_final_state_equals_canonical_chain(
             chain.append(new_block(chain, op[1]))
         else:
             _, depth, blocks = op
-            depth = min(depth, len(chain) - 1)
+            # Never replace a block the follower already saw confirmed: that would be a
+            # reorg deeper than the confirmations, where REVERSED is the right answer.
+            depth = min(depth, len(chain) - 1 - live.confirmed)
             del chain[len(chain) - depth :]
             for txs in blocks:
                 chain.append(new_block(chain, txs))

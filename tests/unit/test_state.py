@@ -145,3 +145,12 @@ def test_remainder_only_from_partial(status: Status) -> None:
             state.remainder(inv, ZERO)
     with pytest.raises(state.ActionRefused):
         state.remainder(invoice(status=S.PARTIAL, closed_at=5, payments=[]), ZERO)
+
+
+def test_shorter_head_after_reorg_does_not_unconfirm_surviving_payments() -> None:
+    paid = invoice(status=S.COMPLETED, payments=[payment(600, 10), payment(400, 11)])
+    assert transitions(paid, view(12), ZERO, payments_added=False) == []
+    partial = invoice(status=S.PARTIAL, payments=[payment(400, 10)])
+    assert transitions(partial, view(11), ZERO, payments_added=False) == []
+    lost = invoice(status=S.COMPLETED, payments=[payment(600, 10)])
+    assert transitions(lost, view(12), ZERO, payments_added=False) == [S.REVERSED]
