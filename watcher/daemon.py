@@ -197,7 +197,8 @@ class Daemon:
                 "invoice %s %s on %s tx %s",
                 inv.id, ch.event.removeprefix("invoice."), inv.network,
                 latest.tx_hash if latest else "-",
-                extra={"invoice": inv.id, "network": inv.network, "status": inv.status.value,
+                extra={"invoice": inv.id, "network": inv.network,
+                       "status": ch.status.value if ch.status else inv.status.value,
                        "tx": latest.tx_hash if latest else None},
             )
         if outcome.changes and self.sender is not None:
