@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.integration.harness import Harness
-from watcher.devchain import DevChain
+from watcher.devchain import Anvil, DevChain
 
 USDT = 10**6
 ETH = 10**18
@@ -295,3 +296,38 @@ async def test_same_transfer_never_counted_twice(
     await w.sync()  # happen: one transaction), a rescan must not add the payment again
     got = await w.get(inv.id)
     assert (got["status"], got["amountPaid"], len(got["payments"])) == ("PARTIAL", "4", 1)
+
+
+async def _wait_status(h: Harness, invoice_id: str, status: str, seconds: float) -> str:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    current = await h.status(invoice_id)
+    while current != status and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+        current = await h.status(invoice_id)
+    return current
+
+
+@pytest.mark.parametrize("ws_alive", [True, False])
+async def test_websocket_heads_wake_the_follower_and_polling_remains(
+    tmp_path: Path, anvil: Anvil, rpc_url: str, dead_url: str, chain: DevChain, token: str,
+    payer: str, ws_alive: bool,
+) -> None:
+    h = await Harness(tmp_path / "ws.db", [rpc_url], {"USDT": (token, 6)}).start()
+    # With a live socket the poll interval is long: only a newHeads message can wake the
+    # follower in time. With a dead socket, polling alone must still find the payment.
+    h.follower.cfg.ws = [anvil.ws_url if ws_alive else dead_url.replace("http", "ws")]
+    h.follower.cfg.poll_interval = 30.0 if ws_alive else 0.25
+    task = asyncio.create_task(h.follower.run())
+    try:
+        to = chain.new_account()
+        inv = await h.create("USDT", "1", to)
+        await asyncio.sleep(1.0)  # the subscription is set up
+        chain.send_token(token, payer, to, USDT)
+        assert await _wait_status(h, inv.id, "WAITING_FOR_CONFIRMATIONS", 10) == (
+            "WAITING_FOR_CONFIRMATIONS"
+        )
+    finally:
+        h.follower.stop()
+        await asyncio.wait_for(task, 10)
+        await h.close()
