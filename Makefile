@@ -28,7 +28,7 @@ demo: install
 	$(BIN)/payment-watcher demo
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check watcher tests bench
+	$(BIN)/ruff check watcher tests $(wildcard bench)
 	$(BIN)/mypy
 
 test: install lint
