@@ -28,6 +28,7 @@ from web3 import Web3
 from watcher import timeutil
 from watcher.errors import RangeTooLarge, RpcError, StoreError
 from watcher.ledger import Ledger, Outcome, ScanBatch
+from watcher.logs import Throttle
 from watcher.matching import Route, WatchIndex
 from watcher.metrics import Metrics
 from watcher.models import Transfer
@@ -113,7 +114,7 @@ class Follower:
         self._good_ranges = 0
         self._wake = asyncio.Event()
         self._stopping = False
-        self._errors_logged: dict[str, float] = {}
+        self._throttle = Throttle(60)
         #: blocks whose hashes are kept and checked: deeper than any payment still pending
         self.track = max(cfg.confirmations + 2, 12)
         self.keep = max(2 * cfg.confirmations, 64)
@@ -157,15 +158,11 @@ class Follower:
     def _note_error(self, exc: BaseException) -> None:
         """Log an error, at most once a minute per kind of error."""
         self.last_error = f"{type(exc).__name__}: {exc}"[:300]
-        key = type(exc).__name__
-        now = time.monotonic()
-        if now - self._errors_logged.get(key, -1e9) >= 60:
-            self._errors_logged[key] = now
-            log.warning(
-                "%s: %s (scanned %s, head %s)",
-                self.network, self.last_error, self.scanned, self.head,
-                extra={"network": self.network},
-            )
+        self._throttle.log(
+            log, logging.WARNING, type(exc).__name__,
+            "%s: %s (scanned %s, head %s)", self.network, self.last_error, self.scanned,
+            self.head, extra={"network": self.network},
+        )
 
     async def _load(self) -> None:
         cursor = await self.store.run(self.ledger.cursor, self.network)
