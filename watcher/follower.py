@@ -189,7 +189,14 @@ class Follower:
         if tip.number <= self.scanned and known is not None and known[0] != tip.hash:
             await self._handle_reorg(tip.number)
         elif tip.number < self.scanned:
-            await self._handle_reorg(tip.number + 1)  # the chain got shorter under us
+            # A head below the cursor: a node behind the others (a lagging backend of a
+            # load balancer), or a chain that got shorter. Undoing here would rewind good
+            # blocks, and send `invoice.pending`, on every lagging answer. A real reorg shows
+            # once the chain grows back to the cursor (a stored hash or the parentHash no
+            # longer matches), so wait for a head at or above it.
+            log.debug("%s: node head %d is below scanned block %d: waiting",
+                      self.network, tip.number, self.scanned)
+            return
         deadline = time.monotonic() + 5.0
         while self.scanned < tip.number and not self._stopping:
             try:
