@@ -29,12 +29,14 @@ from watcher.config import (
     redact_url,
     shipped_network,
 )
-from watcher.errors import ApiError, ConfigError
+from watcher.errors import ApiError, ConfigError, StoreError
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 EXIT_ERROR = 2
+#: The database cannot be used (locked, read-only, disk full): may pass, so systemd retries.
+EXIT_STORE = 1
 ONLINE_TIMEOUT = 10.0
 
 
@@ -53,6 +55,9 @@ def report_errors() -> Iterator[None]:
     except ApiError as e:
         click.echo(f"error: {e.message}", err=True)
         raise click.exceptions.Exit(EXIT_ERROR) from None
+    except StoreError as e:
+        click.echo(f"error: {e}", err=True)
+        raise click.exceptions.Exit(EXIT_STORE) from None
 
 
 def handles_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -469,3 +474,29 @@ def _live_networks(settings: Settings) -> dict[str, dict[str, Any]]:
         return asyncio.run(ask())
     except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError):
         return {}
+
+
+@main.command("demo")
+@click.option(
+    "--exit-after-script",
+    is_flag=True,
+    help="Exit 0 once both invoices are COMPLETED and their callbacks received (no prompt).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=90.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up (exit 1) if the scripted part is not done by then.",
+)
+def demo_command(exit_after_script: bool, timeout: float) -> None:
+    """A local dev chain (anvil), a test token, the daemon, invoices paid live, callbacks shown.
+
+    Runs until Ctrl-C, then stops everything it started. Needs anvil (`make install`).
+    """
+    from watcher.demo import main as demo_main
+
+    code = demo_main(exit_after_script=exit_after_script, timeout=timeout)
+    if code:
+        raise click.exceptions.Exit(code)
