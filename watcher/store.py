@@ -170,9 +170,19 @@ def connect(path: str | Path) -> Database:
     """Open (creating with mode 0600) and migrate the database. Call on the owning thread."""
     path = Path(path)
     if str(path) != ":memory:":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        except OSError as exc:
+            raise StoreError(f"cannot create the database {path}: {exc.strerror}") from None
+        # SQLite alone says "unable to open database file": name the cause
+        if not os.access(path, os.W_OK):
+            raise StoreError(f"the database file is read-only: {path}")
+        if not os.access(path.parent, os.W_OK):
+            raise StoreError(
+                f"the database directory is read-only (WAL files go there): {path.parent}"
+            )
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     db = Database(conn)
     db.execute("PRAGMA journal_mode=WAL")
