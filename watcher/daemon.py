@@ -152,7 +152,16 @@ class Daemon:
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.settings.api.host, self.settings.api.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # address in use, not ours: the operator fixes api.listen
+            await self.runner.cleanup()
+            await self._close_clients()
+            await self.store.close()
+            raise ConfigError(
+                [f"api.listen: cannot listen on {self.settings.api.listen}: "
+                 f"{exc.strerror or exc}"]
+            ) from None
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.api.port
