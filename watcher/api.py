@@ -117,7 +117,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise PayloadTooLarge(f"the request body is over {MAX_BODY} bytes")
         return await handler(request)
     except ApiError as exc:
-        return _json(exc.to_json(), exc.status)
+        resp = _json(exc.to_json(), exc.status)
+        if exc.status == 401:  # RFC 9110: a 401 names the scheme it wants
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="payment-watcher"'
+        return resp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
