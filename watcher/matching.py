@@ -46,6 +46,10 @@ class WatchIndex:
             (s, a.shared_address.lower()): {} for s, a in assets.items() if a.shared_address
         }
         self._dedicated: dict[Key, Entry] = {}
+        #: dedicated keys per asset symbol: answers `watches_native` and sizes the token
+        #: recipients without walking every key on each scanned range
+        self._dedicated_count: dict[str, int] = {}
+        self._token_symbols = frozenset(s for s, a in assets.items() if a.token)
         self._where: dict[str, Key] = {}
         self._native = next((s for s, a in assets.items() if a.is_native), None)
 
@@ -79,6 +83,8 @@ class WatchIndex:
         if current is not None and current.seq > inv.seq:
             return  # a newer invoice owns this address
         closed_at = None if inv.collects else (inv.closed_at or inv.expire_at)
+        if current is None:
+            self._dedicated_count[inv.asset] = self._dedicated_count.get(inv.asset, 0) + 1
         self._dedicated[key] = Entry(inv.id, inv.seq, inv.amount, inv.expire_at, closed_at)
         if current is not None and current.invoice_id != inv.id:
             self._where.pop(current.invoice_id, None)
@@ -93,6 +99,7 @@ class WatchIndex:
         ]
         for k in gone:
             self._where.pop(self._dedicated.pop(k).invoice_id, None)
+            self._dedicated_count[k[0]] -= 1
         count = len(gone)
         for by_amount in self._shared.values():
             old = [a for a, e in by_amount.items() if e.expire_at + self.late_window < now]
@@ -110,6 +117,20 @@ class WatchIndex:
         keys = list(self._shared) + list(self._dedicated)
         return {a for s, a in keys if symbol is None or s == symbol}
 
+    def token_recipients(self, limit: int) -> set[str] | None:
+        """The lower-case addresses watched for any token (`addresses(symbol)` over the token
+        assets, merged) while there are at most `limit` of them; None when there are more."""
+        symbols = self._token_symbols
+        total = sum(self._dedicated_count.get(s, 0) for s in symbols)
+        total += sum(1 for s, _ in self._shared if s in symbols)
+        if total > limit * max(1, len(symbols)):
+            return None  # at least total / len(symbols) distinct addresses: more than limit
+        if not total:
+            return set()
+        keys = list(self._shared) + list(self._dedicated)
+        found = {a for s, a in keys if s in symbols}
+        return found if len(found) <= limit else None
+
     def token_addresses(self) -> list[str]:
         return sorted(self._token_symbol)
 
@@ -120,7 +141,7 @@ class WatchIndex:
         native = self._native
         if any(s == native and d for (s, _), d in self._shared.items()):
             return True
-        return any(s == native for s, _ in self._dedicated)
+        return self._dedicated_count.get(native, 0) > 0
 
     def route(self, symbol: str, to: str, amount: int, timestamp: int) -> tuple[Route, str | None]:
         """Where a transfer goes. Raises KeyError when nobody watches the address."""
