@@ -422,11 +422,16 @@ class Ledger:
                 net.confirmations,
             )
             # Invoices whose status may move: just paid, waiting for depth, or expiring.
+            # Two index searches, not `status = .. OR (..)`, which SQLite answers by walking
+            # every invoice of the network (~15 ms a range with 100,000 open). The order
+            # is the one that walk gave: the order of the index (status, expire_at, seq).
             pending = load_invoices(
                 db,
-                "network = ? AND (status = 'WAITING_FOR_CONFIRMATIONS' "
-                "OR (status = 'PENDING' AND expire_at < ?))",
-                [batch.network, view.scanned_time if view.scanned_time is not None else -1],
+                "seq IN (SELECT seq FROM invoices WHERE network = ? AND status = 'PENDING' "
+                "AND expire_at < ? UNION ALL SELECT seq FROM invoices WHERE network = ? "
+                "AND status = 'WAITING_FOR_CONFIRMATIONS') ORDER BY status, expire_at, seq",
+                [batch.network, view.scanned_time if view.scanned_time is not None else -1,
+                 batch.network],
             )
             candidates = dict(owners)
             for inv in pending:
