@@ -24,13 +24,11 @@ from watcher.metrics import Metrics
 from watcher.outbox import queue_depth
 from watcher.rpc import RpcClient
 from watcher.sdnotify import Notifier
-from watcher.store import Store, invoices_updated_since, status_counts, watched_invoices
+from watcher.store import Store, status_counts, watched_invoices
 
 log = logging.getLogger("watcher.daemon")
 
 HOUSEKEEPING_INTERVAL = 10.0
-#: How often invoices changed by another process (the CLI) are taken into the index.
-REFRESH_INTERVAL = 2.0
 
 
 def build_ledger(settings: Settings) -> Ledger:
@@ -107,7 +105,6 @@ class Daemon:
             self._spawn(f.run(), f"follow-{name}")
         self._spawn(self.sender.run(), "callbacks")
         self._spawn(self._housekeeping(), "housekeeping")
-        self._spawn(self._refresh(), "refresh")
         self._spawn(self.notifier.watchdog_loop(), "watchdog")
         self.metrics.build_info.labels(version=__version__).set(1)
         self.notifier.ready()
@@ -250,23 +247,6 @@ class Daemon:
                     f"{name}: {f.head - f.scanned} blocks behind (max {net.max_lag_blocks})"
                 )
         return (not behind, "; ".join(behind) or "ok")
-
-    async def _refresh(self) -> None:
-        """Take invoices another process created or changed into the in-memory index."""
-        since = timeutil.now()
-        while True:
-            await asyncio.sleep(REFRESH_INTERVAL)
-            now = timeutil.now()
-            try:
-                changed = await self.store.run(invoices_updated_since, since - 1)
-            except StoreError as exc:
-                log.error("refresh: %s", exc)
-                continue
-            since = now
-            for inv in changed:
-                index = self.indexes.get(inv.network)
-                if index is not None:
-                    index.put(inv)
 
     async def _housekeeping(self) -> None:
         while True:

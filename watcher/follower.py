@@ -36,7 +36,7 @@ from watcher.matching import Route, WatchIndex
 from watcher.metrics import Metrics
 from watcher.models import Transfer
 from watcher.rpc import RpcClient
-from watcher.store import Store
+from watcher.store import Store, invoices_updated_since
 
 log = logging.getLogger("watcher.follower")
 
@@ -147,6 +147,7 @@ class Follower:
         self._wake = asyncio.Event()
         self._stopping = False
         self._throttle = Throttle(60)
+        self._refreshed = 0
         #: blocks whose hashes are kept and checked: deeper than any payment still pending
         self.track = max(cfg.confirmations + 2, 12)
         self.keep = max(2 * cfg.confirmations, 64)
@@ -203,6 +204,20 @@ class Follower:
             self.scanned = cursor["scanned_block"]
             self.head = cursor["head_block"]
         self._hashes = await self.store.run(self.ledger.recent_blocks, self.network)
+        self._refreshed = timeutil.now()
+
+    async def _refresh_index(self) -> None:
+        """Take invoices another process (the CLI) created or changed into the index. Runs
+        after the head is read and before any range up to it is matched: an invoice
+        committed before this query is watched for every block up to that head, and one
+        committed after it can only be paid in a later block."""
+        now = timeutil.now()
+        changed = await self.store.run(
+            invoices_updated_since, self._refreshed - 1, self.network
+        )
+        self._refreshed = now
+        for inv in changed:
+            self.index.put(inv)
 
     # ------------------------------------------------------------------ one pass
 
@@ -214,6 +229,7 @@ class Follower:
         tip = Header.of(latest)
         self.head = tip.number
         self._observe_head()
+        await self._refresh_index()
         if self.scanned is None:
             # A fresh database starts at the head: nothing before it was ever asked for.
             self.scanned = tip.number - 1

@@ -400,11 +400,13 @@ def watched_invoices(db: Database, network: str, since: int) -> list[Invoice]:
     return [invoice_from_row(r) for r in rows]
 
 
-def invoices_updated_since(db: Database, since: int) -> list[Invoice]:
-    """Invoices changed at or after `since` (payments not loaded)."""
+def invoices_updated_since(db: Database, since: int, network: str) -> list[Invoice]:
+    """Invoices of a network changed at or after `since` (payments not loaded)."""
     return [
         invoice_from_row(r)
-        for r in db.query("SELECT * FROM invoices WHERE updated_at >= ?", [since])
+        for r in db.query(
+            "SELECT * FROM invoices WHERE updated_at >= ? AND network = ?", [since, network]
+        )
     ]
 
 
