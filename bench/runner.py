@@ -1,0 +1,232 @@
+"""Runs every benchmark and prints one table: each figure with its target and PASS/MISS.
+The table (with the machine, versions and date) also replaces the matching section of
+bench/RESULTS.md, between `<!-- bench:MODE -->` and `<!-- /bench:MODE -->`."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import platform
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from watcher.devchain import find_anvil
+
+from . import raw
+from .catchup import run_follower
+from .live import LiveResult, percentile, run_live
+from .workload import build_chain, copy_db, prefill, set_cursor
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+#: tokens-only catch-up runs per round (each only ~0.1-0.3 s, so noise needs more of them)
+TOKEN_REPEATS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    name: str
+    blocks: int
+    per_block: int
+    invoices: int
+    repeats: int
+    backlog: int
+    creates: int
+    samples: int
+    paid_share: float = 0.02
+
+
+SHORT = Mode("short", blocks=1000, per_block=10, invoices=100_000, repeats=3, backlog=2000,
+             creates=3000, samples=30)
+FULL = Mode("full", blocks=2000, per_block=10, invoices=100_000, repeats=5, backlog=5000,
+            creates=10_000, samples=120)
+
+
+@dataclass(slots=True)
+class Row:
+    name: str
+    value: str
+    target: str
+    ok: bool | None  # None: information only
+
+    @property
+    def verdict(self) -> str:
+        return "-" if self.ok is None else ("PASS" if self.ok else "MISS")
+
+
+def machine() -> dict[str, str]:
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = "?"
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+                break
+    try:
+        anvil = subprocess.run([find_anvil(), "--version"], capture_output=True, text=True,
+                               timeout=10).stdout.strip().splitlines()[0]
+    except Exception as exc:
+        anvil = f"? ({exc})"
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "memory": mem,
+        "anvil": anvil,
+        "python": platform.python_version(),
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def catch_up(mode: Mode, work: Path, say: Callable[[str], None]) -> list[Row]:
+    started = time.perf_counter()
+    chain = build_chain(mode.blocks, mode.per_block, watched=mode.invoices // 2,
+                        paid_share=mode.paid_share)
+    say(f"chain: {chain.blocks} blocks x {mode.per_block} txs ({chain.txs} txs, paying "
+        f"{chain.paid['eth']} ETH + {chain.paid['tok']} USDT invoices) in "
+        f"{time.perf_counter() - started:.0f} s")
+    try:
+        half = mode.invoices // 2
+        mixed, tok = work / "mixed.db", work / "tok.db"
+        prefill(mixed, native=half, tokens=mode.invoices - half, token=chain.token)
+        prefill(tok, native=0, tokens=mode.invoices, token=chain.token)
+        for db in (mixed, tok):
+            set_cursor(db, chain.first - 1, chain.last)
+        n = chain.blocks
+        raw_full: list[float] = []
+        raw_logs: list[float] = []
+        fol_full: list[float] = []
+        fol_tok: list[float] = []
+        calls = requests = 0
+        for i in range(mode.repeats):
+            secs = await raw.full_blocks(chain.url, chain.first, chain.last, token=chain.token)
+            raw_full.append(n / secs)
+            r = await run_follower(copy_db(mixed, work / "run.db"), chain.url, chain.token,
+                                   chain.last)
+            fol_full.append(r.rate)
+            for _ in range(TOKEN_REPEATS):  # a tenth of a second each: more samples
+                secs = await raw.logs_only(chain.url, chain.first, chain.last,
+                                           token=chain.token)
+                raw_logs.append(n / secs)
+                r = await run_follower(copy_db(tok, work / "run.db"), chain.url, chain.token,
+                                       chain.last)
+                fol_tok.append(r.rate)
+                calls, requests = r.rpc_calls, r.http_requests
+            say(f"  round {i + 1}: full blocks raw {raw_full[-1]:,.0f}/s daemon "
+                f"{fol_full[-1]:,.0f}/s; tokens-only raw {raw_logs[-1]:,.0f}/s daemon "
+                f"{fol_tok[-1]:,.0f}/s ({calls} calls in {requests} requests)")
+    finally:
+        chain.node.stop()
+    full_ratio = max(fol_full) / max(raw_full)
+    tok_ratio = max(fol_tok) / max(raw_logs)
+    per_block = calls / n
+    what = f"{n:,} blocks x {mode.per_block} txs, {mode.invoices:,} open invoices"
+    return [
+        Row(f"catch-up, native invoice open (full blocks): daemon / raw ({what})",
+            f"{full_ratio:.2f}x ({max(fol_full):,.0f} / {max(raw_full):,.0f} blocks/s; "
+            f"median {statistics.median(fol_full):,.0f} / {statistics.median(raw_full):,.0f})",
+            ">= 0.8x", full_ratio >= 0.8),
+        Row(f"catch-up, tokens only (eth_getLogs): daemon / raw ({what})",
+            f"{tok_ratio:.2f}x ({max(fol_tok):,.0f} / {max(raw_logs):,.0f} blocks/s; "
+            f"median {statistics.median(fol_tok):,.0f} / {statistics.median(raw_logs):,.0f})",
+            ">= 0.8x", tok_ratio >= 0.8),
+        Row("RPC calls per scanned block, tokens only (catch-up, batch elements counted)",
+            f"{per_block:.4f} ({calls} calls / {n:,} blocks)", "<= 1", per_block <= 1),
+    ]
+
+
+def live_rows(res: LiveResult, mode: Mode) -> list[Row]:
+    p50 = percentile(res.api_latency, 50)
+    p99 = percentile(res.api_latency, 99)
+    c50 = percentile(res.callback_latency, 50)
+    c99 = percentile(res.callback_latency, 99)
+    b50 = percentile(res.block_wait, 50)
+    n = len(res.api_latency)
+    return [
+        Row(f"detection latency p50, tx sent -> WAITING_FOR_CONFIRMATIONS over HTTP "
+            f"(1 s blocks, n={n})", f"{p50:.2f} s", "<= 0.5 s", p50 <= 0.5),
+        Row("detection latency p99, same", f"{p99:.2f} s", "<= 1.5 s", p99 <= 1.5),
+        Row("detection latency p50, tx sent -> callback received", f"{c50:.2f} s",
+            "<= 0.5 s", c50 <= 0.5),
+        Row("detection latency p99, tx sent -> callback received", f"{c99:.2f} s",
+            "<= 1.5 s", c99 <= 1.5),
+        Row("  of which: tx sent -> its block mined (the node's share), p50 / p99",
+            f"{b50:.2f} / {percentile(res.block_wait, 99):.2f} s", "info", None),
+        Row("  of which: block seen at the node -> callback received (the daemon's), p50 / p99",
+            f"{percentile(res.after_block, 50):.3f} / {percentile(res.after_block, 99):.3f} s",
+            "info", None),
+        Row(f"RSS of `payment-watcher run` with {mode.invoices:,} open invoices",
+            f"{res.rss_mb:.0f} MB (peak {res.hwm_mb:.0f} MB)", "<= 250 MB", res.rss_mb <= 250),
+        Row(f"invoice creates/s over HTTP (32 concurrent, n={res.creates:,})",
+            f"{res.creates_per_s:,.0f}/s ({res.create_errors} errors)", ">= 1,000/s",
+            res.creates_per_s >= 1000 and res.create_errors == 0),
+        Row(f"callback deliveries/s to a local receiver (backlog of {res.callbacks:,})",
+            f"{res.callbacks_per_s:,.0f}/s", ">= 500/s", res.callbacks_per_s >= 500),
+    ]
+
+
+def table(rows: list[Row]) -> str:
+    w0 = max(len(r.name) for r in rows)
+    w1 = max(len(r.value) for r in rows)
+    w2 = max(len(r.target) for r in rows)
+    head = f"| {'figure':<{w0}} | {'measured':<{w1}} | {'target':<{w2}} | result |"
+    sep = f"|{'-' * (w0 + 2)}|{'-' * (w1 + 2)}|{'-' * (w2 + 2)}|--------|"
+    lines = [head, sep]
+    lines += [f"| {r.name:<{w0}} | {r.value:<{w1}} | {r.target:<{w2}} | {r.verdict:<6} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def write_results(mode: Mode, info: dict[str, str], text: str, seconds: float) -> None:
+    body = (
+        f"<!-- bench:{mode.name} -->\n"
+        f"### `python -m bench --{mode.name}` ({info['date']}, {seconds:.0f} s)\n\n"
+        f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, "
+        f"load average at start {info['load']}; {info['anvil']}; Python {info['python']}.\n\n"
+        f"{text}\n"
+        f"<!-- /bench:{mode.name} -->"
+    )
+    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"<!-- bench:{mode.name} -->.*?<!-- /bench:{mode.name} -->", re.S)
+    new = pattern.sub(lambda _m: body, old) if pattern.search(old) else old + "\n" + body + "\n"
+    RESULTS.write_text(new)
+
+
+async def main(mode: Mode, *, write: bool = True) -> int:
+    started = time.perf_counter()
+    info = machine()
+    _say(f"payment-watcher bench --{mode.name}: {info['nproc']} CPUs, load {info['load']}")
+    with tempfile.TemporaryDirectory(prefix="pw-bench-") as tmp:
+        work = Path(tmp)
+        rows = await catch_up(mode, work, _say)
+        _say("live daemon (1 s blocks):")
+        res = await run_live(work, invoices=mode.invoices, backlog=mode.backlog,
+                             creates=mode.creates, samples=mode.samples, log=_say)
+        rows += live_rows(res, mode)
+    text = table(rows)
+    seconds = time.perf_counter() - started
+    _say("")
+    _say(text)
+    _say(f"\n{seconds:.0f} s")
+    if write:
+        write_results(mode, info, text, seconds)
+    return 0 if all(r.ok is not False for r in rows) else 1
+
+
+def run(mode: Mode, *, write: bool = True) -> int:
+    return asyncio.run(main(mode, write=write))

@@ -1,0 +1,178 @@
+"""Workloads for the benchmarks: a chain of N blocks x K transactions on anvil (mixed native
+and ERC-20 transfers, a share of them paying watched invoices) and a database pre-filled
+with W open invoices.
+
+Transactions are sent with explicit nonces while automine is off, then each block is mined
+with `evm_mine`, so every block holds exactly K transactions. Invoices go straight into
+SQLite through `watcher.store` rows (one transaction, `executemany`): the HTTP API is only
+used where its speed is the figure measured (creates/s).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from watcher import timeutil
+from watcher.devchain import Anvil, DevChain
+from watcher.models import Invoice, Status
+from watcher.store import connect, invoice_row
+
+NET = "anvil"
+CHAIN_ID = 31337
+TOKEN_DECIMALS = 6
+NATIVE_AMOUNT = 10**15  # 0.001 ETH per native invoice
+TOKEN_AMOUNT = 5 * 10**6  # 5 USDT per token invoice
+#: anvil accounts sending the workload (each holds ETH and is minted tokens)
+SENDERS = 8
+
+
+def invoice_address(kind: str, n: int) -> str:
+    """The dedicated address of invoice `n` (`kind` "eth" or "tok"): deterministic, so the
+    chain and the database agree without talking to each other."""
+    prefix = "e0" if kind == "eth" else "70"
+    return "0x" + prefix + f"{n:038x}"
+
+
+@dataclass(slots=True)
+class Chain:
+    node: Anvil
+    dev: DevChain
+    token: str
+    first: int  # first workload block
+    last: int  # last workload block
+    txs: int = 0
+    paid: dict[str, int] = field(default_factory=dict)  # invoices paid: kind -> count
+
+    @property
+    def url(self) -> str:
+        return self.node.url
+
+    @property
+    def blocks(self) -> int:
+        return self.last - self.first + 1
+
+
+def start_chain(block_time: int | None = None) -> tuple[Anvil, DevChain, str]:
+    """anvil with the test token deployed and minted to the senders (and to one more
+    account), then mining every `block_time` seconds if given (`--block-time` behaviour,
+    set after the deploy so it can be waited for)."""
+    node = Anvil(accounts=SENDERS + 2).start()
+    dev = DevChain(node.url)
+    token = dev.deploy_token("USDT", TOKEN_DECIMALS)
+    for a in dev.accounts[: SENDERS + 1]:
+        dev.mint(token, a, 10**9 * 10**TOKEN_DECIMALS)
+    if block_time is not None:
+        dev.set_block_time(block_time)
+    return node, dev, token
+
+
+def build_chain(
+    blocks: int,
+    per_block: int,
+    *,
+    watched: int,
+    native_share: float = 0.5,
+    paid_share: float = 0.1,
+    seed: int = 7,
+) -> Chain:
+    """Start anvil and mine `blocks` blocks of `per_block` transfers each. Half (by
+    `native_share`) are native, the rest ERC-20 `transfer`s; `paid_share` of them pay a
+    watched invoice (one of the first `watched` of each kind), the rest go to addresses
+    nobody watches."""
+    rnd = random.Random(seed)
+    node, dev, token = start_chain()
+    dev.set_automine(False)
+    senders = dev.accounts[:SENDERS]
+    nonces = {a: dev.nonce(a) for a in senders}
+    first = dev.block_number() + 1
+    chain = Chain(node, dev, token, first, first + blocks - 1, paid={"eth": 0, "tok": 0})
+    next_paid = {"eth": 0, "tok": 0}
+    for _ in range(blocks):
+        calls = []
+        for _k in range(per_block):
+            sender = senders[rnd.randrange(SENDERS)]
+            native = rnd.random() < native_share
+            kind = "eth" if native else "tok"
+            if rnd.random() < paid_share and next_paid[kind] < watched:
+                to = invoice_address(kind, next_paid[kind])
+                next_paid[kind] += 1
+                chain.paid[kind] += 1
+            else:
+                to = "0x" + rnd.randbytes(20).hex()
+            if native:
+                tx = {"from": sender, "to": to, "value": hex(NATIVE_AMOUNT), "gas": hex(21_000)}
+            else:
+                t = DevChain.token_transfer_tx(token, sender, to, TOKEN_AMOUNT)
+                tx = {**t, "gas": hex(t["gas"])}
+            tx["nonce"] = hex(nonces[sender])
+            nonces[sender] += 1
+            calls.append(("eth_sendTransaction", [tx]))
+        dev.rpc_batch(calls)
+        dev.rpc("evm_mine")
+        chain.txs += per_block
+    head = dev.block_number()
+    assert head == chain.last, (head, chain.last)
+    return chain
+
+
+def prefill(
+    path: Path, *, native: int, tokens: int, token: str | None, ttl: int = 7 * 86400,
+    callback_url: str | None = None,
+) -> float:
+    """A database with `native` ETH and `tokens` USDT invoices, all PENDING on dedicated
+    addresses. Returns the seconds it took."""
+    started = time.perf_counter()
+    db = connect(path)
+    now = timeutil.now()
+    rows = []
+    for kind, count in (("eth", native), ("tok", tokens)):
+        for n in range(count):
+            inv = Invoice(
+                id=str(uuid.uuid4()), seq=0, status=Status.PENDING, network=NET,
+                chain_id=CHAIN_ID, asset="ETH" if kind == "eth" else "USDT",
+                token_address=token if kind == "tok" else None,
+                decimals=18 if kind == "eth" else TOKEN_DECIMALS,
+                to_addr=invoice_address(kind, n), shared=False,
+                amount=NATIVE_AMOUNT if kind == "eth" else TOKEN_AMOUNT,
+                requested_amount=NATIVE_AMOUNT if kind == "eth" else TOKEN_AMOUNT,
+                created_at=now, updated_at=now, expire_at=now + ttl,
+                callback_url=callback_url,
+            )  # fmt: skip
+            rows.append(invoice_row(inv))
+    if rows:
+        cols = list(rows[0])
+        sql = f"INSERT INTO invoices ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})"
+        with db.conn:
+            db.conn.execute("BEGIN")
+            db.conn.executemany(sql, [tuple(r[c] for c in cols) for r in rows])
+    db.close()
+    return time.perf_counter() - started
+
+
+def set_cursor(path: Path, scanned: int, head: int) -> None:
+    """Start the follower after block `scanned` (instead of at the head)."""
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute(
+            "INSERT OR REPLACE INTO cursors (network, chain_id, scanned_block, scanned_hash, "
+            "scanned_time, head_block, updated_at) VALUES (?, ?, ?, NULL, NULL, ?, ?)",
+            [NET, CHAIN_ID, scanned, head, timeutil.now()],
+        )
+    conn.close()
+
+
+def copy_db(src: Path, dst: Path) -> Path:
+    for suffix in ("", "-wal", "-shm"):
+        s = Path(str(src) + suffix)
+        d = Path(str(dst) + suffix)
+        if s.exists():
+            shutil.copyfile(s, d)
+        elif d.exists():
+            d.unlink()
+    return dst
