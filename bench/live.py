@@ -124,12 +124,13 @@ async def run_live(
     say = log if callable(log) else print
     res = LiveResult()
     node, dev, token = start_chain(block_time=1)
-    receiver = await Receiver(secret="bench-secret").start()
+    receiver = Receiver(secret="bench-secret")
     proc: subprocess.Popen[bytes] | None = None
     db = workdir / "live.db"
     for suffix in ("", "-wal", "-shm"):
         Path(str(db) + suffix).unlink(missing_ok=True)
     try:
+        await receiver.start()
         half = invoices // 2
         prefill_db(db, native=half, tokens=invoices - half, token=token)
         _backlog(db, token, backlog, receiver.url)

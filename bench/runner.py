@@ -132,18 +132,22 @@ async def catch_up(mode: Mode, work: Path, say: Callable[[str], None]) -> list[R
                 f"{fol_tok[-1]:,.0f}/s ({calls} calls in {requests} requests)")
     finally:
         chain.node.stop()
-    full_ratio = max(fol_full) / max(raw_full)
-    tok_ratio = max(fol_tok) / max(raw_logs)
+    # each daemon run against the raw run just before it (the load of a shared machine
+    # drifts between rounds); the median of those ratios
+    full_ratio = statistics.median(d / r for d, r in zip(fol_full, raw_full, strict=True))
+    tok_ratio = statistics.median(d / r for d, r in zip(fol_tok, raw_logs, strict=True))
     per_block = calls / n
     what = f"{n:,} blocks x {mode.per_block} txs, {mode.invoices:,} open invoices"
     return [
         Row(f"catch-up, native invoice open (full blocks): daemon / raw ({what})",
-            f"{full_ratio:.2f}x ({max(fol_full):,.0f} / {max(raw_full):,.0f} blocks/s; "
-            f"median {statistics.median(fol_full):,.0f} / {statistics.median(raw_full):,.0f})",
+            f"{full_ratio:.2f}x (median {statistics.median(fol_full):,.0f} / "
+            f"{statistics.median(raw_full):,.0f} blocks/s, best {max(fol_full):,.0f} / "
+            f"{max(raw_full):,.0f})",
             ">= 0.8x", full_ratio >= 0.8),
         Row(f"catch-up, tokens only (eth_getLogs): daemon / raw ({what})",
-            f"{tok_ratio:.2f}x ({max(fol_tok):,.0f} / {max(raw_logs):,.0f} blocks/s; "
-            f"median {statistics.median(fol_tok):,.0f} / {statistics.median(raw_logs):,.0f})",
+            f"{tok_ratio:.2f}x (median {statistics.median(fol_tok):,.0f} / "
+            f"{statistics.median(raw_logs):,.0f} blocks/s, best {max(fol_tok):,.0f} / "
+            f"{max(raw_logs):,.0f})",
             ">= 0.8x", tok_ratio >= 0.8),
         Row("RPC calls per scanned block, tokens only (catch-up, batch elements counted)",
             f"{per_block:.4f} ({calls} calls / {n:,} blocks)", "<= 1", per_block <= 1),

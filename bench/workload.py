@@ -63,12 +63,16 @@ def start_chain(block_time: int | None = None) -> tuple[Anvil, DevChain, str]:
     account), then mining every `block_time` seconds if given (`--block-time` behaviour,
     set after the deploy so it can be waited for)."""
     node = Anvil(accounts=SENDERS + 2).start()
-    dev = DevChain(node.url)
-    token = dev.deploy_token("USDT", TOKEN_DECIMALS)
-    for a in dev.accounts[: SENDERS + 1]:
-        dev.mint(token, a, 10**9 * 10**TOKEN_DECIMALS)
-    if block_time is not None:
-        dev.set_block_time(block_time)
+    try:
+        dev = DevChain(node.url)
+        token = dev.deploy_token("USDT", TOKEN_DECIMALS)
+        for a in dev.accounts[: SENDERS + 1]:
+            dev.mint(token, a, 10**9 * 10**TOKEN_DECIMALS)
+        if block_time is not None:
+            dev.set_block_time(block_time)
+    except BaseException:
+        node.stop()
+        raise
     return node, dev, token
 
 
@@ -85,8 +89,20 @@ def build_chain(
     `native_share`) are native, the rest ERC-20 `transfer`s; `paid_share` of them pay a
     watched invoice (one of the first `watched` of each kind), the rest go to addresses
     nobody watches."""
-    rnd = random.Random(seed)
     node, dev, token = start_chain()
+    try:
+        return _mine_workload(node, dev, token, blocks, per_block, watched=watched,
+                              native_share=native_share, paid_share=paid_share, seed=seed)
+    except BaseException:
+        node.stop()
+        raise
+
+
+def _mine_workload(
+    node: Anvil, dev: DevChain, token: str, blocks: int, per_block: int, *, watched: int,
+    native_share: float, paid_share: float, seed: int,
+) -> Chain:
+    rnd = random.Random(seed)
     dev.set_automine(False)
     senders = dev.accounts[:SENDERS]
     nonces = {a: dev.nonce(a) for a in senders}
