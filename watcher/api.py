@@ -27,7 +27,7 @@ from watcher.errors import ApiError, NotFound, PayloadTooLarge, StoreError, Unau
 from watcher.models import Invoice
 from watcher.outbox import redeliver
 from watcher.render import transfer_json
-from watcher.store import Store, load_invoice, load_invoices, transfer_from_row
+from watcher.store import GroupCommit, Store, load_invoice, load_invoices, transfer_from_row
 from watcher.timeutil import iso
 from watcher.timeutil import now as _clock
 
@@ -77,6 +77,10 @@ class ApiContext:
 
 CTX: web.AppKey[ApiContext] = web.AppKey("ctx", ApiContext)
 OPENAPI: web.AppKey[bytes] = web.AppKey("openapi", bytes)
+Created = tuple[Invoice, bool, ledger_mod.Outcome]
+CREATES: web.AppKey[GroupCommit[tuple[ledger_mod.NewInvoice, int], Created]] = web.AppKey(
+    "creates", GroupCommit
+)
 
 
 def _dumps(obj: object) -> str:
@@ -375,7 +379,7 @@ async def create_invoice(request: web.Request) -> web.Response:
     body = await _body(request, required=True)
     now = ctx.clock()
     req = rq.parse_create(body, ctx.ledger.networks, now)
-    inv, created, outcome = await ctx.store.run(ctx.ledger.create, req, now)
+    inv, created, outcome = await request.app[CREATES].submit((req, now))
     if created:
         _report(ctx, outcome)
     return _json(ctx.ledger.render(inv), 201 if created else 200)
@@ -493,6 +497,7 @@ def create_app(ctx: ApiContext) -> web.Application:
     app = web.Application(middlewares=[_errors, _auth], client_max_size=MAX_BODY)
     app[CTX] = ctx
     app[OPENAPI] = load_openapi()
+    app[CREATES] = GroupCommit(ctx.store, ctx.ledger.create_many)
     r = app.router
     r.add_post("/v1/invoices", create_invoice)
     r.add_get("/v1/invoices", list_invoices_handler, allow_head=False)

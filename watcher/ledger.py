@@ -18,7 +18,7 @@ import orjson
 from sqlite_utils import Database
 
 from watcher import state
-from watcher.errors import Conflict, Invalid, NotFound
+from watcher.errors import ApiError, Conflict, Invalid, NotFound
 from watcher.models import (
     CREATED_EVENT,
     LATE_PAYMENT_EVENT,
@@ -217,6 +217,20 @@ class Ledger:
             out.changes.append(Change(inv, CREATED_EVENT, Status.PENDING))
             out.touched.append(inv)
             return inv, True, out
+
+    def create_many(
+        self, db: Database, requests: list[tuple[NewInvoice, int]]
+    ) -> list[tuple[Invoice, bool, Outcome] | Exception]:
+        """Several creates in one transaction (group commit); a refused one (ApiError)
+        rolls back only its own savepoint and is returned in its place."""
+        results: list[tuple[Invoice, bool, Outcome] | Exception] = []
+        with db.atomic():
+            for req, now in requests:
+                try:
+                    results.append(self.create(db, req, now))
+                except ApiError as exc:
+                    results.append(exc)
+        return results
 
     def _new_invoice(
         self, db: Database, req: NewInvoice, now: int, parent: Invoice | None

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 import orjson
 from sqlite_utils import Database
@@ -25,6 +25,7 @@ from watcher.models import OPEN_STATUSES, Invoice, Status, Transfer
 
 T = TypeVar("T")
 P = ParamSpec("P")
+I = TypeVar("I")  # noqa: E741
 
 migrations = Migrations("payment-watcher")
 
@@ -239,6 +240,57 @@ class Store:
             db, self._db = self._db, None
             await self._submit(db.close)
         self._executor.shutdown(wait=True)
+
+
+class GroupCommit(Generic[I, T]):
+    """Group commit for small writes from concurrent requests (invoice creates).
+
+    Items submitted while a batch is being written wait for the next batch, so a burst of
+    N requests costs a few commits instead of N. `write(db, items)` writes one batch in one
+    transaction and returns, per item, its result or the exception that item raised (its
+    own savepoint rolled back); an exception out of `write` fails the whole batch. Each
+    caller is answered only after the commit that holds its item.
+    """
+
+    def __init__(
+        self, store: Store, write: Callable[[Database, list[I]], list[T | Exception]]
+    ) -> None:
+        self.store = store
+        self.write = write
+        self._pending: list[tuple[I, asyncio.Future[T]]] = []
+        self._writing = False
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    async def submit(self, item: I) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if not self._writing:
+            self._writing = True
+            self._task = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                self.batches += 1
+                try:
+                    results = await self.store.run(self.write, [item for item, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue  # the caller went away; its item is written all the same
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._writing = False
 
 
 # ---------------------------------------------------------------- rows <-> models
