@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
+from functools import lru_cache
 
 from watcher.errors import AmountError
 
@@ -36,6 +37,7 @@ def parse_amount(text: object, decimals: int) -> int:
     return value
 
 
+@lru_cache(maxsize=8192)  # an invoice's amounts are rendered again in each of its events
 def format_amount(base: int, decimals: int) -> str:
     """Shortest decimal form: no exponent, no trailing zeros, no point for whole numbers."""
     if base < 0:

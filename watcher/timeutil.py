@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import UTC, datetime
+from functools import lru_cache
 
 _DURATION = re.compile(r"\s*(\d+)\s*([smhdw]?)\s*\Z")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -14,6 +15,7 @@ def now() -> int:
     return int(time.time())
 
 
+@lru_cache(maxsize=8192)  # the same few times are rendered in every event body
 def iso(ts: int | None) -> str | None:
     if ts is None:
         return None
