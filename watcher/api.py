@@ -497,7 +497,7 @@ def create_app(ctx: ApiContext) -> web.Application:
     app = web.Application(middlewares=[_errors, _auth], client_max_size=MAX_BODY)
     app[CTX] = ctx
     app[OPENAPI] = load_openapi()
-    app[CREATES] = GroupCommit(ctx.store, ctx.ledger.create_many)
+    app[CREATES] = GroupCommit(ctx.store, lambda db, items: ctx.ledger.create_many(db, items))
     r = app.router
     r.add_post("/v1/invoices", create_invoice)
     r.add_get("/v1/invoices", list_invoices_handler, allow_head=False)
