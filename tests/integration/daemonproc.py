@@ -9,8 +9,10 @@ code = await d.stop()                          # SIGTERM, wait, the exit code
 ```
 
 The API listens on `127.0.0.1:0` (a free port chosen by the kernel, no probe-then-bind
-race); the port is read from the daemon's own start-up log line. stderr goes to a file (a
-pipe could fill and block the daemon). Nothing here blocks the event loop, so a callback
+race) unless `DaemonConfig.port` fixes one; the port is read from the daemon's own start-up
+log line. stderr goes to a file (a pipe could fill and block the daemon). The same
+`DaemonProc` can be started again after `kill()` (kill -9) on the same config and database;
+each run appends to the one log. Nothing here blocks the event loop, so a callback
 receiver served by the test's loop keeps answering while the test waits.
 """
 
@@ -72,6 +74,7 @@ class DaemonConfig:
     callback_timeout: float = 5.0
     log_format: str = "text"
     log_level: str = "info"
+    port: int = 0  # 0: a free port chosen by the kernel at each start
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -102,7 +105,7 @@ class DaemonConfig:
                 "log_format": self.log_format,
                 "log_level": self.log_level,
             },
-            "api": {"listen": "127.0.0.1:0", "api_keys": [self.api_key]},
+            "api": {"listen": f"127.0.0.1:{self.port}", "api_keys": [self.api_key]},
             "callbacks": callbacks,
             f"networks.{NETWORK}": network,
         }
@@ -186,6 +189,8 @@ class DaemonProc:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.log_path = config.workdir / "daemon.log"
+        self.starts = 0  # processes spawned so far
+        self._log_offset = 0  # where this run's output begins in the log
         self._session: aiohttp.ClientSession | None = None
 
     # ---------------------------------------------------------------- lifecycle
@@ -201,9 +206,15 @@ class DaemonProc:
         return self.config.api_key
 
     def spawn(self) -> subprocess.Popen[bytes]:
-        """Start the process, without waiting for anything."""
+        """Start the process, without waiting for anything (again after it ended: same
+        config and database, its output appended to the same log)."""
+        if self.alive():
+            raise RuntimeError("the daemon is already running")
         self.config.write()
+        self.port = 0
         with self.log_path.open("ab") as log:
+            self._log_offset = log.tell()
+            self.starts += 1
             self.proc = subprocess.Popen(
                 command("run", "--config", str(self.config.path)),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -213,13 +224,14 @@ class DaemonProc:
 
     async def start(self, timeout: float = 30.0) -> DaemonProc:
         """Spawn and wait until /healthz answers 200."""
+        await self.close_session()  # no pooled connection to an earlier run
         self.spawn()
         self.port = int(await poll(self._port, timeout, what="API port in the log"))
         await poll(self._healthy, timeout, what="/healthz 200")
         return self
 
     async def _port(self) -> int | None:
-        m = _PORT_RE.search(self.log_text())
+        m = _PORT_RE.search(self.run_log_text())
         if m:
             return int(m.group(1))
         self._check_alive()
@@ -238,6 +250,9 @@ class DaemonProc:
             raise DaemonExited(
                 f"daemon exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}"
             )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         assert self.proc is not None
@@ -269,6 +284,7 @@ class DaemonProc:
             raise
 
     def kill(self) -> None:
+        """kill -9, and wait for the process to end."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
@@ -302,8 +318,18 @@ class DaemonProc:
     # ---------------------------------------------------------------- looking
 
     def log_text(self) -> str:
+        """Everything written to the log, by every run."""
+        return self._read_log(0)
+
+    def run_log_text(self) -> str:
+        """What the latest run wrote to the log."""
+        return self._read_log(self._log_offset)
+
+    def _read_log(self, offset: int) -> str:
         try:
-            return self.log_path.read_text(errors="replace")
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                return log.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
 

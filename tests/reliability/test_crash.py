@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
+from tests.integration.conftest import free_port
+from tests.integration.daemonproc import API_KEY, CALLBACK_SECRET, DaemonConfig, DaemonProc
 from tests.integration.receiver import Receiver, Reply
-from tests.reliability.conftest import API_KEY, CALLBACK_SECRET, DaemonProc, new_daemon
 from watcher.devchain import DevChain
 
 KILLS = 20
@@ -43,10 +44,11 @@ async def _invoices(d: DaemonProc) -> dict[str, dict[str, Any]]:
 async def test_kill_9_during_a_storm(tmp_path: Path, chain: DevChain, token: str) -> None:
     rng = random.Random(2024)
     rx = await Receiver(secret=CALLBACK_SECRET, default=Reply(200, delay=0.02)).start()
-    d = new_daemon(tmp_path, [chain.url], token, rx.url)
+    # one port for every run: each restart after kill -9 binds it again
+    d = DaemonProc(DaemonConfig(tmp_path, [chain.url], {"USDT": token}, callback_url=rx.url,
+                                port=free_port()))
     try:
-        d.start()
-        await d.wait_healthy()
+        await d.start()
         plan: dict[str, dict[str, Any]] = {}
         payers = chain.accounts[1:4]
         for n in range(INVOICES):
@@ -72,7 +74,7 @@ async def test_kill_9_during_a_storm(tmp_path: Path, chain: DevChain, token: str
         alive_at_kill = 0
         for k in range(KILLS):
             if not d.alive():
-                d.start()
+                d.spawn()
             began = time.monotonic()
             wait = rng.uniform(0.2, 3.5)  # some kills land before the API is up
             batch = queue[k * per_cycle : (k + 1) * per_cycle]
@@ -86,13 +88,12 @@ async def test_kill_9_during_a_storm(tmp_path: Path, chain: DevChain, token: str
             kill_after.append(round(time.monotonic() - began, 2))
         await asyncio.to_thread(chain.mine, 3)
 
-        d.start()
-        await d.wait_healthy()
+        await d.start()
         deadline = time.monotonic() + 90
         while True:
             got = await _invoices(d)
             done = all(got[i]["status"] == p["want"] for i, p in plan.items())
-            db = sqlite3.connect(tmp_path / "watcher.db", timeout=5)
+            db = sqlite3.connect(d.config.database, timeout=5)
             try:
                 events = dict(db.execute("SELECT id, invoice_id FROM events").fetchall())
                 pending = db.execute(
@@ -109,9 +110,9 @@ async def test_kill_9_during_a_storm(tmp_path: Path, chain: DevChain, token: str
                     f"{len(set(events) - rx.delivery_ids())} events never received"
                 )
             await asyncio.sleep(0.5)
-        assert d.terminate() == 0
+        assert await d.stop(timeout=15) == 0
 
-        db = sqlite3.connect(tmp_path / "watcher.db")
+        db = sqlite3.connect(d.config.database)
         try:
             assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
             assert db.execute("PRAGMA foreign_key_check").fetchall() == []
@@ -136,7 +137,7 @@ async def test_kill_9_during_a_storm(tmp_path: Path, chain: DevChain, token: str
         received = rx.attempts()
         assert event_ids <= set(received)
         assert all(r.signature_ok for r in rx.requests)
-        log = (tmp_path / "daemon.log").read_text()
+        log = d.log_text()
         assert API_KEY not in log and CALLBACK_SECRET not in log
         assert "Traceback" not in log
         FIGURES.update(
@@ -148,6 +149,6 @@ async def test_kill_9_during_a_storm(tmp_path: Path, chain: DevChain, token: str
         )
         print("\ncrash figures:", FIGURES)
     finally:
-        if d.alive():
-            d.kill()
+        d.kill()
+        await d.close_session()
         await rx.stop()

@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from tests.integration.daemonproc import DaemonConfig, run_cli
 from tests.integration.harness import NET, Harness
-from tests.reliability.conftest import IN_CI, ROOT, new_daemon
+from tests.reliability.conftest import IN_CI
 from watcher.api import ApiContext, create_app
 from watcher.devchain import DevChain
 from watcher.errors import StoreError
@@ -294,13 +295,9 @@ async def test_read_only_database(tmp_path: Path, chain: DevChain, token: str) -
         await store.close()
 
         # the daemon refuses to start with one clear line, no traceback
-        d = new_daemon(tmp_path, [chain.url], token)
-        cfg = d.config.read_text().replace(str(tmp_path / "watcher.db"), str(view / "w.db"))
-        d.config.write_text(cfg)
-        out = subprocess.run(
-            [sys.executable, "-m", "watcher", "run", "--config", str(d.config)],
-            capture_output=True, text=True, timeout=60, cwd=ROOT,
-        )
+        cfg = DaemonConfig(tmp_path, [chain.url], {"USDT": token},
+                           extra={"": {"database": str(view / "w.db")}})
+        out = run_cli("run", "--config", str(cfg.write()), timeout=60)
         text = out.stdout + out.stderr
         assert out.returncode != 0
         assert "read-only" in text, text

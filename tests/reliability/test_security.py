@@ -5,6 +5,7 @@ warned about, and secrets never reach the log."""
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import re
@@ -19,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
 
 import watcher.api as api_mod
-from tests.reliability.conftest import API_KEY, CALLBACK_SECRET, new_daemon, write_config
+from tests.integration.daemonproc import API_KEY, CALLBACK_SECRET, DaemonConfig, DaemonProc
 from tests.reliability.rpcproxy import RpcProxy
 from watcher.api import ApiContext, create_app, key_matches
 from watcher.ledger import Ledger, NetworkInfo
@@ -36,11 +37,15 @@ HOSTILE = [
 ]
 
 
+def _ledger() -> Ledger:
+    assets = {"ETH": Asset(NET, "ETH", 18)}
+    return Ledger({NET: NetworkInfo(NET, 31337, 2, assets)}, tolerance=Fraction(0),
+                  default_ttl=3600, late_window=3600, default_callback_url=None)
+
+
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
-    assets = {"ETH": Asset(NET, "ETH", 18)}
-    ledger = Ledger({NET: NetworkInfo(NET, 31337, 2, assets)}, tolerance=Fraction(0),
-                    default_ttl=3600, late_window=3600, default_callback_url=None)
+    ledger = _ledger()
     store = await Store(tmp_path / "api.db").open()
     await store.run(ledger.load_views)
     app = create_app(ApiContext(store=store, ledger=ledger, api_keys=[KEY, OTHER_KEY]))
@@ -55,7 +60,7 @@ async def client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
 
 def _v1_routes() -> list[tuple[str, str]]:
     """(method, path with placeholders filled) of every /v1 route of the real router."""
-    app = create_app(ApiContext(store=Store(":memory:"), ledger=None, api_keys=[]))  # type: ignore[arg-type]
+    app = create_app(ApiContext(store=Store(":memory:"), ledger=_ledger(), api_keys=[]))
     out = []
     for route in app.router.routes():
         info = route.resource.get_info() if route.resource else {}
@@ -237,8 +242,7 @@ def test_root_is_warned_about(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     async def no_serve(settings: Any) -> None:
         del settings
 
-    cfg = write_config(tmp_path / "c.toml", database=tmp_path / "w.db",
-                       rpc=["http://127.0.0.1:8545"])
+    cfg = DaemonConfig(tmp_path, rpc=["http://127.0.0.1:8545"]).write()
     monkeypatch.setattr(watcher.daemon, "serve", no_serve)
     monkeypatch.setattr(watcher.logs, "setup_logging", lambda *a, **k: None)
     for uid, warned in ((0, True), (1000, False)):
@@ -261,29 +265,23 @@ async def test_secrets_never_logged(tmp_path: Path, rpc_url: str, token: str,
     rpc_key = "RPCKEY0123456789abcdef"
     async with RpcProxy(rpc_url) as proxy, Receiver(secret=CALLBACK_SECRET) as rx:
         urls = [f"{dead_url}/v3/{rpc_key}", f"{proxy.url}/v3/{rpc_key}"]
-        d = new_daemon(tmp_path, urls, token, rx.url)
-        d.config.write_text("log_level = \"debug\"\n" + d.config.read_text())
-        d.start()
+        d = DaemonProc(DaemonConfig(tmp_path, urls, {"USDT": token}, callback_url=rx.url,
+                                    log_level="debug"))
         try:
-            await d.wait_healthy()
+            await d.start()
             status, inv = await d.request("POST", "/v1/invoices", {
                 "network": NET, "asset": "USDT", "amount": "1", "address": "0x" + "3" * 40})
             assert status == 201, inv
             await rx.wait_for(lambda r: len(r.requests) >= 1, timeout=15)
-            import aiohttp
-
-            async with aiohttp.ClientSession() as s:
-                for auth in (f"Bearer {API_KEY}x", f"Basic {API_KEY}"):
-                    async with s.get(d.base + "/v1/invoices",
-                                     headers={"Authorization": auth}) as r:
-                        assert r.status == 401
-                async with s.get(d.base + "/v1/networks",
-                                 headers={"Authorization": f"Bearer {API_KEY}"}) as r:
-                    networks = await r.text()
-            assert rpc_key not in networks
+            for auth in (f"Bearer {API_KEY}x", f"Basic {API_KEY}"):
+                status, _ = await d.request("GET", "/v1/invoices", auth=False,
+                                            headers={"Authorization": auth})
+                assert status == 401
+            status, networks = await d.request("GET", "/v1/networks")
+            assert rpc_key not in json.dumps(networks)
         finally:
-            assert d.terminate() == 0
-    log = d.log.read_text()
+            assert await d.stop(timeout=15) == 0
+    log = d.log_text()
     assert "rpc" in log.lower()  # it did log about RPC (the dead URL)
     for secret in (API_KEY, CALLBACK_SECRET, rpc_key):
         assert secret not in log, secret
