@@ -401,7 +401,7 @@ class Ledger:
                 if t.kind == "payment" and (inv is None or not inv.collecting(t.timestamp)):
                     t.kind = "late" if inv is not None and not inv.shared else "unmatched"
                 if t.kind == "late" and (
-                    inv is None or t.timestamp > _stopped(inv) + self.late_window
+                    inv is None or t.timestamp > inv.stopped_at + self.late_window
                 ):
                     t.kind = "unmatched"
                 if t.kind == "unmatched":
@@ -548,7 +548,3 @@ def _confirmed_time(
 def _in_ids(ids: Iterable[str]) -> str:
     n = len(list(ids))
     return f"id IN ({','.join('?' * n)})" if n else "0"
-
-
-def _stopped(inv: Invoice) -> int:
-    return inv.expire_at if inv.closed_at is None else min(inv.closed_at, inv.expire_at)

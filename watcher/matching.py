@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from watcher.models import Asset, Invoice
+from watcher.models import Asset, Invoice, stopped_at
 
 
 class Route(StrEnum):
@@ -29,7 +29,7 @@ class Entry:
     closed_at: int | None  # None while open
 
     def stopped_at(self) -> int:
-        return self.expire_at if self.closed_at is None else min(self.closed_at, self.expire_at)
+        return stopped_at(self.expire_at, self.closed_at)
 
 
 Key = tuple[str, str]  # (asset symbol, lower-case address)

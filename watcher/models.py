@@ -30,6 +30,11 @@ LATE_PAYMENT_EVENT = "invoice.late_payment"
 CREATED_EVENT = "invoice.created"
 
 
+def stopped_at(expire_at: int, closed_at: int | None) -> int:
+    """When an invoice stopped collecting: at expiry, or earlier if it was closed."""
+    return expire_at if closed_at is None else min(closed_at, expire_at)
+
+
 @dataclass(frozen=True, slots=True)
 class Asset:
     """One payable asset on one network: the native coin (`token is None`) or an ERC-20."""
@@ -113,6 +118,10 @@ class Invoice:
         """Not closed: neither voided, refunded, accepted by hand nor replaced by a remainder.
         A collecting invoice takes every transfer made before `expireAt`, even once paid."""
         return self.closed_at is None and self.status not in CLOSED_STATUSES
+
+    @property
+    def stopped_at(self) -> int:
+        return stopped_at(self.expire_at, self.closed_at)
 
     def collecting(self, at: int) -> bool:
         """True when a payment in a block with timestamp `at` counts for this invoice."""

@@ -546,10 +546,6 @@ class RpcClient:
         result = await self.call("eth_getBlockByNumber", [_hex(number), full])
         return result if isinstance(result, dict) else None
 
-    async def get_block_by_hash(self, block_hash: str, full: bool = False) -> dict[str, Any] | None:
-        result = await self.call("eth_getBlockByHash", [block_hash, full])
-        return result if isinstance(result, dict) else None
-
     async def _chunked(
         self,
         calls: list[tuple[str, list[Any]]],
@@ -617,11 +613,6 @@ class RpcClient:
         return await self._chunked(
             calls, concurrency=concurrency, batch_size=batch_size, allow_null=True
         )
-
-    async def get_block_receipts(self, number: int | str) -> list[dict[str, Any]] | None:
-        """`eth_getBlockReceipts` (not served by every provider: `RpcFatal` then)."""
-        result = await self.call("eth_getBlockReceipts", [_hex(number)])
-        return result if isinstance(result, list) else None
 
     async def check_chain_id(self, expected: int) -> list[dict[str, Any]]:
         """Ask EVERY URL its chain id. Returns per URL `{label, chain_id, ok, error}`; raises

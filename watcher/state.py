@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from watcher.amounts import paid_threshold
-from watcher.models import CLOSED_STATUSES, OPEN_STATUSES, Invoice, Status, Transfer
-
-FINAL_STATUSES = CLOSED_STATUSES
+from watcher.models import CLOSED_STATUSES, Invoice, Status, Transfer
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +67,7 @@ def target_status(
     inv: Invoice, view: ChainView, tolerance: Fraction, *, payments_added: bool
 ) -> Status:
     """Where the invoice must be now, given where it is."""
-    if inv.status in FINAL_STATUSES:
+    if inv.status in CLOSED_STATUSES:
         return inv.status
     if inv.closed_at is not None and inv.status in (Status.COMPLETED, Status.PARTIAL):
         return inv.status  # accepted by hand, or a remainder took over: no longer collecting
@@ -112,11 +110,6 @@ def transitions(
         # A reorg took every payment of an expired invoice: it was never paid in time.
         return [Status.PENDING, Status.VOIDED]
     return [new]
-
-
-def is_open(inv: Invoice) -> bool:
-    """Open: collects payments (before `expireAt`); at most one per dedicated address."""
-    return inv.status in OPEN_STATUSES and inv.closed_at is None
 
 
 class ActionRefused(Exception):
