@@ -35,7 +35,7 @@ from sqlite_utils import Database
 
 from watcher import outbox, signing
 from watcher.outbox import Outcome
-from watcher.store import Store
+from watcher.store import Store, transaction
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def _cycle(
     the due rows; when the next one is due (only if fewer than `limit` were due: otherwise a
     finishing send wakes the sender); the queue depth if asked."""
     if done:
-        with db.atomic():
+        with transaction(db):
             for d in done:
                 outbox.record_attempt(
                     db, d.row["event_id"], d.at, d.result.status, d.result.error,

@@ -314,7 +314,23 @@ def invoices_create(config_path: Path | None, **fields: Any) -> None:
         inv, _, _ = ledger.create(db, req, now)
         return ledger.render(inv)
 
-    _echo_json(_store_call(settings, create))
+    async def go() -> dict[str, Any]:
+        from watcher.daemon import start_network
+        from watcher.rpc import RpcClient
+        from watcher.store import Store
+
+        store = await Store(settings.database).open()
+        try:
+            net = settings.enabled_networks().get(req.network)
+            if net is not None and not await store.run(ledger.started, req.network):
+                # No daemon has run for this network yet: its start block comes first.
+                async with RpcClient(req.network, net.rpc) as rpc:
+                    await start_network(store, ledger, rpc, req.network, ONLINE_TIMEOUT)
+            return await store.run(create)
+        finally:
+            await store.close()
+
+    _echo_json(asyncio.run(go()))
 
 
 @invoices_group.command("list")

@@ -10,13 +10,14 @@ import os
 import signal
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from watcher import __version__, timeutil
 from watcher.api import ApiContext, create_app
 from watcher.callbacks import CallbackSender
 from watcher.config import NetworkConfig, Settings
-from watcher.errors import ChainIdMismatch, ConfigError, StoreError
+from watcher.errors import ChainIdMismatch, ConfigError, RpcError, StoreError
 from watcher.follower import Follower, FollowerConfig
 from watcher.ledger import Ledger, NetworkInfo, Outcome
 from watcher.matching import WatchIndex
@@ -24,11 +25,38 @@ from watcher.metrics import Metrics
 from watcher.outbox import queue_depth
 from watcher.rpc import RpcClient
 from watcher.sdnotify import Notifier
-from watcher.store import Store, status_counts, watched_invoices
+from watcher.store import Store, index_invoices, status_counts
 
 log = logging.getLogger("watcher.daemon")
 
 HOUSEKEEPING_INTERVAL = 10.0
+#: A follower whose loop has not come round for this long is wedged (an RPC outage still
+#: comes round: each call gives up after its retries): the watchdog stops pinging.
+STALL_LIMIT = 300.0
+#: How long start-up waits for a new network's first head before serving the API anyway.
+START_BLOCK_TIMEOUT = 5.0
+
+
+async def start_network(
+    store: Store, ledger: Ledger, rpc: RpcClient, network: str, timeout: float
+) -> bool:
+    """Write the start block of a network that has none, from the node's head. Until it is
+    written the ledger refuses invoices for the network, so no invoice can be paid below
+    it. True when the network has a start block (now or before)."""
+    if await store.run(ledger.started, network):
+        return True
+    try:
+        latest = await asyncio.wait_for(rpc.get_block("latest", False), timeout)
+    except (RpcError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        log.warning(
+            "%s: no start block yet (%s): invoices for it are refused until its RPC answers",
+            network, exc, extra={"network": network},
+        )
+        return False
+    if latest is None:
+        return False
+    await store.run(ledger.start_network, network, int(latest["number"], 16), timeutil.now())
+    return True
 
 
 def build_ledger(settings: Settings) -> Ledger:
@@ -73,9 +101,9 @@ class Daemon:
     async def start(self, *, check_chain_ids: bool = True) -> None:
         await self.store.open()
         await self.store.run(self.ledger.load_views)
-        since = timeutil.now() - self.settings.invoices.late_payment_window
+        late = self.settings.invoices.late_payment_window
         for name, index in self.indexes.items():
-            for inv in await self.store.run(watched_invoices, name, since):
+            for inv in await self.store.run(index_invoices, name, late):
                 index.put(inv)
             self.metrics.add_network(name, index.assets)
             log.info("%s: watching %d invoices", name, len(index), extra={"network": name})
@@ -83,6 +111,10 @@ class Daemon:
             self.rpcs[name] = RpcClient(name, net.rpc, on_request=self.metrics.rpc_hook(name))
         if check_chain_ids:
             await self._check_chain_ids()
+        await asyncio.gather(*(
+            start_network(self.store, self.ledger, self.rpcs[name], name, START_BLOCK_TIMEOUT)
+            for name in self.networks
+        ))
         for name, net in self.networks.items():
             cfg = FollowerConfig(
                 name, net.confirmations, net.max_block_range, net.effective_poll_interval, net.ws
@@ -105,7 +137,7 @@ class Daemon:
             self._spawn(f.run(), f"follow-{name}")
         self._spawn(self.sender.run(), "callbacks")
         self._spawn(self._housekeeping(), "housekeeping")
-        self._spawn(self.notifier.watchdog_loop(), "watchdog")
+        self._spawn(self.notifier.watchdog_loop(self.healthy), "watchdog")
         self.metrics.build_info.labels(version=__version__).set(1)
         self.notifier.ready()
         self.notifier.status("started")
@@ -236,6 +268,15 @@ class Daemon:
             })
         return out
 
+    def healthy(self) -> bool:
+        """For the systemd watchdog: every follower's loop comes round (it may be failing,
+        waiting for a head or catching up, but it is not wedged)."""
+        stalled = [n for n, f in self.followers.items() if f.stalled(STALL_LIMIT)]
+        for name in stalled:
+            log.error("%s: the follower has not come round for %.0f s", name, STALL_LIMIT,
+                      extra={"network": name})
+        return not stalled
+
     def readiness(self) -> tuple[bool, str]:
         behind = []
         for name, net in self.networks.items():
@@ -254,9 +295,9 @@ class Daemon:
                 counts = await self.store.run(status_counts)
                 self.metrics.set_invoice_counts(counts)
                 self.metrics.callback_queue_depth.set(await self.store.run(queue_depth))
-                now = timeutil.now()
-                for index in self.indexes.values():
-                    index.prune(now)
+                for name, index in self.indexes.items():
+                    # by the newest confirmed scanned block's time, never the host's clock
+                    index.prune(self.ledger.views[name].scanned_time)
                 ready, reason = self.readiness()
                 self.notifier.status(
                     "ready" if ready else reason

@@ -63,6 +63,14 @@ class PayloadTooLarge(ApiError):
     code = "payload_too_large"
 
 
+class Unavailable(ApiError):
+    """The request is right but cannot be served yet (a network whose follower has not
+    written its start block)."""
+
+    status = 503
+    code = "unavailable"
+
+
 class Invalid(ApiError):
     status = 422
     code = "invalid"

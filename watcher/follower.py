@@ -5,10 +5,24 @@ Per range of blocks the follower asks the node for:
 - ERC-20 `Transfer` logs of the configured token contracts (`eth_getLogs`), only while some
   token address is watched, narrowed by recipient topic while few addresses are watched;
 - full blocks only while a native invoice may be paid on this network;
-- headers of the blocks within the reorg window of the head (hash and parentHash), and the
-  range's last header (its time decides expiry).
-A reorg is found by a parentHash (or a stored hash) that does not match; the follower walks
-back to the common ancestor, has the ledger undo everything above it, and rescans.
+- headers of: the range's first block (its parentHash must be the stored hash of the block
+  below: every range links to what was scanned before, however far behind the follower
+  is), its last block (its time decides expiry), every block within `keep` of the head, and
+  every block that holds a matching log (its hash must be the log's `blockHash`, and its
+  timestamp is the payment's time: `blockTimestamp` in logs is optional and most nodes omit
+  it).
+
+What the node says is not trusted blindly (load-balanced providers answer from backends at
+different heights):
+- a range whose headers do not link to each other, or a log whose block hash is not the
+  header's, is read again with a fresh head (`ChainMoved`), never taken for a reorg;
+- a recent block whose `logsBloom` may hold a watched transfer while `eth_getLogs` returned
+  nothing for it is asked again by block hash (a backend without the block answers an error
+  there, not `[]`);
+- a head below the cursor is a lagging backend: nothing is undone.
+A reorg is a range whose first block does not link to the stored hash below it: the follower
+walks the new chain back by parent hash to the newest stored block still on it, has the
+ledger undo everything above, and rescans.
 """
 
 from __future__ import annotations
@@ -25,11 +39,12 @@ from typing import Any
 
 import aiohttp
 import orjson
+from eth_bloom.bloom import BloomFilter
 from eth_hash.auto import keccak
 from web3 import Web3
 
 from watcher import timeutil
-from watcher.errors import RangeTooLarge, RpcError, StoreError
+from watcher.errors import RangeTooLarge, RpcError, RpcRetryable, StoreError
 from watcher.ledger import Ledger, Outcome, ScanBatch
 from watcher.logs import Throttle
 from watcher.matching import Route, WatchIndex
@@ -61,6 +76,7 @@ class Header:
     hash: str
     parent: str
     timestamp: int
+    bloom: str | None = None
 
     @classmethod
     def of(cls, block: dict[str, Any]) -> Header:
@@ -69,6 +85,7 @@ class Header:
             block["hash"],
             block["parentHash"],
             int(block["timestamp"], 16),
+            block.get("logsBloom"),
         )
 
 
@@ -77,11 +94,17 @@ _Read = tuple[list[dict[str, Any]], dict[int, Header], list[dict[str, Any]]]
 
 
 class ReorgDetected(Exception):
-    """The chain changed under a step; `at` is a height whose stored hash is stale."""
+    """A range's first block does not link to the stored block below it: blocks the
+    follower scanned were replaced. `header` is that first block of the new chain."""
 
-    def __init__(self, at: int) -> None:
-        super().__init__(f"reorg at or below block {at}")
-        self.at = at
+    def __init__(self, header: Header) -> None:
+        super().__init__(f"reorg below block {header.number}")
+        self.header = header
+
+
+class ChainMoved(Exception):
+    """What one pass read does not agree with itself: the node moved while it was read, or
+    its backends answer from different heights. Nothing scanned is affected: read again."""
 
 
 _LogFilter = tuple[tuple[str, ...], tuple[Any, ...]]
@@ -115,9 +138,14 @@ def _pad(address: str) -> str:
     return "0x" + "0" * 24 + address[2:].lower()
 
 
+def _log_amount(lg: dict[str, Any]) -> int:
+    data = lg.get("data") or "0x"
+    return int(data[:66], 16) if len(data) > 2 else 0
+
+
 class Follower:
-    """Follows one network. `run()` never returns until cancelled; RPC or store trouble is
-    logged, retried, and shown in `health`."""
+    """Follows one network. `run()` never returns until cancelled; RPC or store trouble, or
+    any unexpected error, is logged, retried, and shown in `health`."""
 
     def __init__(
         self,
@@ -139,6 +167,8 @@ class Follower:
         self.head: int | None = None
         self.scanned: int | None = None
         self.last_error: str | None = None
+        #: monotonic time of the last pass of the loop (done or failed): the watchdog's view
+        self.beat = time.monotonic()
         self._hashes: dict[int, tuple[str, str]] = {}  # number -> (hash, parentHash)
         self._range = max(1, cfg.max_block_range)
         self._good_ranges = 0
@@ -148,8 +178,8 @@ class Follower:
         self._stopping = False
         self._throttle = Throttle(60)
         self._refreshed = 0
-        #: blocks whose hashes are kept and checked: deeper than any payment still pending
-        self.track = max(cfg.confirmations + 2, 12)
+        #: blocks within `keep` of the head have their headers read, checked (links,
+        #: logsBloom) and stored: deeper than any reorg the confirmations allow for
         self.keep = max(2 * cfg.confirmations, 64)
 
     # ------------------------------------------------------------------ life cycle
@@ -162,6 +192,11 @@ class Follower:
         self._stopping = True
         self._wake.set()
 
+    def stalled(self, limit: float) -> bool:
+        """True when the loop has not come round for `limit` seconds: wedged, not merely
+        failing (an RPC outage still comes round and is shown in `last_error`)."""
+        return time.monotonic() - self.beat > limit
+
     async def run(self) -> None:
         ws_task = None
         if self.cfg.ws:
@@ -169,14 +204,19 @@ class Follower:
         try:
             await self._load()
             while not self._stopping:
+                pause = self.cfg.poll_interval
                 try:
                     await self.sync_once()
                     self.last_error = None
                 except (RpcError, StoreError, aiohttp.ClientError, OSError) as exc:
                     self._note_error(exc)
-                    await self._sleep(max(self.cfg.poll_interval, 1.0))
-                    continue
-                await self._sleep(self.cfg.poll_interval)
+                    pause = max(pause, 1.0)
+                except Exception as exc:  # a bug must not stop the network: log, go on
+                    self._cancel_prefetch()
+                    self._note_error(exc, unexpected=True)
+                    pause = max(pause, 5.0)
+                self.beat = time.monotonic()
+                await self._sleep(pause)
         finally:
             self._cancel_prefetch()
             if ws_task is not None:
@@ -189,13 +229,14 @@ class Follower:
             await asyncio.wait_for(self._wake.wait(), seconds)
         self._wake.clear()
 
-    def _note_error(self, exc: BaseException) -> None:
+    def _note_error(self, exc: BaseException, *, unexpected: bool = False) -> None:
         """Log an error, at most once a minute per kind of error."""
         self.last_error = f"{type(exc).__name__}: {exc}"[:300]
         self._throttle.log(
-            log, logging.WARNING, type(exc).__name__,
-            "%s: %s (scanned %s, head %s)", self.network, self.last_error, self.scanned,
-            self.head, extra={"network": self.network},
+            log, logging.ERROR if unexpected else logging.WARNING, type(exc).__name__,
+            "%s: %s%s (scanned %s, head %s)", self.network,
+            "unexpected error: " if unexpected else "", self.last_error, self.scanned,
+            self.head, extra={"network": self.network}, exc_info=exc if unexpected else None,
         )
 
     async def _load(self) -> None:
@@ -227,31 +268,41 @@ class Follower:
         if latest is None:
             raise RpcError("node has no latest block")
         tip = Header.of(latest)
+        if self.scanned is None:
+            # A fresh database: the start block is written before the API takes an invoice
+            # for this network (the ledger refuses creates until then), so nothing that
+            # could pay an invoice lies below it.
+            await self.store.run(
+                self.ledger.start_network, self.network, tip.number, timeutil.now()
+            )
+            await self._load()
+            log.info("%s: starting at block %s", self.network, (self.scanned or 0) + 1,
+                     extra={"network": self.network})
+        assert self.scanned is not None
+        if tip.number <= self.scanned:
+            # Nothing new, or a node behind the others (a lagging backend of a load
+            # balancer), or a replacement chain not longer yet. Acting on such a head would
+            # rewind good blocks; a real reorg shows once the chain passes the cursor: the
+            # next range's first block no longer links to the stored one.
+            log.debug("%s: node head %d is not above scanned block %d", self.network,
+                      tip.number, self.scanned)
+            self._observe_head()
+            return
         self.head = tip.number
         self._observe_head()
         await self._refresh_index()
-        if self.scanned is None:
-            # A fresh database starts at the head: nothing before it was ever asked for.
-            self.scanned = tip.number - 1
-            log.info("%s: starting at block %d", self.network, tip.number)
-        known = self._hashes.get(tip.number)
-        if tip.number <= self.scanned and known is not None and known[0] != tip.hash:
-            await self._handle_reorg(tip.number)
-        elif tip.number < self.scanned:
-            # A head below the cursor: a node behind the others (a lagging backend of a
-            # load balancer), or a chain that got shorter. Undoing here would rewind good
-            # blocks, and send `invoice.pending`, on every lagging answer. A real reorg shows
-            # once the chain grows back to the cursor (a stored hash or the parentHash no
-            # longer matches), so wait for a head at or above it.
-            log.debug("%s: node head %d is below scanned block %d: waiting",
-                      self.network, tip.number, self.scanned)
-            return
         deadline = time.monotonic() + 5.0
         while self.scanned < tip.number and not self._stopping:
             try:
                 await self._step(tip)
             except ReorgDetected as r:
-                await self._handle_reorg(r.at)
+                await self._handle_reorg(r.header)
+            except ChainMoved as exc:
+                # Come back with a fresh head; not a reorg: nothing is undone or counted.
+                self._cancel_prefetch()
+                log.debug("%s: %s; reading again", self.network, exc)
+                return
+            self.beat = time.monotonic()
             if time.monotonic() > deadline:
                 break  # come back for a fresh head (and let the loop breathe)
 
@@ -275,11 +326,14 @@ class Follower:
             nspan = min(self._grown(), NATIVE_RANGE) if native else self._grown()
             self._start_prefetch(end + 1, min(tip.number, end + nspan), tip, native)
         self._check_chain(start, headers)
+        logs = await self._complete(start, end, tip, logs, headers)
         transfers = self._token_transfers(logs, headers)
         if native:
             transfers += await self._native_transfers(blocks)
         transfers.sort(key=lambda t: (t.block, -1 if t.log_index is None else t.log_index))
         last = headers[end]
+        stored = [h for h in headers.values() if h.number > tip.number - self.keep
+                  or h.number == end]
         batch = ScanBatch(
             network=self.network,
             to_block=end,
@@ -287,14 +341,12 @@ class Follower:
             to_time=last.timestamp,
             head=tip.number,
             transfers=transfers,
-            blocks=[(h.number, h.hash, h.parent, h.timestamp) for h in headers.values()
-                    if h.number > tip.number - self.keep],
+            blocks=[(h.number, h.hash, h.parent, h.timestamp) for h in stored],
             keep_blocks=self.keep,
         )
         outcome = await self.store.run(self.ledger.apply_scan, batch, timeutil.now())
-        for h in headers.values():
-            if h.number > tip.number - self.keep:
-                self._hashes[h.number] = (h.hash, h.parent)
+        for h in stored:
+            self._hashes[h.number] = (h.hash, h.parent)
         for n in [n for n in self._hashes if n < end - self.keep]:
             del self._hashes[n]
         self.scanned = end
@@ -396,18 +448,40 @@ class Follower:
             topics += (None, tuple(sorted(_pad(a) for a in recipients)))
         return tuple(tokens), topics
 
+    @staticmethod
+    def _topics(flt: _LogFilter) -> list[Any]:
+        return [list(t) if isinstance(t, tuple) else t for t in flt[1]]
+
     async def _get_logs(
         self, start: int, end: int, flt: _LogFilter | None
     ) -> list[dict[str, Any]]:
         if flt is None:
             return []
-        tokens, topics = flt
-        return await self.rpc.get_logs(
-            start, end, list(tokens), [list(t) if isinstance(t, tuple) else t for t in topics]
-        )
+        tokens, _ = flt
+        try:
+            return await self.rpc.get_logs(start, end, list(tokens), self._topics(flt))
+        except RangeTooLarge:
+            if start != end:
+                raise
+        # One block alone holds more logs than the provider returns (a busy USDT block):
+        # take its logs from its receipts, which have no such cap.
+        return await self._logs_from_receipts(start, flt)
 
-    async def _logs(self, start: int, end: int) -> list[dict[str, Any]]:
-        return await self._get_logs(start, end, self._log_filter())
+    async def _logs_from_receipts(self, number: int, flt: _LogFilter) -> list[dict[str, Any]]:
+        receipts = await self.rpc.get_block_receipts(number)
+        if receipts is None:
+            raise RpcRetryable(f"no receipts for block {number} yet",
+                               method="eth_getBlockReceipts")
+        tokens = set(flt[0])
+        out = []
+        for r in receipts:
+            if r.get("status") == "0x0":
+                continue  # a reverted transaction leaves no logs
+            for lg in r.get("logs") or []:
+                topics = lg.get("topics") or []
+                if lg.get("address", "").lower() in tokens and topics[:1] == [TRANSFER_TOPIC]:
+                    out.append(lg)
+        return out
 
     async def _blocks(
         self, start: int, end: int, tip: Header, native: bool
@@ -416,8 +490,8 @@ class Follower:
         if native:
             blocks = await self.rpc.get_blocks(list(range(start, end + 1)), full=True)
             return {h.number: h for h in map(Header.of, blocks)}, blocks
-        wanted = {n for n in range(max(start, tip.number - self.track + 1), end + 1)}
-        wanted.add(end)
+        wanted = set(range(max(start, tip.number - self.keep + 1), end + 1))
+        wanted.update((start, end))
         headers: dict[int, Header] = {}
         if tip.number in wanted:
             headers[tip.number] = tip
@@ -429,41 +503,114 @@ class Follower:
         return dict(sorted(headers.items())), []
 
     def _check_chain(self, start: int, headers: dict[int, Header]) -> None:
-        """Fetched headers must link to each other and to what was stored."""
-        prev = self._hashes.get(start - 1)
+        """Fetched headers must link to each other (else the node moved while it was read)
+        and the first one to the stored block below it (else blocks already scanned were
+        replaced: a reorg)."""
         for n, h in headers.items():
             if n - 1 in headers and headers[n - 1].hash != h.parent:
-                raise ReorgDetected(n - 1)  # changed while we fetched: walk back from there
-            if n == start and prev is not None and prev[0] != h.parent:
-                raise ReorgDetected(start - 1)
+                raise ChainMoved(f"block {n} does not link to block {n - 1}")
+            if h.number != n:
+                raise ChainMoved(f"asked for block {n}, got {h.number}")
+        prev = self._hashes.get(start - 1)
+        first = headers.get(start)
+        if prev is not None and first is not None and prev[0] != first.parent:
+            raise ReorgDetected(first)
+
+    async def _complete(
+        self,
+        start: int,
+        end: int,
+        tip: Header,
+        logs: list[dict[str, Any]],
+        headers: dict[int, Header],
+    ) -> list[dict[str, Any]]:
+        """Make the range's logs trustworthy: read the header of every block holding a
+        matching log (its hash and timestamp decide), and ask again by block hash for each
+        recent block whose `logsBloom` may hold a watched transfer that `eth_getLogs` did
+        not return (a backend behind the head answers `[]` for blocks it lacks)."""
+        flt = self._log_filter()
+        if flt is None:
+            return logs
+        missing = sorted(
+            {int(lg["blockNumber"], 16) for lg in logs if self._matches(lg)} - headers.keys()
+        )
+        if missing:
+            for b in await self.rpc.get_blocks(missing, full=False):
+                h = Header.of(b)
+                headers[h.number] = h
+        with_logs = {int(lg["blockNumber"], 16) for lg in logs}
+        suspect = [
+            h for n, h in headers.items()
+            if start <= n <= end and n > tip.number - self.keep and n not in with_logs
+            and self._bloom_may_hold(h.bloom, flt)
+        ]
+        if not suspect:
+            return logs
+        more = await asyncio.gather(*(
+            self.rpc.get_logs_by_hash(h.hash, list(flt[0]), self._topics(flt))
+            for h in suspect
+        ))
+        found = [lg for part in more for lg in part]
+        if not found:
+            return logs
+        log.info("%s: eth_getLogs missed %d logs in blocks %s (a backend behind the head);"
+                 " taken by block hash", self.network, len(found),
+                 sorted({int(lg["blockNumber"], 16) for lg in found}),
+                 extra={"network": self.network})
+        seen = {(lg["transactionHash"], lg["logIndex"]) for lg in logs}
+        out = list(logs)
+        for lg in found:
+            if (lg["transactionHash"], lg["logIndex"]) not in seen:
+                seen.add((lg["transactionHash"], lg["logIndex"]))
+                out.append(lg)
+        return out
+
+    def _bloom_may_hold(self, bloom: str | None, flt: _LogFilter) -> bool:
+        """Whether a block's logsBloom may hold a Transfer of a watched token (to a watched
+        recipient, when the filter names them). No bloom: assume it may."""
+        if not bloom:
+            return True
+        f = BloomFilter(int(bloom, 16))
+        if bytes.fromhex(TRANSFER_TOPIC[2:]) not in f:
+            return False
+        if not any(bytes.fromhex(t[2:]) in f for t in flt[0]):
+            return False
+        topics = flt[1]
+        if len(topics) < 3:
+            return True
+        return any(bytes.fromhex(t[2:]) in f for t in topics[2])
+
+    def _matches(self, lg: dict[str, Any]) -> bool:
+        """A Transfer log of a configured token to a watched address with a non-zero
+        amount: one that can become a transfer record."""
+        topics = lg.get("topics") or []
+        if lg.get("removed") or len(topics) != 3 or topics[0] != TRANSFER_TOPIC:
+            return False
+        symbol = self.index.symbol_for_token(lg["address"])
+        if symbol is None or not self.index.is_watched(symbol, _topic_address(topics[2])):
+            return False
+        return _log_amount(lg) > 0
 
     def _token_transfers(
         self, logs: list[dict[str, Any]], headers: dict[int, Header]
     ) -> list[Transfer]:
         out: list[Transfer] = []
         for lg in logs:
-            topics = lg.get("topics") or []
-            if lg.get("removed") or len(topics) != 3 or topics[0] != TRANSFER_TOPIC:
-                continue
+            if not self._matches(lg):
+                continue  # zero transfers never count: address poisoning spam
+            topics = lg["topics"]
             symbol = self.index.symbol_for_token(lg["address"])
-            if symbol is None:
-                continue
-            to = _topic_address(topics[2])
-            if not self.index.is_watched(symbol, to):
-                continue
+            assert symbol is not None
             block = int(lg["blockNumber"], 16)
             h = headers.get(block)
-            if h is not None and h.hash != lg["blockHash"]:
-                raise ReorgDetected(block)
-            ts = lg.get("blockTimestamp")
-            if ts is None and h is None:
-                raise ReorgDetected(block)  # pragma: no cover - every node we know sends it
-            timestamp = int(ts, 16) if ts is not None else h.timestamp  # type: ignore[union-attr]
-            data = lg.get("data") or "0x"
-            amount = int(data[:66], 16) if len(data) > 2 else 0
+            if h is None:
+                raise ChainMoved(f"no header for block {block} of a log")
+            if h.hash != lg["blockHash"]:
+                raise ChainMoved(f"a log of block {block} is from another chain")
             out.append(self._route(
                 symbol, lg["transactionHash"], int(lg["logIndex"], 16),
-                _topic_address(topics[1]), to, amount, block, lg["blockHash"], timestamp,
+                _topic_address(topics[1]), _topic_address(topics[2]), _log_amount(lg), block,
+                lg["blockHash"], h.timestamp,
             ))
         return out
 
@@ -474,15 +621,17 @@ class Follower:
         for b in blocks:
             for tx in b.get("transactions") or []:
                 to = tx.get("to")
-                if to and tx.get("value", "0x0") != "0x0" and self.index.is_watched(symbol, to):
+                if to and int(tx.get("value") or "0x0", 16) > 0 and self.index.is_watched(
+                    symbol, to
+                ):
                     found.append((b, tx))
         if not found:
             return []
         receipts = await self.rpc.get_receipts([tx["hash"] for _, tx in found])
         out = []
         for (b, tx), receipt in zip(found, receipts, strict=True):
-            if receipt is None:
-                raise ReorgDetected(int(b["number"], 16))  # the node lost it: chain moved
+            if receipt is None or receipt.get("blockHash", b["hash"]) != b["hash"]:
+                raise ChainMoved(f"the receipt of {tx['hash']} is not in block {b['hash']}")
             if receipt.get("status") != "0x1":
                 continue  # reverted: nothing arrived
             out.append(self._route(
@@ -513,28 +662,33 @@ class Follower:
 
     # ------------------------------------------------------------------ reorgs
 
-    async def _handle_reorg(self, suspect: int) -> None:
-        """Walk back from `suspect` to the newest stored block the node still has, undo
-        everything above it, and let the next step rescan."""
+    async def _find_ancestor(self, first: Header) -> int:
+        """The newest stored block still on the new chain: walk `first`'s parents by hash
+        (immutable, so a lagging backend cannot mislead) down to a height whose stored hash
+        is that parent."""
+        oldest = min(self._hashes) if self._hashes else first.number - 1
+        cur = first
+        while cur.number - 1 >= oldest:
+            stored = self._hashes.get(cur.number - 1)
+            if stored is not None and stored[0] == cur.parent:
+                return cur.number - 1
+            parent = await self.rpc.get_block_by_hash(cur.parent, False)
+            if parent is None:
+                raise ChainMoved(f"the node does not have block {cur.parent} yet")
+            cur = Header.of(parent)
+        log.error(
+            "%s: reorg deeper than the %d blocks kept; rescanning from block %d",
+            self.network, self.keep, oldest, extra={"network": self.network},
+        )
+        return max(0, oldest - 1)
+
+    async def _handle_reorg(self, first: Header) -> None:
+        """Undo everything above the common ancestor and let the next step rescan."""
         assert self.scanned is not None
         self._cancel_prefetch()
-        ancestor = None
-        oldest = min(self._hashes) if self._hashes else self.scanned
-        n = min(suspect, self.scanned)
-        while n >= oldest:
-            stored = self._hashes.get(n)
-            if stored is not None:
-                b = await self.rpc.get_block(n, False)
-                if b is not None and b["hash"] == stored[0]:
-                    ancestor = n
-                    break
-            n -= 1
-        if ancestor is None:
-            ancestor = max(0, oldest - 1)
-            log.error(
-                "%s: reorg deeper than the %d blocks kept; rescanning from block %d",
-                self.network, self.keep, ancestor + 1, extra={"network": self.network},
-            )
+        ancestor = await self._find_ancestor(first)
+        if ancestor >= self.scanned:
+            return  # the chain below the cursor is intact after all
         depth = self.scanned - ancestor
         log.warning(
             "%s: reorg: blocks above %d replaced (depth %d)", self.network, ancestor, depth,

@@ -18,7 +18,7 @@ import orjson
 from sqlite_utils import Database
 
 from watcher import state
-from watcher.errors import ApiError, Conflict, Invalid, NotFound
+from watcher.errors import ApiError, Conflict, Invalid, NotFound, Unavailable
 from watcher.models import (
     CREATED_EVENT,
     LATE_PAYMENT_EVENT,
@@ -33,6 +33,7 @@ from watcher.store import (
     insert_invoice,
     load_invoice,
     load_invoices,
+    transaction,
     transfer_row,
     update_invoice,
 )
@@ -102,6 +103,12 @@ class Outcome:
     recorded: list[Transfer] = field(default_factory=list)  # transfers newly stored
 
 
+def late_event_id(invoice_id: str, tx_hash: str, log_index: int) -> str:
+    """The event id of a late payment: the same for the same transfer to the same invoice."""
+    digest = hashlib.sha256(f"late:{invoice_id}:{tx_hash.lower()}:{log_index}".encode())
+    return "evt_" + digest.hexdigest()[:32]
+
+
 def request_fingerprint(body: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
@@ -138,29 +145,47 @@ class Ledger:
         return invoice_json(inv, head, required)
 
     def load_views(self, db: Database) -> None:
-        for row in db.query("SELECT network, head_block, scanned_time FROM cursors"):
+        for row in db.query(
+            "SELECT network, head_block, scanned_block, scanned_time FROM cursors"
+        ):
             view = self.views.get(row["network"])
             if view is not None:
+                head = row["head_block"] or 0
+                confirmed = None
+                if row["scanned_block"] is not None:
+                    confirmed = _confirmed_time(
+                        db, row["network"], row["scanned_block"], row["scanned_time"], head,
+                        view.required,
+                    )
                 self.views[row["network"]] = state.ChainView(
-                    head=row["head_block"] or 0,
-                    scanned_time=row["scanned_time"],
-                    required=view.required,
+                    head=head, scanned_time=confirmed, required=view.required
                 )
 
     # ------------------------------------------------------------------ events + outbox
 
     def _emit(
-        self, db: Database, inv: Invoice, event: str, status: Status | None, now: int
-    ) -> None:
-        event_id = "evt_" + uuid.uuid4().hex
+        self,
+        db: Database,
+        inv: Invoice,
+        event: str,
+        status: Status | None,
+        now: int,
+        *,
+        event_id: str | None = None,
+    ) -> bool:
+        """Write the event and its delivery; False when an event with this (derived) id
+        was written before, so nothing is sent twice."""
+        event_id = event_id or "evt_" + uuid.uuid4().hex
         body = orjson.dumps(
             {"id": event_id, "event": event, "createdAt": iso(now), "data": self.render(inv)}
         )
         cur = db.execute(
-            "INSERT INTO events (id, invoice_id, event, status, created_at, body) "
+            "INSERT OR IGNORE INTO events (id, invoice_id, event, status, created_at, body) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             [event_id, inv.id, event, status.value if status else None, now, body],
         )
+        if not cur.rowcount:
+            return False
         url = inv.callback_url or self.default_callback_url
         if url:
             db.execute(
@@ -168,6 +193,7 @@ class Ledger:
                 "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
                 [event_id, cur.lastrowid, inv.id, event, url, now, now],
             )
+        return True
 
     def _move(
         self,
@@ -201,7 +227,7 @@ class Ledger:
 
     def create(self, db: Database, req: NewInvoice, now: int) -> tuple[Invoice, bool, Outcome]:
         """Create an invoice; (invoice, created, outcome). Idempotent on `externalId`."""
-        with db.atomic():
+        with transaction(db):
             if req.external_id is not None:
                 found = load_invoices(db, "external_id = ?", [req.external_id])
                 if found:
@@ -224,7 +250,7 @@ class Ledger:
         """Several creates in one transaction (group commit); a refused one (ApiError)
         rolls back only its own savepoint and is returned in its place."""
         results: list[tuple[Invoice, bool, Outcome] | Exception] = []
-        with db.atomic():
+        with transaction(db):
             for req, now in requests:
                 try:
                     results.append(self.create(db, req, now))
@@ -241,6 +267,12 @@ class Ledger:
         asset = net.assets.get(req.asset)
         if asset is None:
             raise Invalid(f"unknown asset {req.asset!r} on {req.network}", field="asset")
+        if not self.started(db, net.name):
+            raise Unavailable(
+                f"{net.name} has not started yet: the daemon has not read its first block "
+                "(is its RPC reachable?); try again shortly",
+                field="network", code="network_not_started",
+            )
         expire_at = req.expire_at if req.expire_at is not None else now + self.default_ttl
         if expire_at <= now:
             raise Invalid("expireAt must be in the future", field="expireAt")
@@ -329,22 +361,22 @@ class Ledger:
         return inv, out
 
     def cancel(self, db: Database, invoice_id: str, now: int) -> tuple[Invoice, Outcome]:
-        with db.atomic():
+        with transaction(db):
             return self._act(db, invoice_id, state.cancel, now)
 
     def accept(self, db: Database, invoice_id: str, now: int) -> tuple[Invoice, Outcome]:
-        with db.atomic():
+        with transaction(db):
             return self._act(db, invoice_id, state.accept, now)
 
     def refund(
         self, db: Database, invoice_id: str, now: int, tx_hash: str | None
     ) -> tuple[Invoice, Outcome]:
-        with db.atomic():
+        with transaction(db):
             return self._act(db, invoice_id, state.refund, now, refund_tx=tx_hash)
 
     def remainder(self, db: Database, invoice_id: str, now: int) -> tuple[Invoice, Outcome]:
         """Close a PARTIAL invoice and open a child for what is missing."""
-        with db.atomic():
+        with transaction(db):
             parent = self.get(db, invoice_id)
             try:
                 missing = state.remainder(parent, self.tolerance)
@@ -391,68 +423,121 @@ class Ledger:
         """Record a scanned range and advance the cursor, in one transaction."""
         net = self.networks[batch.network]
         out = Outcome()
-        with db.atomic():
-            added: dict[str, int] = {}
-            late: list[Transfer] = []
-            routed = {t.invoice_id for t in batch.transfers if t.invoice_id}
-            owners = {i.id: i for i in load_invoices(db, _in_ids(routed), list(routed))}
-            for t in batch.transfers:
-                inv = owners.get(t.invoice_id) if t.invoice_id else None
-                if t.kind == "payment" and (inv is None or not inv.collecting(t.timestamp)):
-                    t.kind = "late" if inv is not None and not inv.shared else "unmatched"
-                if t.kind == "late" and (
-                    inv is None or t.timestamp > inv.stopped_at + self.late_window
-                ):
-                    t.kind = "unmatched"
-                if t.kind == "unmatched":
-                    t.invoice_id = None
-                cur = db.execute(
-                    "INSERT OR IGNORE INTO transfers VALUES "
-                    "(:network, :tx_hash, :log_index, :asset, :from_addr, :to_addr, :amount, "
-                    ":block, :block_hash, :timestamp, :invoice_id, :kind, :seen_at)",
-                    transfer_row(t, now),
-                )
-                if not cur.rowcount:
-                    continue  # seen before: never counted twice
-                out.recorded.append(t)
-                if inv is not None and t.kind == "payment":
-                    inv.payments.append(t)
-                    added[inv.id] = max(added.get(inv.id, 0), t.timestamp)
-                elif inv is not None and t.kind == "late":
-                    inv.late_payments.append(t)
-                    late.append(t)
-            for t in late:
-                inv = owners[t.invoice_id or ""]
+        before = self.views.get(batch.network)
+        try:
+            with transaction(db):
+                self._apply_scan(db, batch, net, now, out)
+        except BaseException:
+            if before is not None:
+                self.views[batch.network] = before
+            raise
+        return out
+
+    def _apply_scan(
+        self, db: Database, batch: ScanBatch, net: NetworkInfo, now: int, out: Outcome
+    ) -> None:
+        added: dict[str, int] = {}
+        routed = {t.invoice_id for t in batch.transfers if t.invoice_id}
+        owners = {i.id: i for i in load_invoices(db, _in_ids(routed), list(routed))}
+        for t in batch.transfers:
+            if t.amount <= 0:
+                continue  # zero transfers never count and are not kept (address poisoning)
+            inv = owners.get(t.invoice_id) if t.invoice_id else None
+            # The same window rule the index routed by, on the committed invoice.
+            kind = inv.route(t.timestamp, self.late_window) if inv is not None else "unmatched"
+            if kind == "late" and inv is not None and inv.shared:
+                kind = "unmatched"
+            t.kind = kind
+            if kind == "unmatched":
+                t.invoice_id = None
+            row = transfer_row(t, now)
+            cur = db.execute(
+                f"INSERT OR IGNORE INTO transfers ({','.join(row)}) "
+                f"VALUES ({','.join('?' * len(row))})",
+                list(row.values()),
+            )
+            if not cur.rowcount:
+                continue  # seen before: never counted twice
+            out.recorded.append(t)
+            if inv is not None and kind == "payment":
+                inv.payments.append(t)
+                added[inv.id] = max(added.get(inv.id, 0), t.timestamp)
+            elif inv is not None and kind == "late":
+                inv.late_payments.append(t)
                 inv.updated_at = now
                 update_invoice(db, inv)
-                self._emit(db, inv, LATE_PAYMENT_EVENT, None, now)
-                out.changes.append(Change(inv, LATE_PAYMENT_EVENT, None, t.timestamp))
-                out.touched.append(inv)
-            self._advance(db, batch, now)
-            view = state.ChainView(
-                batch.head,
-                _confirmed_time(db, batch.network, batch.to_block, batch.to_time, batch.head,
-                                net.confirmations),
-                net.confirmations,
-            )
-            # Invoices whose status may move: just paid, waiting for depth, or expiring.
-            # Two index searches, not `status = .. OR (..)`, which SQLite answers by walking
-            # every invoice of the network (~15 ms a range with 100,000 open). The order
-            # is the one that walk gave: the order of the index (status, expire_at, seq).
-            pending = load_invoices(
-                db,
-                "seq IN (SELECT seq FROM invoices WHERE network = ? AND status = 'PENDING' "
-                "AND expire_at < ? UNION ALL SELECT seq FROM invoices WHERE network = ? "
-                "AND status = 'WAITING_FOR_CONFIRMATIONS') ORDER BY status, expire_at, seq",
-                [batch.network, view.scanned_time if view.scanned_time is not None else -1,
-                 batch.network],
-            )
-            candidates = dict(owners)
-            for inv in pending:
-                candidates.setdefault(inv.id, inv)
-            self._settle(db, candidates.values(), view, added, now, out)
+                if inv not in out.touched:
+                    out.touched.append(inv)
+        self._advance(db, batch, now)
+        view = state.ChainView(
+            batch.head,
+            _confirmed_time(db, batch.network, batch.to_block, batch.to_time, batch.head,
+                            net.confirmations),
+            net.confirmations,
+        )
+        # Callback bodies are rendered with the head of this range, not the previous one.
         self.views[batch.network] = view
-        return out
+        self._announce_late(db, batch.network, view, owners, now, out)
+        # Invoices whose status may move: just paid, waiting for depth, or expiring.
+        # Two index searches, not `status = .. OR (..)`, which SQLite answers by walking
+        # every invoice of the network (~15 ms a range with 100,000 open). The order
+        # is the one that walk gave: the order of the index (status, expire_at, seq).
+        pending = load_invoices(
+            db,
+            "seq IN (SELECT seq FROM invoices WHERE network = ? AND status = 'PENDING' "
+            "AND expire_at < ? UNION ALL SELECT seq FROM invoices WHERE network = ? "
+            "AND status = 'WAITING_FOR_CONFIRMATIONS') ORDER BY status, expire_at, seq",
+            [batch.network, view.scanned_time if view.scanned_time is not None else -1,
+             batch.network],
+        )
+        candidates = dict(owners)
+        for inv in pending:
+            candidates.setdefault(inv.id, inv)
+        self._settle(db, candidates.values(), view, added, now, out)
+
+    def _announce_late(
+        self,
+        db: Database,
+        network: str,
+        view: state.ChainView,
+        known: dict[str, Invoice],
+        now: int,
+        out: Outcome,
+    ) -> None:
+        """Write `invoice.late_payment` for late payments that reached the confirmations.
+        Announced only once deep enough: a shallow reorg that drops or re-includes one
+        never sends a retraction or a second event. The event id is derived from the
+        invoice and the transfer, so even a re-announcement (after a reorg deeper than the
+        confirmations) carries the id the receiver already deduped."""
+        deep = view.head - view.required + 1
+        rows = db.execute(
+            "SELECT tx_hash, log_index, invoice_id, block, timestamp FROM transfers "
+            "WHERE network = ? AND announced = 0 AND block <= ? ORDER BY block, log_index",
+            [network, deep],
+        ).fetchall()
+        if not rows:
+            return
+        missing = {r[2] for r in rows} - known.keys()
+        if missing:
+            for loaded in load_invoices(db, _in_ids(missing), list(missing)):
+                known[loaded.id] = loaded
+        for tx_hash, log_index, invoice_id, _block, timestamp in rows:
+            db.execute(
+                "UPDATE transfers SET announced = 1 WHERE network = ? AND tx_hash = ? "
+                "AND log_index = ?",
+                [network, tx_hash, log_index],
+            )
+            owner = known.get(invoice_id)
+            if owner is None:
+                continue
+            inv = owner
+            inv.updated_at = now
+            update_invoice(db, inv)
+            event_id = late_event_id(inv.id, tx_hash, log_index)
+            if self._emit(db, inv, LATE_PAYMENT_EVENT, None, now, event_id=event_id):
+                out.changes.append(Change(inv, LATE_PAYMENT_EVENT, None, timestamp))
+            if inv not in out.touched:
+                out.touched.append(inv)
 
     def _advance(self, db: Database, batch: ScanBatch, now: int) -> None:
         net = self.networks[batch.network]
@@ -480,44 +565,74 @@ class Ledger:
     ) -> Outcome:
         """A reorg replaced the blocks above `ancestor`: forget what they held and re-settle
         every invoice they paid. The follower then rescans from `ancestor + 1`."""
-        net = self.networks[network]
         out = Outcome()
-        with db.atomic():
-            ids = [
-                r[0]
-                for r in db.execute(
-                    "SELECT DISTINCT invoice_id FROM transfers WHERE network = ? AND block > ? "
-                    "AND invoice_id IS NOT NULL",
-                    [network, ancestor],
-                ).fetchall()
-            ]
-            db.execute("DELETE FROM transfers WHERE network = ? AND block > ?", [network, ancestor])
-            db.execute("DELETE FROM blocks WHERE network = ? AND number > ?", [network, ancestor])
-            row = db.execute(
-                "SELECT hash, timestamp FROM blocks WHERE network = ? AND number = ?",
-                [network, ancestor],
-            ).fetchone()
-            scanned_hash, scanned_time = (row[0], row[1]) if row else (None, None)
-            db.execute(
-                "UPDATE cursors SET scanned_block = ?, scanned_hash = ?, "
-                "scanned_time = COALESCE(?, scanned_time), head_block = ?, updated_at = ? "
-                "WHERE network = ?",
-                [ancestor, scanned_hash, scanned_time, head, now, network],
-            )
-            t = db.execute(
-                "SELECT scanned_time FROM cursors WHERE network = ?", [network]
-            ).fetchone()
-            confirmed = _confirmed_time(
-                db, network, ancestor, t[0] if t else None, head, net.confirmations
-            )
-            view = state.ChainView(head, confirmed, net.confirmations)
-            affected = load_invoices(db, _in_ids(ids), ids)
-            self._settle(db, affected, view, {}, now, out)
-            for inv in affected:
-                if inv not in out.touched:
-                    out.touched.append(inv)
-        self.views[network] = view
+        before = self.views.get(network)
+        try:
+            with transaction(db):
+                self._undo_above(db, network, ancestor, head, now, out)
+        except BaseException:
+            if before is not None:
+                self.views[network] = before
+            raise
         return out
+
+    def _undo_above(
+        self, db: Database, network: str, ancestor: int, head: int, now: int, out: Outcome
+    ) -> None:
+        net = self.networks[network]
+        ids = [
+            r[0]
+            for r in db.execute(
+                "SELECT DISTINCT invoice_id FROM transfers WHERE network = ? AND block > ? "
+                "AND invoice_id IS NOT NULL",
+                [network, ancestor],
+            ).fetchall()
+        ]
+        db.execute("DELETE FROM transfers WHERE network = ? AND block > ?", [network, ancestor])
+        db.execute("DELETE FROM blocks WHERE network = ? AND number > ?", [network, ancestor])
+        row = db.execute(
+            "SELECT hash, timestamp FROM blocks WHERE network = ? AND number = ?",
+            [network, ancestor],
+        ).fetchone()
+        scanned_hash, scanned_time = (row[0], row[1]) if row else (None, None)
+        db.execute(
+            "UPDATE cursors SET scanned_block = ?, scanned_hash = ?, "
+            "scanned_time = COALESCE(?, scanned_time), head_block = ?, updated_at = ? "
+            "WHERE network = ?",
+            [ancestor, scanned_hash, scanned_time, head, now, network],
+        )
+        t = db.execute(
+            "SELECT scanned_time FROM cursors WHERE network = ?", [network]
+        ).fetchone()
+        confirmed = _confirmed_time(
+            db, network, ancestor, t[0] if t else None, head, net.confirmations
+        )
+        view = state.ChainView(head, confirmed, net.confirmations)
+        self.views[network] = view
+        affected = load_invoices(db, _in_ids(ids), ids)
+        self._settle(db, affected, view, {}, now, out)
+        for inv in affected:
+            if inv not in out.touched:
+                out.touched.append(inv)
+
+    def start_network(self, db: Database, network: str, block: int, now: int) -> bool:
+        """Write a new network's start: the follower scans from `block` on. Written before
+        any invoice of the network can be created (`create` refuses one without it), so no
+        payment to an invoice can be in a block below the start. False if already started."""
+        net = self.networks[network]
+        with transaction(db):
+            cur = db.execute(
+                "INSERT OR IGNORE INTO cursors (network, chain_id, scanned_block, "
+                "scanned_hash, scanned_time, head_block, updated_at) "
+                "VALUES (?, ?, ?, NULL, NULL, ?, ?)",
+                [network, net.chain_id, block - 1, block, now],
+            )
+            return bool(cur.rowcount)
+
+    def started(self, db: Database, network: str) -> bool:
+        return db.execute(
+            "SELECT 1 FROM cursors WHERE network = ? AND scanned_block IS NOT NULL", [network]
+        ).fetchone() is not None
 
     def cursor(self, db: Database, network: str) -> dict[str, Any] | None:
         rows = list(db.query("SELECT * FROM cursors WHERE network = ?", [network]))

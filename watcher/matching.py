@@ -1,9 +1,16 @@
 """Which invoice a transfer pays: a pure, in-memory index per network.
 
-The index routes a transfer in O(1): by (asset, receiving address), then for shared addresses
-by the exact amount. It is kept in step with the database by feeding it every invoice the
-ledger changes (`put`). The ledger re-checks each routed invoice inside its transaction, so
-the index only has to be right about where to look, never about the final word.
+The index routes a transfer in O(1) per invoice at its key: by (asset, receiving address),
+then for shared addresses by the exact amount. Several invoices may share a key over time
+(an address or an amount reused once the earlier invoice stopped collecting): each keeps its
+own collecting window `[createdAt, end of collecting]`, and a transfer goes to the invoice
+whose window holds its **block's timestamp**. So a payment made in time for an earlier
+invoice is never moved to a later one, however late the follower sees it.
+
+The index is kept in step with the database by feeding it every invoice the ledger changes
+(`put`). Invoices leave it only once the follower's confirmed scan has passed the end of
+their late-payment window (`prune`), never by the host's clock. The ledger re-checks each
+routed invoice inside its transaction with the same rule (`models.window_route`).
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from watcher.models import Asset, Invoice, stopped_at
+from watcher.models import Asset, Invoice, stopped_at, window_route
 
 
 class Route(StrEnum):
@@ -25,14 +32,35 @@ class Entry:
     invoice_id: str
     seq: int
     amount: int
+    created_at: int
     expire_at: int
-    closed_at: int | None  # None while open
+    closed_at: int | None  # None while collecting
 
     def stopped_at(self) -> int:
         return stopped_at(self.expire_at, self.closed_at)
 
+    def route(self, at: int, late_window: int) -> str:
+        return window_route(self.created_at, self.expire_at, self.closed_at, at, late_window)
+
 
 Key = tuple[str, str]  # (asset symbol, lower-case address)
+
+
+def _entry(inv: Invoice) -> Entry:
+    return Entry(
+        inv.id, inv.seq, inv.amount, inv.created_at, inv.expire_at, inv.closed_for_window
+    )
+
+
+def _replace(entries: list[Entry], entry: Entry) -> None:
+    """Put `entry` into `entries` (ordered by seq), replacing the same invoice's entry."""
+    for i, e in enumerate(entries):
+        if e.invoice_id == entry.invoice_id:
+            entries[i] = entry
+            return
+    entries.append(entry)
+    if len(entries) > 1 and entries[-2].seq > entry.seq:
+        entries.sort(key=lambda e: e.seq)
 
 
 class WatchIndex:
@@ -42,19 +70,24 @@ class WatchIndex:
         self.assets = assets
         self.late_window = late_window
         self._token_symbol = {a.token.lower(): s for s, a in assets.items() if a.token}
-        self._shared: dict[Key, dict[int, Entry]] = {
+        #: shared address -> amount -> invoices with that amount, oldest first
+        self._shared: dict[Key, dict[int, list[Entry]]] = {
             (s, a.shared_address.lower()): {} for s, a in assets.items() if a.shared_address
         }
-        self._dedicated: dict[Key, Entry] = {}
+        #: dedicated address -> its invoices, oldest first (usually one)
+        self._dedicated: dict[Key, list[Entry]] = {}
         #: dedicated keys per asset symbol: answers `watches_native` and sizes the token
         #: recipients without walking every key on each scanned range
         self._dedicated_count: dict[str, int] = {}
         self._token_symbols = frozenset(s for s, a in assets.items() if a.token)
-        self._where: dict[str, Key] = {}
+        self._where: dict[str, tuple[Key, int | None]] = {}  # id -> (key, shared amount)
         self._native = next((s for s, a in assets.items() if a.is_native), None)
 
     def __len__(self) -> int:
         return len(self._where)
+
+    def __contains__(self, invoice_id: object) -> bool:
+        return invoice_id in self._where
 
     def symbol_for_token(self, address: str) -> str | None:
         return self._token_symbol.get(address.lower())
@@ -64,48 +97,55 @@ class WatchIndex:
         return self._native
 
     def put(self, inv: Invoice) -> None:
-        """Record the invoice's current state: open, stopped collecting, or gone."""
+        """Record the invoice's current state (collecting or not); it stays until pruned."""
         key = (inv.asset, inv.to_addr.lower())
+        entry = _entry(inv)
         if inv.shared:
-            by_amount = self._shared.setdefault(key, {})
-            current = by_amount.get(inv.amount)
-            if current is not None and current.seq > inv.seq:
-                return  # a newer invoice took this amount
-            if inv.collects:
-                by_amount[inv.amount] = Entry(inv.id, inv.seq, inv.amount, inv.expire_at, None)
-                self._where[inv.id] = key
-            else:
-                if current is not None and current.invoice_id == inv.id:
-                    del by_amount[inv.amount]
-                self._where.pop(inv.id, None)
+            _replace(self._shared.setdefault(key, {}).setdefault(inv.amount, []), entry)
+            self._where[inv.id] = (key, inv.amount)
             return
-        current = self._dedicated.get(key)
-        if current is not None and current.seq > inv.seq:
-            return  # a newer invoice owns this address
-        closed_at = None if inv.collects else (inv.closed_at or inv.expire_at)
-        if current is None:
+        entries = self._dedicated.get(key)
+        if entries is None:
+            entries = self._dedicated[key] = []
             self._dedicated_count[inv.asset] = self._dedicated_count.get(inv.asset, 0) + 1
-        self._dedicated[key] = Entry(inv.id, inv.seq, inv.amount, inv.expire_at, closed_at)
-        if current is not None and current.invoice_id != inv.id:
-            self._where.pop(current.invoice_id, None)
-        self._where[inv.id] = key
+        _replace(entries, entry)
+        self._where[inv.id] = (key, None)
 
-    def prune(self, now: int) -> int:
-        """Forget dedicated invoices whose late-payment window has passed."""
-        gone = [
-            k
-            for k, e in self._dedicated.items()
-            if e.stopped_at() + self.late_window < now
-        ]
-        for k in gone:
-            self._where.pop(self._dedicated.pop(k).invoice_id, None)
-            self._dedicated_count[k[0]] -= 1
-        count = len(gone)
+    def prune(self, confirmed_time: int | None) -> int:
+        """Forget invoices no transfer can reach any more: the newest scanned block with the
+        required confirmations (`confirmed_time`, its timestamp) is past the end of their
+        late-payment window (dedicated) or of their collecting window (shared). Returns how
+        many were forgotten. Never by the host's clock: after an outage, invoices stay until
+        the follower has scanned the blocks of the outage."""
+        if confirmed_time is None:
+            return 0
+        count = 0
+        for key, entries in list(self._dedicated.items()):
+            keep = [e for e in entries if e.stopped_at() + self.late_window >= confirmed_time]
+            if len(keep) == len(entries):
+                continue
+            for e in entries:
+                if e not in keep:
+                    self._where.pop(e.invoice_id, None)
+            count += len(entries) - len(keep)
+            if keep:
+                self._dedicated[key] = keep
+            else:
+                del self._dedicated[key]
+                self._dedicated_count[key[0]] -= 1
         for by_amount in self._shared.values():
-            old = [a for a, e in by_amount.items() if e.expire_at + self.late_window < now]
-            for a in old:
-                self._where.pop(by_amount.pop(a).invoice_id, None)
-            count += len(old)
+            for amount, entries in list(by_amount.items()):
+                keep = [e for e in entries if e.stopped_at() >= confirmed_time]
+                if len(keep) == len(entries):
+                    continue
+                for e in entries:
+                    if e not in keep:
+                        self._where.pop(e.invoice_id, None)
+                count += len(entries) - len(keep)
+                if keep:
+                    by_amount[amount] = keep
+                else:
+                    del by_amount[amount]
         return count
 
     def is_watched(self, symbol: str, address: str) -> bool:
@@ -144,17 +184,24 @@ class WatchIndex:
         return self._dedicated_count.get(native, 0) > 0
 
     def route(self, symbol: str, to: str, amount: int, timestamp: int) -> tuple[Route, str | None]:
-        """Where a transfer goes. Raises KeyError when nobody watches the address."""
+        """Where a transfer in a block with `timestamp` goes: the oldest invoice at the key
+        whose collecting window holds the time; else (dedicated addresses) the newest one
+        created before it whose late-payment window holds it. Raises KeyError when nobody
+        watches the address."""
         key = (symbol, to.lower())
+        if amount <= 0:
+            return Route.UNMATCHED, None  # zero transfers never count (address poisoning)
         by_amount = self._shared.get(key)
         if by_amount is not None:
-            e = by_amount.get(amount)
-            if e is not None and e.closed_at is None and timestamp <= e.expire_at:
-                return Route.PAYMENT, e.invoice_id
+            for e in by_amount.get(amount, ()):
+                if e.route(timestamp, self.late_window) == Route.PAYMENT:
+                    return Route.PAYMENT, e.invoice_id
             return Route.UNMATCHED, None
-        e = self._dedicated[key]
-        if e.closed_at is None and timestamp <= e.expire_at:
-            return Route.PAYMENT, e.invoice_id
-        if timestamp <= e.stopped_at() + self.late_window:
-            return Route.LATE, e.invoice_id
+        entries = self._dedicated[key]
+        for e in entries:
+            if e.route(timestamp, self.late_window) == Route.PAYMENT:
+                return Route.PAYMENT, e.invoice_id
+        for e in reversed(entries):
+            if e.route(timestamp, self.late_window) == Route.LATE:
+                return Route.LATE, e.invoice_id
         return Route.UNMATCHED, None

@@ -35,6 +35,23 @@ def stopped_at(expire_at: int, closed_at: int | None) -> int:
     return expire_at if closed_at is None else min(closed_at, expire_at)
 
 
+def window_route(
+    created_at: int, expire_at: int, closed_at: int | None, at: int, late_window: int
+) -> str:
+    """What a transfer in a block with timestamp `at` is to one invoice: "payment" inside its
+    collecting window `[createdAt, expireAt]` while it collects (`closed_at` None), "late"
+    after it stopped collecting and within `late_window`, else "unmatched". Block time
+    decides, never the host's clock: the answer is the same however late the block is seen.
+    """
+    if at < created_at:
+        return "unmatched"
+    if closed_at is None and at <= expire_at:
+        return "payment"
+    if at <= stopped_at(expire_at, closed_at) + late_window:
+        return "late"
+    return "unmatched"
+
+
 @dataclass(frozen=True, slots=True)
 class Asset:
     """One payable asset on one network: the native coin (`token is None`) or an ERC-20."""
@@ -123,6 +140,19 @@ class Invoice:
     def stopped_at(self) -> int:
         return stopped_at(self.expire_at, self.closed_at)
 
+    @property
+    def closed_for_window(self) -> int | None:
+        """`closed_at` as `window_route` wants it: None while collecting."""
+        if self.collects:
+            return None
+        return self.closed_at if self.closed_at is not None else self.expire_at
+
+    def route(self, at: int, late_window: int) -> str:
+        """"payment", "late" or "unmatched" for a transfer in a block with timestamp `at`."""
+        return window_route(
+            self.created_at, self.expire_at, self.closed_for_window, at, late_window
+        )
+
     def collecting(self, at: int) -> bool:
         """True when a payment in a block with timestamp `at` counts for this invoice."""
-        return self.collects and at <= self.expire_at
+        return self.collects and self.created_at <= at <= self.expire_at

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from sqlite_utils import Database
 
+from watcher.store import transaction
+
 Outcome = Literal["delivered", "retry", "failed"]
 
 #: Longest `error` text kept per attempt.
@@ -100,7 +102,7 @@ def record_attempt(
     if error is not None and len(error) > MAX_ERROR:
         error = error[: MAX_ERROR - 3] + "..."
     state = "pending" if outcome == "retry" else outcome
-    with db.atomic():
+    with transaction(db):
         db.execute(
             "INSERT INTO attempts (event_id, at, status_code, error, duration_ms) "
             "VALUES (?, ?, ?, ?, ?)",
@@ -119,7 +121,7 @@ def record_attempt(
 def redeliver(db: Database, event_id: str, now: float) -> bool:
     """Queue a delivery again (whatever its state), due at `now`, with a fresh retry
     window. False if no delivery has this event id."""
-    with db.atomic():
+    with transaction(db):
         cur = db.execute(
             "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, window_start = ?, "
             "window_attempts = 0 WHERE event_id = ?",

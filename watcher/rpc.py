@@ -114,6 +114,8 @@ _TRANSIENT_RE = re.compile(
     re.IGNORECASE,
 )
 _RATE_CODES: Final = frozenset({-32005, -32090, 429})
+#: geth/erigon-style "query limit exceeded" on eth_getLogs (not a rate limit)
+_LIMIT_RE = re.compile(r"(query|log|result|response)s? limit exceeded|limit exceeded", re.I)
 
 
 def redact_url(url: str) -> str:
@@ -202,7 +204,9 @@ def map_rpc_error(
     code, message, data = _error_parts(error)
     text = f"{method}: JSON-RPC error {code}: {message}"[:500]
     if method == "eth_getLogs" and (
-        _RANGE_RE.search(message) or (code == -32005 and not _RATE_RE.search(message))
+        _RANGE_RE.search(message)
+        or (code in (-32005, -32000) and _LIMIT_RE.search(message) and not _RATE_RE.search(message))
+        or (code == -32005 and not _RATE_RE.search(message))
     ):
         return RangeTooLarge(text, suggested=_range_hint(message, data, params), url=label)
     if _is_rate_limit(error) or _TRANSIENT_RE.search(message):
@@ -421,6 +425,10 @@ class RpcClient:
                 retry_after = resp.headers.get("Retry-After")
             if status == 429:
                 raise fail("rate_limited", "HTTP 429", _parse_retry_after(retry_after))
+            if status == 413 and method == "eth_getLogs":
+                # "payload too large": the answer, not the endpoint, is the problem
+                outcome = "rpc_error"
+                raise RangeTooLarge(f"{method}: {ep.label}: HTTP 413", url=ep.label)
             try:
                 decoded = orjson.loads(raw)
             except orjson.JSONDecodeError:
@@ -545,6 +553,32 @@ class RpcClient:
         """The block by number or tag ("latest", "safe", "finalized"); None if unknown."""
         result = await self.call("eth_getBlockByNumber", [_hex(number), full])
         return result if isinstance(result, dict) else None
+
+    async def get_block_by_hash(self, block_hash: str, full: bool = False) -> dict[str, Any] | None:
+        """The block with this hash; None if the node does not know it."""
+        result = await self.call("eth_getBlockByHash", [block_hash, full])
+        return result if isinstance(result, dict) else None
+
+    async def get_block_receipts(self, number: int) -> list[dict[str, Any]] | None:
+        """Every receipt of a block (`eth_getBlockReceipts`); None if the node has no block
+        with that number."""
+        result = await self.call("eth_getBlockReceipts", [_hex(number)])
+        return result if isinstance(result, list) else None
+
+    async def get_logs_by_hash(
+        self, block_hash: str, addresses: Sequence[str], topics: Sequence[Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """`eth_getLogs` of one block by hash (EIP-234): a node that does not have the block
+        answers an error instead of `[]`, unlike a range query."""
+        flt: dict[str, Any] = {"blockHash": block_hash, "address": list(addresses)}
+        if topics:
+            flt["topics"] = list(topics)
+        result = await self.call("eth_getLogs", [flt])
+        if not isinstance(result, list):
+            raise RpcRetryable(
+                f"eth_getLogs: unexpected answer {type(result).__name__}", method="eth_getLogs"
+            )
+        return result
 
     async def _chunked(
         self,

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
@@ -167,6 +168,19 @@ def _m0003(db: Database) -> None:
     db.execute("CREATE INDEX invoices_updated ON invoices(updated_at)")
 
 
+@migrations(name="0004_late_payment_announced")
+def _m0004(db: Database) -> None:
+    # A late payment is announced (its callback written) once it has the network's
+    # confirmations, so a shallow reorg neither re-announces nor silently retracts it.
+    # Rows from before this step were announced when recorded.
+    db.executescript(
+        """
+        ALTER TABLE transfers ADD COLUMN announced INTEGER NOT NULL DEFAULT 1;
+        CREATE INDEX transfers_unannounced ON transfers(network, block) WHERE announced = 0;
+        """
+    )
+
+
 def connect(path: str | Path) -> Database:
     """Open (creating with mode 0600) and migrate the database. Call on the owning thread."""
     path = Path(path)
@@ -192,6 +206,29 @@ def connect(path: str | Path) -> Database:
     db.execute("PRAGMA foreign_keys=ON")
     migrations.apply(db)
     return db
+
+
+@contextmanager
+def transaction(db: Database) -> Iterator[Database]:
+    """A write transaction. The outermost one starts with `BEGIN IMMEDIATE`: it takes the
+    write lock first, waiting up to `busy_timeout` for another writer (the CLI). A deferred
+    `BEGIN` that reads and then writes fails at once with "database is locked" when another
+    process wrote in between (WAL cannot upgrade a stale read snapshot). Nested calls are
+    savepoints."""
+    conn = db.conn
+    if conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
 
 
 def _store_error(exc: sqlite3.Error) -> StoreError:
@@ -329,6 +366,7 @@ def transfer_row(t: Transfer, seen_at: int) -> dict[str, Any]:
         "invoice_id": t.invoice_id,
         "kind": t.kind,
         "seen_at": seen_at,
+        "announced": 0 if t.kind == "late" else 1,
     }
 
 
@@ -450,6 +488,24 @@ def watched_invoices(db: Database, network: str, since: int) -> list[Invoice]:
         [network, since],
     )
     return [invoice_from_row(r) for r in rows]
+
+
+def index_invoices(db: Database, network: str, late_window: int) -> list[Invoice]:
+    """The invoices a network's watch index starts with: every open one, and every one
+    that stopped collecting late enough that a block the follower has not yet scanned (or
+    that a reorg may still replace) can hold a late payment for it. Decided by the
+    scanned blocks' times, not the host's clock: after an outage, nothing is dropped."""
+    row = db.execute(
+        "SELECT MIN(timestamp) FROM blocks WHERE network = ?", [network]
+    ).fetchone()
+    oldest = row[0] if row and row[0] is not None else None
+    cursor = db.execute(
+        "SELECT scanned_time FROM cursors WHERE network = ?", [network]
+    ).fetchone()
+    scanned = cursor[0] if cursor and cursor[0] is not None else None
+    times = [t for t in (oldest, scanned) if t is not None]
+    since = min(times) - late_window if times else 0
+    return watched_invoices(db, network, since)
 
 
 def invoices_updated_since(db: Database, since: int, network: str) -> list[Invoice]:

@@ -15,7 +15,8 @@ from watcher.matching import WatchIndex
 from watcher.metrics import Metrics
 from watcher.models import Asset, Invoice
 from watcher.rpc import RpcClient
-from watcher.store import Store, load_invoice, watched_invoices
+from watcher.daemon import start_network
+from watcher.store import Store, index_invoices, load_invoice
 
 NET = "anvil"
 
@@ -57,7 +58,7 @@ class Harness:
         )
         await self.store.run(self.ledger.load_views)
         self.index = WatchIndex(self.assets, self.late_window)
-        for inv in await self.store.run(watched_invoices, NET, 0):
+        for inv in await self.store.run(index_invoices, NET, self.late_window):
             self.index.put(inv)
         self.rpc = RpcClient(NET, self.urls, timeout=2, max_attempts=2, backoff=0.05,
                              on_request=self.metrics.rpc_hook(NET))
@@ -65,6 +66,7 @@ class Harness:
             FollowerConfig(NET, self.confirmations, self.max_block_range, 0.25),
             self.rpc, self.store, self.ledger, self.index, self.apply, self.metrics,
         )
+        await start_network(self.store, self.ledger, self.rpc, NET, 5)
         await self.follower._load()
         return self
 

@@ -208,6 +208,7 @@ def create_invoices(
     """Create `count` invoices on dedicated addresses (each writes `invoice.created`), and
     cancel each right away if `cancel` (a second event, `invoice.voided`). Their ids."""
     ids = []
+    ledger.start_network(db, NETWORK, 1, now)
     for n in range(first, first + count):
         req = NewInvoice(
             network=NETWORK, asset=ASSET, amount=10**18, address=f"0x{n + 1:040x}",

@@ -67,6 +67,7 @@ class Server:
         self.ledger = Ledger({NET: NetworkInfo(NET, 31337, 2, assets)}, tolerance=Fraction(0),
                              default_ttl=3600, late_window=3600, default_callback_url=None)
         self.store = await Store(self.db).open()
+        await self.store.run(self.ledger.start_network, NET, 1, 0)
         await self.store.run(self.ledger.load_views)
         app = create_app(ApiContext(store=self.store, ledger=self.ledger, api_keys=[KEY]))
         self.runner = web.AppRunner(app, access_log=None)

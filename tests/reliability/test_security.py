@@ -47,6 +47,7 @@ def _ledger() -> Ledger:
 async def client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
     ledger = _ledger()
     store = await Store(tmp_path / "api.db").open()
+    await store.run(ledger.start_network, NET, 1, 0)
     await store.run(ledger.load_views)
     app = create_app(ApiContext(store=store, ledger=ledger, api_keys=[KEY, OTHER_KEY]))
     c: TestClient[Any, Any] = TestClient(TestServer(app))

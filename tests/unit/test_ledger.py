@@ -114,6 +114,7 @@ def deliveries_of(db: Database, invoice_id: str) -> list[str]:
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
     database = store.connect(tmp_path / "watcher.db")
+    make_ledger().start_network(database, NET, 1, 0)
     yield database
     database.close()
 

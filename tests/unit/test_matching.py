@@ -39,13 +39,44 @@ def test_voided_invoice_takes_late_payments_within_window() -> None:
     assert ix.route("ETH", ADDR, 5, 1301) == (Route.UNMATCHED, None)
 
 
-def test_newest_invoice_owns_a_dedicated_address() -> None:
+def test_a_reused_dedicated_address_routes_by_block_time() -> None:
     ix = index()
     ix.put(invoice(id="old", seq=1, to_addr=ADDR, status=Status.VOIDED, closed_at=1200))
-    ix.put(invoice(id="new", seq=2, to_addr=ADDR, expire_at=5000))
+    ix.put(invoice(id="new", seq=2, to_addr=ADDR, created_at=1250, expire_at=5000))
     ix.put(invoice(id="old", seq=1, to_addr=ADDR, status=Status.VOIDED, closed_at=1200))
     assert ix.route("ETH", ADDR, 5, 1300) == (Route.PAYMENT, "new")
-    assert len(ix) == 1
+    assert ix.route("ETH", ADDR, 5, 1100) == (Route.LATE, "old")  # sent before the cancel
+    assert ix.route("ETH", ADDR, 5, 1240) == (Route.LATE, "old")
+    assert ix.route("ETH", ADDR, 5, 999) == (Route.UNMATCHED, None)  # before either existed
+    assert len(ix) == 2
+
+
+def test_payment_in_time_stays_with_the_first_invoice_when_the_address_is_reused() -> None:
+    """Defect 3: A is paid in time, the block is not scanned yet, B is created on the same
+    address after A's expireAt: the payment is A's, B's window starts at its creation."""
+    ix = index()
+    ix.put(invoice(id="A", seq=1, to_addr=ADDR, created_at=1000, expire_at=2000))
+    ix.put(invoice(id="B", seq=2, to_addr=ADDR, created_at=2010, expire_at=5000))
+    assert ix.route("ETH", ADDR, 5, 1990) == (Route.PAYMENT, "A")
+    assert ix.route("ETH", ADDR, 5, 2005) == (Route.LATE, "A")
+    assert ix.route("ETH", ADDR, 5, 2010) == (Route.PAYMENT, "B")
+
+
+def test_a_reused_shared_amount_routes_by_block_time() -> None:
+    ix = index()
+    ix.put(invoice(id="A", seq=1, asset="USDT", to_addr=SHARED, shared=True, amount=100,
+                   created_at=1000, expire_at=2000))
+    ix.put(invoice(id="B", seq=2, asset="USDT", to_addr=SHARED, shared=True, amount=100,
+                   created_at=9000, expire_at=12000))
+    assert ix.route("USDT", SHARED, 100, 1990) == (Route.PAYMENT, "A")
+    assert ix.route("USDT", SHARED, 100, 5000) == (Route.UNMATCHED, None)
+    assert ix.route("USDT", SHARED, 100, 9001) == (Route.PAYMENT, "B")
+
+
+def test_zero_transfers_never_route_to_an_invoice() -> None:
+    ix = index()
+    ix.put(invoice(to_addr=ADDR, expire_at=2000))
+    assert ix.route("ETH", ADDR, 0, 1500) == (Route.UNMATCHED, None)
 
 
 def test_shared_address_matches_exact_amount_only() -> None:
@@ -69,8 +100,9 @@ def test_native_watching_follows_invoices() -> None:
     assert not ix.watches_native()
     ix.put(invoice(to_addr=ADDR, expire_at=2000))
     assert ix.watches_native()
-    assert ix.prune(now=2050) == 0
-    assert ix.prune(now=2101) == 1
+    assert ix.prune(None) == 0  # nothing confirmed yet: nothing leaves
+    assert ix.prune(2050) == 0
+    assert ix.prune(2101) == 1
     assert not ix.watches_native()
 
 
@@ -88,5 +120,5 @@ def test_holds_100k_open_invoices() -> None:
     size, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert len(ix) == 100_000
-    assert ix.route("ETH", f"0x{99_999:040x}", 1, 5) == (Route.PAYMENT, "i99999")
+    assert ix.route("ETH", f"0x{99_999:040x}", 1, 1500) == (Route.PAYMENT, "i99999")
     assert size < 100 * 2**20  # the index itself, not the invoices that built it
