@@ -323,9 +323,18 @@ def invoices_create(config_path: Path | None, **fields: Any) -> None:
         try:
             net = settings.enabled_networks().get(req.network)
             if net is not None and not await store.run(ledger.started, req.network):
-                # No daemon has run for this network yet: its start block comes first.
-                async with RpcClient(req.network, net.rpc) as rpc:
-                    await start_network(store, ledger, rpc, req.network, ONLINE_TIMEOUT)
+                # No daemon has run for this network yet: its start block comes first. If
+                # the RPC does not answer, the create below says so in one line.
+                import logging
+
+                quiet = logging.getLogger("watcher")
+                level = quiet.level
+                quiet.setLevel(logging.ERROR)
+                try:
+                    async with RpcClient(req.network, net.rpc, max_attempts=2) as rpc:
+                        await start_network(store, ledger, rpc, req.network, ONLINE_TIMEOUT)
+                finally:
+                    quiet.setLevel(level)
             return await store.run(create)
         finally:
             await store.close()

@@ -294,9 +294,10 @@ class Follower:
         deadline = time.monotonic() + 5.0
         while self.scanned < tip.number and not self._stopping:
             try:
-                await self._step(tip)
-            except ReorgDetected as r:
-                await self._handle_reorg(r.header)
+                try:
+                    await self._step(tip)
+                except ReorgDetected as r:
+                    await self._handle_reorg(r.header)
             except ChainMoved as exc:
                 # Come back with a fresh head; not a reorg: nothing is undone or counted.
                 self._cancel_prefetch()

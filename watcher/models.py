@@ -35,15 +35,23 @@ def stopped_at(expire_at: int, closed_at: int | None) -> int:
     return expire_at if closed_at is None else min(closed_at, expire_at)
 
 
+#: An invoice's collecting window opens this many seconds before its `createdAt`. A block's
+#: timestamp is its producer's clock at the start of the slot, so a payment sent right after
+#: the invoice was created can sit in a block stamped a few seconds earlier (Ethereum
+#: slots are 12 s; anvil trails the host by up to a second; clocks drift).
+OPENS_EARLY = 30
+
+
 def window_route(
     created_at: int, expire_at: int, closed_at: int | None, at: int, late_window: int
 ) -> str:
     """What a transfer in a block with timestamp `at` is to one invoice: "payment" inside its
-    collecting window `[createdAt, expireAt]` while it collects (`closed_at` None), "late"
-    after it stopped collecting and within `late_window`, else "unmatched". Block time
-    decides, never the host's clock: the answer is the same however late the block is seen.
+    collecting window `[createdAt - OPENS_EARLY, expireAt]` while it collects (`closed_at`
+    None), "late" after it stopped collecting and within `late_window`, else "unmatched".
+    Block time decides, never the host's clock: the answer is the same however late the
+    block is seen.
     """
-    if at < created_at:
+    if at < created_at - OPENS_EARLY:
         return "unmatched"
     if closed_at is None and at <= expire_at:
         return "payment"
@@ -155,4 +163,4 @@ class Invoice:
 
     def collecting(self, at: int) -> bool:
         """True when a payment in a block with timestamp `at` counts for this invoice."""
-        return self.collects and self.created_at <= at <= self.expire_at
+        return self.collects and self.created_at - OPENS_EARLY <= at <= self.expire_at

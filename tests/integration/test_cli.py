@@ -48,10 +48,23 @@ def one_error_line(stderr: str) -> str:
     return lines[0]
 
 
-def test_invoices_create_list_show_cancel_on_the_database(tmp_path: Path, token: str) -> None:
-    cfg = DaemonConfig(tmp_path, rpc=["http://127.0.0.1:1"], tokens={"USDT": token})
-    conf = str(cfg.write())
+def test_invoices_create_list_show_cancel_on_the_database(
+    tmp_path: Path, token: str, rpc_url: str
+) -> None:
     address = DevChain.new_account()
+    # A database no daemon has run on: the network's start block must be read first, and
+    # with its RPC down the create is refused in one line.
+    (tmp_path / "dead").mkdir()
+    dead = DaemonConfig(tmp_path / "dead", rpc=["http://127.0.0.1:1"], tokens={"USDT": token})
+    refused = run_cli(
+        "invoices", "create", "--config", str(dead.write()), "--network", "anvil",
+        "--asset", "USDT", "--amount", "1", "--address", address,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "has not started yet" in one_error_line(refused.stderr)
+
+    cfg = DaemonConfig(tmp_path, rpc=[rpc_url], tokens={"USDT": token})
+    conf = str(cfg.write())
     inv = cli_json(
         "invoices", "create", "--config", conf, "--network", "anvil", "--asset", "USDT",
         "--amount", "12.50", "--address", address.lower(), "--external-id", "cli-1",

@@ -46,8 +46,9 @@ def test_a_reused_dedicated_address_routes_by_block_time() -> None:
     ix.put(invoice(id="old", seq=1, to_addr=ADDR, status=Status.VOIDED, closed_at=1200))
     assert ix.route("ETH", ADDR, 5, 1300) == (Route.PAYMENT, "new")
     assert ix.route("ETH", ADDR, 5, 1100) == (Route.LATE, "old")  # sent before the cancel
-    assert ix.route("ETH", ADDR, 5, 1240) == (Route.LATE, "old")
-    assert ix.route("ETH", ADDR, 5, 999) == (Route.UNMATCHED, None)  # before either existed
+    assert ix.route("ETH", ADDR, 5, 1240) == (Route.PAYMENT, "new")  # opens 30 s early
+    assert ix.route("ETH", ADDR, 5, 1210) == (Route.LATE, "old")
+    assert ix.route("ETH", ADDR, 5, 960) == (Route.UNMATCHED, None)  # before either existed
     assert len(ix) == 2
 
 
@@ -57,9 +58,12 @@ def test_payment_in_time_stays_with_the_first_invoice_when_the_address_is_reused
     ix = index()
     ix.put(invoice(id="A", seq=1, to_addr=ADDR, created_at=1000, expire_at=2000))
     ix.put(invoice(id="B", seq=2, to_addr=ADDR, created_at=2010, expire_at=5000))
-    assert ix.route("ETH", ADDR, 5, 1990) == (Route.PAYMENT, "A")
-    assert ix.route("ETH", ADDR, 5, 2005) == (Route.LATE, "A")
-    assert ix.route("ETH", ADDR, 5, 2010) == (Route.PAYMENT, "B")
+    assert ix.route("ETH", ADDR, 5, 1990) == (Route.PAYMENT, "A")  # both windows hold it
+    assert ix.route("ETH", ADDR, 5, 2005) == (Route.PAYMENT, "B")  # B opens 30 s early
+    assert ix.route("ETH", ADDR, 5, 1975) == (Route.PAYMENT, "A")
+    ix.put(invoice(id="C", seq=3, to_addr=ADDR, created_at=9000, expire_at=9500))
+    assert ix.route("ETH", ADDR, 5, 5010) == (Route.LATE, "B")
+    assert ix.route("ETH", ADDR, 5, 5200) == (Route.UNMATCHED, None)
 
 
 def test_a_reused_shared_amount_routes_by_block_time() -> None:

@@ -1,0 +1,477 @@
+"""Property: on a hostile node, the real follower, ledger, store and index attribute every
+transfer exactly as a fresh scan of the canonical chain does.
+
+A hypothesis state machine drives the daemon's own parts (`Follower`, `Ledger`, `Store`,
+`WatchIndex`, wired as `daemon.py` wires them) against `tests/chainmodel.py`, a JSON-RPC
+server over an in-memory chain, through the real `RpcClient`. Random interleavings of:
+blocks with payments (native, token, zero, reverted, to reused addresses and amounts,
+unwatched), reorgs up to `confirmations - 1` deep at any moment (their transactions
+re-included or dropped), follower passes, daemon restarts, node quirks (no
+`blockTimestamp`, lagging backends for heads, blocks and logs, null answers for announced
+blocks, result caps with each provider's error, HTTP 429/503), invoice creates and cancels.
+
+After every step: nothing is COMPLETED whose paying transfers are not canonical and deep.
+At `check` (and at the end): the node is made healthy, the chain grows past the
+confirmations, the follower catches up, and then every invoice's payments, late payments
+and status, and the unmatched transfers at the shared address, equal what a reference
+scan of the canonical chain gives (`expected`, written from the contract's rules, not from
+the code under test).
+
+Runs in `make test` with a bounded number of examples; `PW_CHAIN_EXAMPLES` raises it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+from web3 import Web3
+
+from tests.chainmodel import CAP_STYLES, ChainModel, ChainServer, NativeTx, TokenTx, Tx
+from watcher import ledger as ledger_module
+from watcher import state
+from watcher.daemon import start_network
+from watcher.errors import Conflict, RpcError, StoreError
+from watcher.follower import Follower, FollowerConfig
+from watcher.ledger import Ledger, NetworkInfo, NewInvoice, Outcome
+from watcher.matching import WatchIndex
+from watcher.models import OPENS_EARLY, Asset, Status
+from watcher.rpc import RpcClient
+from watcher.store import Store, index_invoices, load_invoices
+
+NET = "model"
+CONF = 3
+LATE = 60  # seconds: five blocks
+RANGE = 6  # max_block_range: several ranges per pass, so read-ahead and links are used
+T0 = 1_700_000_000
+TOKEN = Web3.to_checksum_address("0x" + "bb" * 20)
+SHARED = Web3.to_checksum_address("0x" + "aa" * 20)
+ADDRS = [Web3.to_checksum_address(f"0x{i + 1:040x}") for i in range(3)]
+UNWATCHED = "0x" + "cc" * 20
+PAYER = "0x" + "99" * 20
+ASSETS = {
+    "ETH": Asset(NET, "ETH", 18),
+    "USDT": Asset(NET, "USDT", 6, token=TOKEN, shared_address=SHARED),
+}
+EXAMPLES = int(os.environ.get("PW_CHAIN_EXAMPLES", "100"))
+
+
+def make_ledger() -> Ledger:
+    return Ledger(
+        {NET: NetworkInfo(NET, 31337, CONF, ASSETS)},
+        tolerance=Fraction(0), default_ttl=3600, late_window=LATE, default_callback_url=None,
+    )
+
+
+class Node:
+    """The daemon's parts for one network, wired as `Daemon.start` wires them."""
+
+    def __init__(self, db: Path, url: str) -> None:
+        self.db = db
+        self.url = url
+
+    async def start(self) -> Node:
+        self.store = await Store(self.db).open()
+        self.ledger = make_ledger()
+        await self.store.run(self.ledger.load_views)
+        self.index = WatchIndex(ASSETS, LATE)
+        for inv in await self.store.run(index_invoices, NET, LATE):
+            self.index.put(inv)
+        self.rpc = RpcClient(NET, [self.url], timeout=2, max_attempts=2, backoff=0.001,
+                             max_backoff=0.005, cooldown=0.001)
+        self.follower = Follower(
+            FollowerConfig(NET, CONF, RANGE, 0.01), self.rpc, self.store, self.ledger,
+            self.index, self.on_outcome,
+        )
+        await start_network(self.store, self.ledger, self.rpc, NET, 5)
+        await self.follower._load()
+        return self
+
+    def on_outcome(self, out: Outcome) -> None:
+        for inv in out.touched:
+            self.index.put(inv)
+
+    async def sync(self, passes: int) -> None:
+        """Follower passes as `Follower.run` makes them: RPC trouble is retried later.
+        Anything else is a bug and fails the test."""
+        for _ in range(passes):
+            try:
+                await self.follower.sync_once()
+            except (RpcError, StoreError, aiohttp.ClientError, OSError):
+                self.follower._cancel_prefetch()
+            # what the daemon's housekeeping does, by the confirmed scanned time
+            self.index.prune(self.ledger.views[NET].scanned_time)
+
+    async def stop(self) -> None:
+        self.follower._cancel_prefetch()
+        await self.rpc.close()
+        await self.store.close()
+
+
+@dataclass
+class Chain:
+    """A canonical transfer as the reference scan sees it."""
+
+    asset: str
+    to: str
+    amount: int
+    key: tuple[str, int]  # (tx hash, log index or -1)
+    timestamp: int
+
+
+def canonical_transfers(model: ChainModel, start: int) -> list[Chain]:
+    """Transfers in canonical blocks from `start` (the network's start block) on."""
+    out = []
+    for b in model.blocks[start:]:
+        logs = {lg.tx_hash: lg for lg in b.logs}
+        for tx, h in zip(b.txs, b.tx_hashes, strict=True):
+            if not tx.success:
+                continue
+            if isinstance(tx, NativeTx) and tx.value > 0:
+                out.append(Chain("ETH", tx.to, tx.value, (h, -1), b.timestamp))
+            elif isinstance(tx, TokenTx) and tx.amount > 0 and tx.token == TOKEN.lower():
+                out.append(Chain("USDT", tx.to, tx.amount, (h, logs[h].log_index), b.timestamp))
+    return out
+
+
+def expected(
+    invoices: list[dict[str, Any]], transfers: list[Chain]
+) -> tuple[dict[str, set[tuple[str, int]]], dict[str, set[tuple[str, int]]], set[tuple[str, int]]]:
+    """Payments and late payments per invoice, and unmatched transfers at the shared
+    address, by the contract's rules (section 1): a transfer pays the oldest invoice at its
+    address (and, shared, with its exact amount) whose collecting window
+    [createdAt, expireAt] holds the block time, unless the merchant closed it; else, at a
+    dedicated address, it is a late payment of the newest invoice created before it that
+    stopped collecting at most `late_payment_window` before; zero transfers never count.
+    (Windows open `OPENS_EARLY` seconds before `createdAt`.)"""
+    pays: dict[str, set[tuple[str, int]]] = {i["id"]: set() for i in invoices}
+    late: dict[str, set[tuple[str, int]]] = {i["id"]: set() for i in invoices}
+    unmatched: set[tuple[str, int]] = set()
+    by_seq = sorted(invoices, key=lambda i: i["seq"])
+    for t in transfers:
+        at = [i for i in by_seq if i["asset"] == t.asset and i["to"].lower() == t.to.lower()
+              and (not i["shared"] or i["amount"] == t.amount)]
+        paid = [i for i in at if i["cancelled_at"] is None
+                and i["created_at"] - OPENS_EARLY <= t.timestamp <= i["expire_at"]]
+        if paid:
+            pays[paid[0]["id"]].add(t.key)
+            continue
+        if t.to.lower() == SHARED.lower():
+            if t.asset == "USDT":
+                unmatched.add(t.key)
+            continue
+        for i in reversed(at):
+            stopped = i["expire_at"] if i["cancelled_at"] is None else min(
+                i["cancelled_at"], i["expire_at"])
+            if i["created_at"] - OPENS_EARLY <= t.timestamp <= stopped + LATE:
+                late[i["id"]].add(t.key)
+                break
+    return pays, late, unmatched
+
+
+def run(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
+    return loop.run_until_complete(coro)
+
+
+transfers = st.lists(
+    st.tuples(
+        st.sampled_from(["ETH", "USDT"]),
+        st.sampled_from([*range(len(ADDRS)), "shared", "unwatched"]),
+        st.sampled_from([0, 30, 50, 51, 70, 100]),
+        st.booleans(),  # success
+    ),
+    max_size=3,
+)
+
+
+class ChainMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self._hold = ledger_module.SHARED_AMOUNT_HOLD
+        ledger_module.SHARED_AMOUNT_HOLD = 0  # reuse shared amounts as soon as allowed
+        self.loop = asyncio.new_event_loop()
+        self.tmp = Path(tempfile.mkdtemp(prefix="chainprop-"))
+        self.model = ChainModel(genesis_time=T0, block_time=12)
+        self.model.mine_empty(2)
+        self.server = ChainServer(self.model)
+        run(self.loop, self.server.start())
+        self.node = run(self.loop, Node(self.tmp / "live.db", self.server.url).start())
+        assert self.node.follower.scanned is not None
+        self.start = self.node.follower.scanned + 1  # the start block written at first start
+        self.max_ts = self.model.head.timestamp
+        self.max_head = self.model.head.number
+        self.clock = 0  # the host's clock (see `create`)
+        self.reorgs = 0
+        self.cancelled: dict[str, int] = {}
+        self.created: list[str] = []
+        self.paying: dict[str, tuple[str, str, int]] = {}  # id -> (asset, to, amount)
+        self.dropped: list[Tx] = []  # transactions of reorged blocks, not yet re-included
+
+    # ------------------------------------------------------------------ the chain
+
+    def _txs(self, spec: list[tuple[str, Any, int, bool]]) -> list[Tx]:
+        txs: list[Tx] = []
+        for asset, where, amount, success in spec:
+            to = {"shared": SHARED, "unwatched": UNWATCHED}.get(str(where)) or ADDRS[int(where)]
+            if asset == "ETH":
+                txs.append(NativeTx(PAYER, to, amount, success=success))
+            else:
+                txs.append(TokenTx(TOKEN, PAYER, to, amount, success=success))
+        return txs
+
+    def _now(self) -> int:
+        self.clock = max(self.clock, self.max_ts + OPENS_EARLY + 1)
+        return self.clock
+
+    def _grew(self) -> None:
+        self.max_head = max(self.max_head, self.model.head.number)
+        self.max_ts = max(self.max_ts, self.model.head.timestamp)
+
+    @rule(spec=transfers)
+    def mine(self, spec: list[tuple[str, Any, int, bool]]) -> None:
+        self.model.mine(self._txs(spec))
+        self._grew()
+
+    @rule(
+        depth=st.integers(1, CONF - 1),
+        blocks=st.lists(transfers, min_size=0, max_size=CONF),
+        keep=st.booleans(),
+    )
+    def reorg(self, depth: int, blocks: list[Any], keep: bool) -> None:
+        # Never replace a block that was ever `CONF` deep: that is a reorg deeper than the
+        # confirmations, where REVERSED is the right answer and no rule is broken.
+        allowed = self.model.head.number - (self.max_head - CONF + 1)
+        depth = min(depth, allowed)
+        if depth <= 0:
+            self.model.mine()
+            self._grew()
+            return
+        removed = [tx for b in self.model.blocks[-depth:] for tx in b.txs]
+        new = [self._txs(spec) for spec in blocks] or [[]]
+        if keep and removed:  # the mempool gives the dropped transactions back
+            new[-1] = removed + new[-1]
+        else:
+            self.dropped += removed
+        self.model.reorg(depth, new)
+        self.reorgs += 1
+        self._grew()
+
+    @precondition(lambda self: bool(self.created))
+    @rule(pick=st.integers(0, 100), how=st.sampled_from(["exact", "part", "over", "zero"]),
+          success=st.booleans(), later=st.integers(0, 2))
+    def pay(self, pick: int, how: str, success: bool, later: int) -> None:
+        """A customer pays an invoice (exactly, in part, too much, or a poisoner's zero),
+        maybe after a few empty blocks."""
+        asset, to, amount = self.paying[self.created[pick % len(self.created)]]
+        value = {"exact": amount, "part": amount // 2, "over": amount + 7, "zero": 0}[how]
+        tx: Tx = (NativeTx(PAYER, to, value, success=success) if asset == "ETH"
+                  else TokenTx(TOKEN, PAYER, to, value, success=success))
+        self.model.mine_empty(later)
+        self.model.mine([tx])
+        self._grew()
+
+    @precondition(lambda self: bool(self.created))
+    @rule(pick=st.integers(0, 100), how=st.sampled_from(["exact", "part", "over"]))
+    def pay_now(self, pick: int, how: str) -> None:
+        self.pay(pick, how, True, 0)
+
+    @precondition(lambda self: bool(self.dropped))
+    @rule()
+    def reinclude(self) -> None:
+        """Transactions of a reorged block come back later, in a new block."""
+        self.model.mine(self.dropped)
+        self.dropped = []
+        self._grew()
+
+    # ------------------------------------------------------------------ the node's quirks
+
+    @rule(quirk=st.one_of(
+        st.tuples(st.just("omit_block_timestamp"), st.booleans()),
+        st.tuples(st.just("stale"), st.sampled_from(["eth_getLogs", "eth_getBlockByNumber"]),
+                  st.integers(1, 3), st.integers(1, 3)),
+        st.tuples(st.just("null_announced"), st.integers(0, 2)),
+        st.tuples(st.just("log_cap"), st.none() | st.integers(1, 3),
+                  st.sampled_from(sorted(CAP_STYLES))),
+        st.tuples(st.just("http_errors"), st.sampled_from([429, 503]), st.integers(1, 3)),
+    ))
+    def node_quirk(self, quirk: tuple[Any, ...]) -> None:
+        """What real nodes and load balancers do (tests/chainmodel.py)."""
+        kind = quirk[0]
+        if kind == "omit_block_timestamp":
+            self.model.omit_block_timestamp = quirk[1]
+        elif kind == "stale":  # a lagging backend answers every n-th call
+            self.model.stale[quirk[1]] = (quirk[2], quirk[3])
+        elif kind == "null_announced":
+            self.model.null_announced = quirk[1]
+        elif kind == "log_cap":
+            self.model.log_cap, self.model.cap_style = quirk[1], quirk[2]
+        else:
+            self.model.http_errors.extend([(quirk[1], 0.001)] * quirk[2])
+
+    def heal(self) -> None:
+        self.model.omit_block_timestamp = False
+        self.model.stale.clear()
+        self.model.null_announced = 0
+        self.model.log_cap = None
+        self.model.max_range = None
+        self.model.http_errors.clear()
+
+    # ------------------------------------------------------------------ the daemon
+
+    @rule(passes=st.integers(1, 3))
+    def sync(self, passes: int) -> None:
+        run(self.loop, self.node.sync(passes))
+
+    @rule()
+    def restart(self) -> None:
+        run(self.loop, self.node.stop())
+        self.node = run(self.loop, Node(self.node.db, self.server.url).start())
+
+    @rule(
+        asset=st.sampled_from(["ETH", "USDT"]),
+        where=st.sampled_from([*range(len(ADDRS)), "shared"]),
+        amount=st.sampled_from([50, 100]),
+        ttl_blocks=st.integers(2, 20),
+    )
+    def create(self, asset: str, where: Any, amount: int, ttl_blocks: int) -> None:
+        if where == "shared" and asset != "USDT":
+            where = 0
+        # The host's clock: past every block it has seen by more than the early opening of
+        # windows (a block read before the invoice existed cannot hold its payment); the
+        # next block is stamped earlier than this, inside the early opening.
+        now = self._now()
+        req = NewInvoice(NET, asset, amount, None if where == "shared" else ADDRS[int(where)],
+                         now + 12 * ttl_blocks)
+        try:
+            inv, _, out = run(self.loop, self.node.store.run(self.node.ledger.create, req, now))
+        except Conflict:
+            return  # an open invoice holds that address
+        self.node.on_outcome(out)
+        self.created.append(inv.id)
+        self.paying[inv.id] = (asset, inv.to_addr, inv.amount)
+
+    @initialize(
+        first=st.tuples(st.sampled_from(["ETH", "USDT"]), st.sampled_from([0, 1, "shared"]),
+                        st.sampled_from([50, 100]), st.integers(2, 20)),
+        second=st.tuples(st.sampled_from(["ETH", "USDT"]), st.sampled_from([1, 2, "shared"]),
+                         st.sampled_from([50, 100]), st.integers(2, 20)),
+    )
+    def open_invoices(self, first: tuple[str, Any, int, int], second: tuple[str, Any, int, int],
+                      ) -> None:
+        self.create(*first)
+        self.create(*second)
+
+    @precondition(lambda self: bool(self.created))
+    @rule(pick=st.integers(0, 100))
+    def cancel(self, pick: int) -> None:
+        invoice_id = self.created[pick % len(self.created)]
+        now = self._now()
+        try:
+            _, out = run(self.loop, self.node.store.run(self.node.ledger.cancel, invoice_id, now))
+        except Conflict:
+            return  # only a PENDING invoice can be cancelled
+        self.node.on_outcome(out)
+        self.cancelled[invoice_id] = now
+
+    # ------------------------------------------------------------------ what must hold
+
+    def _invoices(self) -> list[Any]:
+        return run(self.loop, self.node.store.run(load_invoices, "network = ?", [NET]))
+
+    @invariant()
+    def completed_only_on_canonical_deep_payments(self) -> None:
+        canonical = {b.hash: b.number for b in self.model.blocks}
+        for inv in self._invoices():
+            if inv.status != Status.COMPLETED or inv.closed_at is not None:
+                continue
+            total = 0
+            for p in sorted(inv.payments, key=lambda p: (p.block, p.log_index or -1)):
+                assert canonical.get(p.block_hash) == p.block, (inv.id, p)
+                assert self.max_head - p.block + 1 >= CONF, (inv.id, p)
+                total += p.amount
+                if total >= inv.amount:
+                    break
+            assert total >= inv.amount, inv
+
+    @rule()
+    def check(self) -> None:
+        """Heal the node, let the chain pass the confirmations, catch up, compare."""
+        self.heal()
+        if self.dropped:
+            self.reinclude()
+        self.model.mine_empty(CONF + 1)
+        self._grew()
+        head = self.model.head.number
+        for _ in range(50):
+            run(self.loop, self.node.sync(1))
+            if self.node.follower.scanned == head:
+                break
+        assert self.node.follower.scanned == head, (self.node.follower.last_error, head)
+        invoices = self._invoices()
+        rows = [{"id": i.id, "seq": i.seq, "asset": i.asset, "to": i.to_addr,
+                 "shared": i.shared, "amount": i.amount, "created_at": i.created_at,
+                 "expire_at": i.expire_at, "cancelled_at": self.cancelled.get(i.id)}
+                for i in invoices]
+        pays, late, unmatched = expected(rows, canonical_transfers(self.model, self.start))
+        deep = self.model.blocks[head - CONF + 1].timestamp
+        view = state.ChainView(head, deep, CONF)
+        for inv in invoices:
+            got_pays = {(p.tx_hash, -1 if p.log_index is None else p.log_index)
+                        for p in inv.payments}
+            got_late = {(p.tx_hash, -1 if p.log_index is None else p.log_index)
+                        for p in inv.late_payments}
+            assert got_pays == pays[inv.id], ("payments", inv.id, got_pays, pays[inv.id])
+            assert got_late == late[inv.id], ("late", inv.id, got_late, late[inv.id])
+            if inv.id in self.cancelled:
+                want = Status.VOIDED
+            else:
+                want = state.chain_status(inv.amount, inv.payments, inv.expire_at, view,
+                                          Fraction(0))
+            assert inv.status == want, ("status", inv.id, inv.status, want)
+        self.seen = (sum(map(len, pays.values())), sum(map(len, late.values())),
+                     len(unmatched), len(invoices))
+        got_unmatched = {
+            (r[0], r[1]) for r in run(self.loop, self.node.store.run(
+                lambda db: db.execute(
+                    "SELECT tx_hash, log_index FROM transfers WHERE kind = 'unmatched' "
+                    "AND lower(to_addr) = ?", [SHARED.lower()]).fetchall()))
+        }
+        assert got_unmatched == unmatched
+
+    def teardown(self) -> None:
+        try:
+            self.check()
+            pays, late, unmatched, invoices = self.seen
+            event(f"invoices {min(invoices, 4)}+, payments {min(pays, 4)}+, late {min(late, 2)}+")
+            event(f"reorgs {min(self.reorgs, 3)}+, unmatched {min(unmatched, 2)}+")
+        finally:
+            run(self.loop, self.node.stop())
+            run(self.loop, self.server.stop())
+            self.loop.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            ledger_module.SHARED_AMOUNT_HOLD = self._hold
+
+
+ChainMachine.TestCase.settings = settings(
+    max_examples=EXAMPLES,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestChainModel = ChainMachine.TestCase
