@@ -9,13 +9,13 @@ from typing import Any
 
 from watcher import timeutil
 from watcher.amounts import parse_amount
+from watcher.daemon import start_network
 from watcher.follower import Follower, FollowerConfig
 from watcher.ledger import Ledger, NetworkInfo, NewInvoice, Outcome
 from watcher.matching import WatchIndex
 from watcher.metrics import Metrics
 from watcher.models import Asset, Invoice
 from watcher.rpc import RpcClient
-from watcher.daemon import start_network
 from watcher.store import Store, index_invoices, load_invoice
 
 NET = "anvil"
