@@ -37,6 +37,12 @@ STALL_LIMIT = 300.0
 START_BLOCK_TIMEOUT = 5.0
 
 
+def prune_index(index: WatchIndex, ledger: Ledger, network: str) -> int:
+    """Forget the invoices of a network no transfer can reach any more, by the time of its
+    newest confirmed scanned block, never by the host's clock (see `WatchIndex.prune`)."""
+    return index.prune(ledger.views[network].scanned_time)
+
+
 async def start_network(
     store: Store, ledger: Ledger, rpc: RpcClient, network: str, timeout: float
 ) -> bool:
@@ -296,8 +302,7 @@ class Daemon:
                 self.metrics.set_invoice_counts(counts)
                 self.metrics.callback_queue_depth.set(await self.store.run(queue_depth))
                 for name, index in self.indexes.items():
-                    # by the newest confirmed scanned block's time, never the host's clock
-                    index.prune(self.ledger.views[name].scanned_time)
+                    prune_index(index, self.ledger, name)
                 ready, reason = self.readiness()
                 self.notifier.status(
                     "ready" if ready else reason

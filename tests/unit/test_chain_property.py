@@ -31,7 +31,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -41,87 +40,28 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from web3 import Web3
 
 from tests.chainmodel import CAP_STYLES, ChainModel, ChainServer, NativeTx, TokenTx, Tx
+from tests.daemonparts import (
+    ADDRS,
+    CONF,
+    LATE,
+    NET,
+    PAYER,
+    SHARED,
+    T0,
+    TOKEN,
+    UNWATCHED,
+    Node,
+)
 from watcher import ledger as ledger_module
 from watcher import state
-from watcher.daemon import start_network
-from watcher.errors import Conflict, RpcError, StoreError
-from watcher.follower import Follower, FollowerConfig
-from watcher.ledger import Ledger, NetworkInfo, NewInvoice, Outcome
-from watcher.matching import WatchIndex
-from watcher.models import OPENS_EARLY, Asset, Status
-from watcher.rpc import RpcClient
-from watcher.store import Store, index_invoices, load_invoices
+from watcher.errors import Conflict
+from watcher.ledger import NewInvoice
+from watcher.models import OPENS_EARLY, Status
+from watcher.store import load_invoices
 
-NET = "model"
-CONF = 3
-LATE = 60  # seconds: five blocks
-RANGE = 6  # max_block_range: several ranges per pass, so read-ahead and links are used
-T0 = 1_700_000_000
-TOKEN = Web3.to_checksum_address("0x" + "bb" * 20)
-SHARED = Web3.to_checksum_address("0x" + "aa" * 20)
-ADDRS = [Web3.to_checksum_address(f"0x{i + 1:040x}") for i in range(3)]
-UNWATCHED = "0x" + "cc" * 20
-PAYER = "0x" + "99" * 20
-ASSETS = {
-    "ETH": Asset(NET, "ETH", 18),
-    "USDT": Asset(NET, "USDT", 6, token=TOKEN, shared_address=SHARED),
-}
 EXAMPLES = int(os.environ.get("PW_CHAIN_EXAMPLES", "100"))
-
-
-def make_ledger() -> Ledger:
-    return Ledger(
-        {NET: NetworkInfo(NET, 31337, CONF, ASSETS)},
-        tolerance=Fraction(0), default_ttl=3600, late_window=LATE, default_callback_url=None,
-    )
-
-
-class Node:
-    """The daemon's parts for one network, wired as `Daemon.start` wires them."""
-
-    def __init__(self, db: Path, url: str) -> None:
-        self.db = db
-        self.url = url
-
-    async def start(self) -> Node:
-        self.store = await Store(self.db).open()
-        self.ledger = make_ledger()
-        await self.store.run(self.ledger.load_views)
-        self.index = WatchIndex(ASSETS, LATE)
-        for inv in await self.store.run(index_invoices, NET, LATE):
-            self.index.put(inv)
-        self.rpc = RpcClient(NET, [self.url], timeout=2, max_attempts=2, backoff=0.001,
-                             max_backoff=0.005, cooldown=0.001)
-        self.follower = Follower(
-            FollowerConfig(NET, CONF, RANGE, 0.01), self.rpc, self.store, self.ledger,
-            self.index, self.on_outcome,
-        )
-        await start_network(self.store, self.ledger, self.rpc, NET, 5)
-        await self.follower._load()
-        return self
-
-    def on_outcome(self, out: Outcome) -> None:
-        for inv in out.touched:
-            self.index.put(inv)
-
-    async def sync(self, passes: int) -> None:
-        """Follower passes as `Follower.run` makes them: RPC trouble is retried later.
-        Anything else is a bug and fails the test."""
-        for _ in range(passes):
-            try:
-                await self.follower.sync_once()
-            except (RpcError, StoreError, aiohttp.ClientError, OSError):
-                self.follower._cancel_prefetch()
-            # what the daemon's housekeeping does, by the confirmed scanned time
-            self.index.prune(self.ledger.views[NET].scanned_time)
-
-    async def stop(self) -> None:
-        self.follower._cancel_prefetch()
-        await self.rpc.close()
-        await self.store.close()
 
 
 @dataclass
