@@ -322,9 +322,10 @@ def invoices_create(config_path: Path | None, **fields: Any) -> None:
         store = await Store(settings.database).open()
         try:
             net = settings.enabled_networks().get(req.network)
-            if net is not None and not await store.run(ledger.started, req.network):
-                # No daemon has run for this network yet: its start block comes first. If
-                # the RPC does not answer, the create below says so in one line.
+            if net is not None:
+                # The chain's clock for the window, and the start block if no daemon has run
+                # for this network yet. If the RPC does not answer, the create below opens
+                # the window by the host's clock, or (not started) says so in one line.
                 import logging
 
                 quiet = logging.getLogger("watcher")

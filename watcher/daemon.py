@@ -46,22 +46,27 @@ def prune_index(index: WatchIndex, ledger: Ledger, network: str) -> int:
 async def start_network(
     store: Store, ledger: Ledger, rpc: RpcClient, network: str, timeout: float
 ) -> bool:
-    """Write the start block of a network that has none, from the node's head. Until it is
+    """Read the node's head once: its time is the chain's clock for new invoices' windows
+    (`Ledger.note_tip`), and a network that has no start block gets it. Until that is
     written the ledger refuses invoices for the network, so no invoice can be paid below
     it. True when the network has a start block (now or before)."""
-    if await store.run(ledger.started, network):
-        return True
+    started: bool = await store.run(ledger.started, network)
     try:
         latest = await asyncio.wait_for(rpc.get_block("latest", False), timeout)
     except (RpcError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-        log.warning(
-            "%s: no start block yet (%s): invoices for it are refused until its RPC answers",
-            network, exc, extra={"network": network},
-        )
-        return False
+        if not started:
+            log.warning(
+                "%s: no start block yet (%s): invoices for it are refused until its RPC "
+                "answers", network, exc, extra={"network": network},
+            )
+        return started
     if latest is None:
-        return False
-    await store.run(ledger.start_network, network, int(latest["number"], 16), timeutil.now())
+        return started
+    ledger.note_tip(network, int(latest["timestamp"], 16))
+    if not started:
+        await store.run(
+            ledger.start_network, network, int(latest["number"], 16), timeutil.now()
+        )
     return True
 
 

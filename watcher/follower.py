@@ -268,6 +268,8 @@ class Follower:
         if latest is None:
             raise RpcError("node has no latest block")
         tip = Header.of(latest)
+        # before any block up to this head is read: invoices created from now on open after it
+        self.ledger.note_tip(self.network, tip.timestamp)
         if self.scanned is None:
             # A fresh database: the start block is written before the API takes an invoice
             # for this network (the ledger refuses creates until then), so nothing that

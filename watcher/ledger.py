@@ -23,6 +23,7 @@ from watcher.models import (
     CREATED_EVENT,
     LATE_PAYMENT_EVENT,
     OPEN_STATUSES,
+    OPENS_EARLY,
     Asset,
     Invoice,
     Status,
@@ -39,6 +40,8 @@ from watcher.store import (
 )
 from watcher.timeutil import iso
 
+#: How early a new invoice's window opens while the chain's clock is unknown (see _opens_at).
+UNKNOWN_CHAIN_TIME_OPENS_EARLY = 3600
 #: How long after `expireAt` a shared-address amount stays reserved for its invoice (while
 #: not closed), so a payment the follower sees late still finds the invoice it was for.
 SHARED_AMOUNT_HOLD = 3600
@@ -135,6 +138,15 @@ class Ledger:
             n.name: state.ChainView(head=0, scanned_time=None, required=n.confirmations)
             for n in networks.values()
         }
+        #: Timestamp of the newest block the follower has read per network: an invoice's
+        #: collecting window opens `OPENS_EARLY` before it (or before the host's clock when
+        #: that is earlier), so a host clock ahead of the chain's loses no payment.
+        self.tips: dict[str, int] = {}
+
+    def note_tip(self, network: str, timestamp: int) -> None:
+        """The follower read a head with this timestamp (called before it reads blocks)."""
+        if timestamp > self.tips.get(network, -1):
+            self.tips[network] = timestamp
 
     # ------------------------------------------------------------------ rendering
 
@@ -145,6 +157,11 @@ class Ledger:
         return invoice_json(inv, head, required)
 
     def load_views(self, db: Database) -> None:
+        for row in db.query(
+            "SELECT network, MAX(timestamp) AS t FROM blocks GROUP BY network"
+        ):
+            if row["t"] is not None:
+                self.note_tip(row["network"], row["t"])
         for row in db.query(
             "SELECT network, head_block, scanned_block, scanned_time FROM cursors"
         ):
@@ -316,6 +333,7 @@ class Ledger:
             created_at=now,
             updated_at=now,
             expire_at=expire_at,
+            opens_at=self._opens_at(net.name, now),
             parent_id=parent.id if parent else None,
             external_id=req.external_id,
             price=req.price,
@@ -326,6 +344,17 @@ class Ledger:
             fingerprint=req.fingerprint,
         )
         return insert_invoice(db, inv)
+
+    def _opens_at(self, network: str, now: int) -> int:
+        """Chain time the collecting window opens: `OPENS_EARLY` before the create, on the
+        chain's clock (the newest head read; the host's clock may run ahead of it). While
+        no head of the network has been read since start (its RPC down), an hour before the
+        host's clock: only blocks scanned later can pay it, and a reused address still
+        gives an earlier invoice what was paid in its own window."""
+        tip = self.tips.get(network)
+        if tip is None:
+            return now - UNKNOWN_CHAIN_TIME_OPENS_EARLY
+        return min(now, tip + 1) - OPENS_EARLY
 
     def _unique_amount(self, db: Database, asset: Asset, amount: int, now: int) -> int:
         assert asset.shared_address is not None
@@ -477,6 +506,7 @@ class Ledger:
         )
         # Callback bodies are rendered with the head of this range, not the previous one.
         self.views[batch.network] = view
+        self.note_tip(batch.network, batch.to_time)
         self._announce_late(db, batch.network, view, owners, now, out)
         # Invoices whose status may move: just paid, waiting for depth, or expiring.
         # Two index searches, not `status = .. OR (..)`, which SQLite answers by walking

@@ -3,7 +3,8 @@
 The index routes a transfer in O(1) per invoice at its key: by (asset, receiving address),
 then for shared addresses by the exact amount. Several invoices may share a key over time
 (an address or an amount reused once the earlier invoice stopped collecting): each keeps its
-own collecting window `[createdAt, end of collecting]`, and a transfer goes to the invoice
+own collecting window (from just after the newest block the daemon had read when it was
+created, to the end of collecting), and a transfer goes to the invoice
 whose window holds its **block's timestamp**. So a payment made in time for an earlier
 invoice is never moved to a later one, however late the follower sees it.
 
@@ -32,7 +33,7 @@ class Entry:
     invoice_id: str
     seq: int
     amount: int
-    created_at: int
+    opens_at: int | None
     expire_at: int
     closed_at: int | None  # None while collecting
 
@@ -40,7 +41,7 @@ class Entry:
         return stopped_at(self.expire_at, self.closed_at)
 
     def route(self, at: int, late_window: int) -> str:
-        return window_route(self.created_at, self.expire_at, self.closed_at, at, late_window)
+        return window_route(self.opens_at, self.expire_at, self.closed_at, at, late_window)
 
 
 Key = tuple[str, str]  # (asset symbol, lower-case address)
@@ -48,7 +49,7 @@ Key = tuple[str, str]  # (asset symbol, lower-case address)
 
 def _entry(inv: Invoice) -> Entry:
     return Entry(
-        inv.id, inv.seq, inv.amount, inv.created_at, inv.expire_at, inv.closed_for_window
+        inv.id, inv.seq, inv.amount, inv.opens_at, inv.expire_at, inv.closed_for_window
     )
 
 

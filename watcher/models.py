@@ -35,23 +35,23 @@ def stopped_at(expire_at: int, closed_at: int | None) -> int:
     return expire_at if closed_at is None else min(closed_at, expire_at)
 
 
-#: An invoice's collecting window opens this many seconds before its `createdAt`. A block's
-#: timestamp is its producer's clock at the start of the slot, so a payment sent right after
-#: the invoice was created can sit in a block stamped a few seconds earlier (Ethereum
-#: slots are 12 s; anvil trails the host by up to a second; clocks drift).
+#: An invoice's collecting window opens this many seconds before it was created (on the
+#: chain's clock: the newest head the daemon had read, or the host's clock if earlier). A
+#: block is stamped at its slot's start, so a payment sent right after the create can carry
+#: an earlier stamp, and a reorg can replace the head with a block of the same slot.
 OPENS_EARLY = 30
 
 
 def window_route(
-    created_at: int, expire_at: int, closed_at: int | None, at: int, late_window: int
+    opens_at: int | None, expire_at: int, closed_at: int | None, at: int, late_window: int
 ) -> str:
     """What a transfer in a block with timestamp `at` is to one invoice: "payment" inside its
-    collecting window `[createdAt - OPENS_EARLY, expireAt]` while it collects (`closed_at`
-    None), "late" after it stopped collecting and within `late_window`, else "unmatched".
-    Block time decides, never the host's clock: the answer is the same however late the
-    block is seen.
+    collecting window `[opens_at, expireAt]` while it collects (`closed_at` None), "late"
+    after it stopped collecting and within `late_window`, else "unmatched". Block time
+    decides, never the host's clock: the answer is the same however late the block is seen.
+    `opens_at` None (invoices from before windows had a start) opens at the beginning.
     """
-    if at < created_at - OPENS_EARLY:
+    if opens_at is not None and at < opens_at:
         return "unmatched"
     if closed_at is None and at <= expire_at:
         return "payment"
@@ -123,6 +123,9 @@ class Invoice:
     payload: dict[str, Any] | None = None
     callback_url: str | None = None
     closed_at: int | None = None  # stopped collecting: voided, accepted, refunded, remainder
+    #: chain time its collecting window opens (`OPENS_EARLY` before it was created, on the
+    #: chain's clock); None for invoices from before windows had a start
+    opens_at: int | None = None
     refund_tx: str | None = None
     fingerprint: str | None = None
     payments: list[Transfer] = field(default_factory=list)
@@ -158,9 +161,10 @@ class Invoice:
     def route(self, at: int, late_window: int) -> str:
         """"payment", "late" or "unmatched" for a transfer in a block with timestamp `at`."""
         return window_route(
-            self.created_at, self.expire_at, self.closed_for_window, at, late_window
+            self.opens_at, self.expire_at, self.closed_for_window, at, late_window
         )
 
     def collecting(self, at: int) -> bool:
         """True when a payment in a block with timestamp `at` counts for this invoice."""
-        return self.collects and self.created_at - OPENS_EARLY <= at <= self.expire_at
+        opens = self.opens_at if self.opens_at is not None else at
+        return self.collects and opens <= at <= self.expire_at

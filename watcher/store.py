@@ -181,6 +181,13 @@ def _m0004(db: Database) -> None:
     )
 
 
+@migrations(name="0005_invoice_opens_at")
+def _m0005(db: Database) -> None:
+    # Chain time an invoice's collecting window opens (see models.window_route); NULL for
+    # invoices created before: their window opens at the beginning, as it did.
+    db.execute("ALTER TABLE invoices ADD COLUMN opens_at INTEGER")
+
+
 def connect(path: str | Path) -> Database:
     """Open (creating with mode 0600) and migrate the database. Call on the owning thread."""
     path = Path(path)
@@ -395,6 +402,7 @@ def invoice_from_row(row: dict[str, Any], transfers: Iterable[Transfer] = ()) ->
         payload=orjson.loads(row["payload"]) if row["payload"] is not None else None,
         callback_url=row["callback_url"],
         closed_at=row["closed_at"],
+        opens_at=row["opens_at"],
         refund_tx=row["refund_tx"],
         fingerprint=row["fingerprint"],
     )
@@ -429,6 +437,7 @@ def invoice_row(inv: Invoice) -> dict[str, Any]:
         "updated_at": inv.updated_at,
         "expire_at": inv.expire_at,
         "closed_at": inv.closed_at,
+        "opens_at": inv.opens_at,
         "refund_tx": inv.refund_tx,
     }
 

@@ -41,37 +41,40 @@ def test_voided_invoice_takes_late_payments_within_window() -> None:
 
 def test_a_reused_dedicated_address_routes_by_block_time() -> None:
     ix = index()
-    ix.put(invoice(id="old", seq=1, to_addr=ADDR, status=Status.VOIDED, closed_at=1200))
-    ix.put(invoice(id="new", seq=2, to_addr=ADDR, created_at=1250, expire_at=5000))
-    ix.put(invoice(id="old", seq=1, to_addr=ADDR, status=Status.VOIDED, closed_at=1200))
+    ix.put(invoice(id="old", seq=1, to_addr=ADDR, status=Status.VOIDED, closed_at=1200,
+                   opens_at=1000))
+    ix.put(invoice(id="new", seq=2, to_addr=ADDR, opens_at=1250, expire_at=5000))
+    ix.put(invoice(id="old", seq=1, to_addr=ADDR, status=Status.VOIDED, closed_at=1200,
+                   opens_at=1000))
     assert ix.route("ETH", ADDR, 5, 1300) == (Route.PAYMENT, "new")
+    assert ix.route("ETH", ADDR, 5, 1250) == (Route.PAYMENT, "new")
     assert ix.route("ETH", ADDR, 5, 1100) == (Route.LATE, "old")  # sent before the cancel
-    assert ix.route("ETH", ADDR, 5, 1240) == (Route.PAYMENT, "new")  # opens 30 s early
-    assert ix.route("ETH", ADDR, 5, 1210) == (Route.LATE, "old")
+    assert ix.route("ETH", ADDR, 5, 1249) == (Route.LATE, "old")
     assert ix.route("ETH", ADDR, 5, 960) == (Route.UNMATCHED, None)  # before either existed
     assert len(ix) == 2
 
 
 def test_payment_in_time_stays_with_the_first_invoice_when_the_address_is_reused() -> None:
     """Defect 3: A is paid in time, the block is not scanned yet, B is created on the same
-    address after A's expireAt: the payment is A's, B's window starts at its creation."""
+    address after A's expireAt: the payment is A's; B's window opens after the newest block
+    the daemon had read when B was created."""
     ix = index()
-    ix.put(invoice(id="A", seq=1, to_addr=ADDR, created_at=1000, expire_at=2000))
-    ix.put(invoice(id="B", seq=2, to_addr=ADDR, created_at=2010, expire_at=5000))
+    ix.put(invoice(id="A", seq=1, to_addr=ADDR, opens_at=1000, expire_at=2000))
+    ix.put(invoice(id="B", seq=2, to_addr=ADDR, opens_at=1950, expire_at=5000))
     assert ix.route("ETH", ADDR, 5, 1990) == (Route.PAYMENT, "A")  # both windows hold it
-    assert ix.route("ETH", ADDR, 5, 2005) == (Route.PAYMENT, "B")  # B opens 30 s early
-    assert ix.route("ETH", ADDR, 5, 1975) == (Route.PAYMENT, "A")
-    ix.put(invoice(id="C", seq=3, to_addr=ADDR, created_at=9000, expire_at=9500))
+    assert ix.route("ETH", ADDR, 5, 2005) == (Route.PAYMENT, "B")
+    ix.put(invoice(id="C", seq=3, to_addr=ADDR, opens_at=9000, expire_at=9500))
     assert ix.route("ETH", ADDR, 5, 5010) == (Route.LATE, "B")
     assert ix.route("ETH", ADDR, 5, 5200) == (Route.UNMATCHED, None)
+    assert ix.route("ETH", ADDR, 5, 900) == (Route.UNMATCHED, None)
 
 
 def test_a_reused_shared_amount_routes_by_block_time() -> None:
     ix = index()
     ix.put(invoice(id="A", seq=1, asset="USDT", to_addr=SHARED, shared=True, amount=100,
-                   created_at=1000, expire_at=2000))
+                   opens_at=1000, expire_at=2000))
     ix.put(invoice(id="B", seq=2, asset="USDT", to_addr=SHARED, shared=True, amount=100,
-                   created_at=9000, expire_at=12000))
+                   opens_at=9000, expire_at=12000))
     assert ix.route("USDT", SHARED, 100, 1990) == (Route.PAYMENT, "A")
     assert ix.route("USDT", SHARED, 100, 5000) == (Route.UNMATCHED, None)
     assert ix.route("USDT", SHARED, 100, 9001) == (Route.PAYMENT, "B")
