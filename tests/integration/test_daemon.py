@@ -130,6 +130,7 @@ async def test_invoices_through_every_status(
 
     await poll(late_on_expired, what="late payment on the expired invoice")
     assert (await d.invoice(exp))["status"] == "VOIDED"
+    chain.mine(2)  # late payments are announced once they have the confirmations
 
     # the API's history and the receiver agree, event for event, in order
     expected = {

@@ -31,6 +31,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import orjson
 from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -56,8 +57,9 @@ from tests.daemonparts import (
 )
 from watcher import ledger as ledger_module
 from watcher import state
+from watcher.amounts import parse_amount
 from watcher.errors import Conflict
-from watcher.ledger import NewInvoice
+from watcher.ledger import NewInvoice, late_event_id
 from watcher.models import OPENS_EARLY, Status
 from watcher.store import load_invoices
 
@@ -237,6 +239,12 @@ class ChainMachine(RuleBasedStateMachine):
     def pay_now(self, pick: int, how: str) -> None:
         self.pay(pick, how, True, 0)
 
+    @rule(blocks=st.integers(5, 40))
+    def away(self, blocks: int) -> None:
+        """The daemon is away (stopped, or its RPC down) while the chain grows."""
+        self.model.mine_empty(blocks)
+        self._grew()
+
     @precondition(lambda self: bool(self.dropped))
     @rule()
     def reinclude(self) -> None:
@@ -271,11 +279,10 @@ class ChainMachine(RuleBasedStateMachine):
             self.model.http_errors.extend([(quirk[1], 0.001)] * quirk[2])
 
     def heal(self) -> None:
-        self.model.omit_block_timestamp = False
+        """End the passing troubles. A node that omits `blockTimestamp` or a provider's log
+        cap are how it is: they stay, and the follower must catch up with them."""
         self.model.stale.clear()
         self.model.null_announced = 0
-        self.model.log_cap = None
-        self.model.max_range = None
         self.model.http_errors.clear()
 
     # ------------------------------------------------------------------ the daemon
@@ -410,6 +417,27 @@ class ChainMachine(RuleBasedStateMachine):
             assert inv.status == want, ("status", inv.id, inv.status, want)
         self.seen = (sum(map(len, pays.values())), sum(map(len, late.values())),
                      len(unmatched), len(invoices))
+        for inv in invoices:
+            events = run(self.loop, self.node.events(inv.id))
+            # each late payment announced once, with its derived id, once it is deep
+            announced = sorted(e[0] for e in events if e[1] == "invoice.late_payment")
+            assert announced == sorted(
+                late_event_id(inv.id, p.tx_hash, -1 if p.log_index is None else p.log_index)
+                for p in inv.late_payments
+            ), ("late_payment events", inv.id)
+            # a body tells the confirmations of the range that committed it
+            for _, name, body in events:
+                if name == "invoice.completed" and inv.closed_at is None:
+                    data = orjson.loads(body)["data"]
+                    # the payments that reach the amount show the confirmations that
+                    # completed it (the body is rendered with the head of its own range)
+                    paid = 0
+                    for p in sorted(data["payments"],
+                                    key=lambda p: (p["block"], p["logIndex"] or -1)):
+                        assert p["confirmations"] >= data["requiredConfirmations"], data
+                        paid += parse_amount(p["amount"], inv.decimals)
+                        if paid >= inv.amount:
+                            break
         got_unmatched = {
             (r[0], r[1]) for r in run(self.loop, self.node.store.run(
                 lambda db: db.execute(
