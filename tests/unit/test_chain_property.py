@@ -239,9 +239,12 @@ class ChainMachine(RuleBasedStateMachine):
     def pay_now(self, pick: int, how: str) -> None:
         self.pay(pick, how, True, 0)
 
-    @rule(blocks=st.integers(5, 40))
-    def away(self, blocks: int) -> None:
-        """The daemon is away (stopped, or its RPC down) while the chain grows."""
+    @rule(blocks=st.integers(5, 40), depth=st.integers(0, CONF - 1), keep=st.booleans())
+    def away(self, blocks: int, depth: int, keep: bool) -> None:
+        """The daemon is away (stopped, or its RPC down) while a shallow reorg replaces
+        blocks it has scanned and the chain grows far past them."""
+        if depth:
+            self.reorg(depth, [[]], keep)
         self.model.mine_empty(blocks)
         self._grew()
 
