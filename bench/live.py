@@ -97,6 +97,7 @@ def _backlog(db_path: Path, token: str, count: int, hook: str) -> None:
         default_ttl=86400, late_window=86400, default_callback_url=None,
     )
     now = timeutil.now()
+    ledger.start_network(db, NET, 1, now)  # as the daemon does before it takes invoices
     with db.atomic():
         for n in range(count):
             req = NewInvoice(NET, "ETH", NATIVE_AMOUNT, "0xb0" + f"{n:038x}", None,

@@ -7,7 +7,7 @@ Per range of blocks the follower asks the node for:
 - full blocks only while a native invoice may be paid on this network;
 - headers of: the range's first block (its parentHash must be the stored hash of the block
   below: every range links to what was scanned before, however far behind the follower
-  is), its last block (its time decides expiry), every block within `keep` of the head, and
+  is), its last block (its time decides expiry), every block within `track` of the head, and
   every block that holds a matching log (its hash must be the log's `blockHash`, and its
   timestamp is the payment's time: `blockTimestamp` in logs is optional and most nodes omit
   it).
@@ -178,8 +178,10 @@ class Follower:
         self._stopping = False
         self._throttle = Throttle(60)
         self._refreshed = 0
-        #: blocks within `keep` of the head have their headers read, checked (links,
-        #: logsBloom) and stored: deeper than any reorg the confirmations allow for
+        #: blocks within `track` of the head have their headers read and checked (links,
+        #: logsBloom) and their hashes stored: deeper than any reorg the confirmations allow
+        #: for, and than a lagging backend lags; hashes are kept for `keep` blocks
+        self.track = max(cfg.confirmations + 2, 12)
         self.keep = max(2 * cfg.confirmations, 64)
 
     # ------------------------------------------------------------------ life cycle
@@ -330,12 +332,12 @@ class Follower:
             self._start_prefetch(end + 1, min(tip.number, end + nspan), tip, native)
         self._check_chain(start, headers)
         logs = await self._complete(start, end, tip, logs, headers)
-        transfers = self._token_transfers(logs, headers)
+        transfers = self._token_transfers(logs, headers, tip)
         if native:
             transfers += await self._native_transfers(blocks)
         transfers.sort(key=lambda t: (t.block, -1 if t.log_index is None else t.log_index))
         last = headers[end]
-        stored = [h for h in headers.values() if h.number > tip.number - self.keep
+        stored = [h for h in headers.values() if h.number > tip.number - self.track
                   or h.number == end]
         batch = ScanBatch(
             network=self.network,
@@ -493,7 +495,7 @@ class Follower:
         if native:
             blocks = await self.rpc.get_blocks(list(range(start, end + 1)), full=True)
             return {h.number: h for h in map(Header.of, blocks)}, blocks
-        wanted = set(range(max(start, tip.number - self.keep + 1), end + 1))
+        wanted = set(range(max(start, tip.number - self.track + 1), end + 1))
         wanted.update((start, end))
         headers: dict[int, Header] = {}
         if tip.number in wanted:
@@ -527,15 +529,18 @@ class Follower:
         logs: list[dict[str, Any]],
         headers: dict[int, Header],
     ) -> list[dict[str, Any]]:
-        """Make the range's logs trustworthy: read the header of every block holding a
-        matching log (its hash and timestamp decide), and ask again by block hash for each
-        recent block whose `logsBloom` may hold a watched transfer that `eth_getLogs` did
-        not return (a backend behind the head answers `[]` for blocks it lacks)."""
+        """Make the range's logs trustworthy: read the header of each block holding a
+        matching log that carries no `blockTimestamp` (its timestamp decides; recent blocks
+        have their headers already, and their hashes are checked against the logs), and ask
+        again by block hash for each recent block whose `logsBloom` may hold a watched
+        transfer that `eth_getLogs` did not return (a backend behind the head answers `[]`
+        for blocks it lacks)."""
         flt = self._log_filter()
         if flt is None:
             return logs
         missing = sorted(
-            {int(lg["blockNumber"], 16) for lg in logs if self._matches(lg)} - headers.keys()
+            {int(lg["blockNumber"], 16) for lg in logs
+             if "blockTimestamp" not in lg and self._matches(lg)} - headers.keys()
         )
         if missing:
             for b in await self.rpc.get_blocks(missing, full=False):
@@ -544,7 +549,7 @@ class Follower:
         with_logs = {int(lg["blockNumber"], 16) for lg in logs}
         suspect = [
             h for n, h in headers.items()
-            if start <= n <= end and n > tip.number - self.keep and n not in with_logs
+            if start <= n <= end and n > tip.number - self.track and n not in with_logs
             and self._bloom_may_hold(h.bloom, flt)
         ]
         if not suspect:
@@ -595,25 +600,39 @@ class Follower:
         return _log_amount(lg) > 0
 
     def _token_transfers(
-        self, logs: list[dict[str, Any]], headers: dict[int, Header]
+        self, logs: list[dict[str, Any]], headers: dict[int, Header], tip: Header
     ) -> list[Transfer]:
+        """Transfers of the matching logs. A log's time is its header's when the header was
+        read (every recent block, every block whose logs lack `blockTimestamp`), else its
+        `blockTimestamp`: a block deeper than `track` below the head is deeper than any
+        reorg, and the range is linked to the stored chain at both ends."""
         out: list[Transfer] = []
+        recent = tip.number - self.track
+        index = self.index
         for lg in logs:
-            if not self._matches(lg):
+            topics = lg.get("topics") or []
+            if lg.get("removed") or len(topics) != 3 or topics[0] != TRANSFER_TOPIC:
+                continue
+            symbol = index.symbol_for_token(lg["address"])
+            to = _topic_address(topics[2])
+            if symbol is None or not index.is_watched(symbol, to):
+                continue
+            amount = _log_amount(lg)
+            if amount <= 0:
                 continue  # zero transfers never count: address poisoning spam
-            topics = lg["topics"]
-            symbol = self.index.symbol_for_token(lg["address"])
-            assert symbol is not None
             block = int(lg["blockNumber"], 16)
             h = headers.get(block)
-            if h is None:
+            if h is not None:
+                if h.hash != lg["blockHash"]:
+                    raise ChainMoved(f"a log of block {block} is from another chain")
+                timestamp = h.timestamp
+            elif block > recent or "blockTimestamp" not in lg:
                 raise ChainMoved(f"no header for block {block} of a log")
-            if h.hash != lg["blockHash"]:
-                raise ChainMoved(f"a log of block {block} is from another chain")
+            else:
+                timestamp = int(lg["blockTimestamp"], 16)
             out.append(self._route(
                 symbol, lg["transactionHash"], int(lg["logIndex"], 16),
-                _topic_address(topics[1]), _topic_address(topics[2]), _log_amount(lg), block,
-                lg["blockHash"], h.timestamp,
+                _topic_address(topics[1]), to, amount, block, lg["blockHash"], timestamp,
             ))
         return out
 
