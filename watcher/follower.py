@@ -7,10 +7,10 @@ Per range of blocks the follower asks the node for:
 - full blocks only while a native invoice may be paid on this network;
 - headers of: the range's first block (its parentHash must be the stored hash of the block
   below: every range links to what was scanned before, however far behind the follower
-  is), its last block (its time decides expiry), every block within `track` of the head, and
-  every block that holds a matching log (its hash must be the log's `blockHash`, and its
-  timestamp is the payment's time: `blockTimestamp` in logs is optional and most nodes omit
-  it).
+  is), its last block (its time decides expiry), every block within `track` of the head
+  (their hashes must be their logs' `blockHash`), and every block holding a matching log
+  that carries no `blockTimestamp` (optional in logs, and most nodes omit it: the header's
+  timestamp is the payment's time).
 
 What the node says is not trusted blindly (load-balanced providers answer from backends at
 different heights):
@@ -270,7 +270,7 @@ class Follower:
         if latest is None:
             raise RpcError("node has no latest block")
         tip = Header.of(latest)
-        # before any block up to this head is read: invoices created from now on open after it
+        # before any block up to this head is read: the chain's clock for new invoices' windows
         self.ledger.note_tip(self.network, tip.timestamp)
         if self.scanned is None:
             # A fresh database: the start block is written before the API takes an invoice
@@ -321,8 +321,9 @@ class Follower:
         native = self.index.native_symbol is not None and self.index.watches_native()
         span = min(self._range, NATIVE_RANGE) if native else self._range
         end = min(tip.number, start + span - 1)
+        flt = self._log_filter()
         try:
-            logs, headers, blocks = await self._fetch(start, end, tip, native)
+            logs, headers, blocks = await self._fetch(start, end, tip, native, flt)
         except RangeTooLarge as exc:
             self._shrink(exc, start, end)
             return
@@ -331,7 +332,7 @@ class Follower:
             nspan = min(self._grown(), NATIVE_RANGE) if native else self._grown()
             self._start_prefetch(end + 1, min(tip.number, end + nspan), tip, native)
         self._check_chain(start, headers)
-        logs = await self._complete(start, end, tip, logs, headers)
+        logs = await self._complete(start, end, tip, logs, headers, flt)
         transfers = self._token_transfers(logs, headers, tip)
         if native:
             transfers += await self._native_transfers(blocks)
@@ -362,11 +363,10 @@ class Follower:
     # ------------------------------------------------------------------ read-ahead
 
     async def _fetch(
-        self, start: int, end: int, tip: Header, native: bool
+        self, start: int, end: int, tip: Header, native: bool, flt: _LogFilter | None
     ) -> _Read:
         """The logs, headers and full blocks (if `native`) of one range: those read ahead
         if they were read for exactly this range, tip and log filter, else read now."""
-        flt = self._log_filter()
         key = (start, end, tip.number, tip.hash, native, flt)
         pre, self._prefetch = self._prefetch, None
         if pre is not None:
@@ -528,6 +528,7 @@ class Follower:
         tip: Header,
         logs: list[dict[str, Any]],
         headers: dict[int, Header],
+        flt: _LogFilter | None,
     ) -> list[dict[str, Any]]:
         """Make the range's logs trustworthy: read the header of each block holding a
         matching log that carries no `blockTimestamp` (its timestamp decides; recent blocks
@@ -535,12 +536,11 @@ class Follower:
         again by block hash for each recent block whose `logsBloom` may hold a watched
         transfer that `eth_getLogs` did not return (a backend behind the head answers `[]`
         for blocks it lacks)."""
-        flt = self._log_filter()
         if flt is None:
             return logs
         missing = sorted(
             {int(lg["blockNumber"], 16) for lg in logs
-             if "blockTimestamp" not in lg and self._matches(lg)} - headers.keys()
+             if "blockTimestamp" not in lg and self._watched_transfer(lg)} - headers.keys()
         )
         if missing:
             for b in await self.rpc.get_blocks(missing, full=False):
@@ -588,16 +588,19 @@ class Follower:
             return True
         return any(bytes.fromhex(t[2:]) in f for t in topics[2])
 
-    def _matches(self, lg: dict[str, Any]) -> bool:
-        """A Transfer log of a configured token to a watched address with a non-zero
-        amount: one that can become a transfer record."""
+    def _watched_transfer(self, lg: dict[str, Any]) -> tuple[str, str, int] | None:
+        """(asset symbol, recipient, amount) of a Transfer log of a configured token to a
+        watched address with a non-zero amount (zero transfers never count: address
+        poisoning spam); None for any other log."""
         topics = lg.get("topics") or []
         if lg.get("removed") or len(topics) != 3 or topics[0] != TRANSFER_TOPIC:
-            return False
+            return None
         symbol = self.index.symbol_for_token(lg["address"])
-        if symbol is None or not self.index.is_watched(symbol, _topic_address(topics[2])):
-            return False
-        return _log_amount(lg) > 0
+        to = _topic_address(topics[2])
+        if symbol is None or not self.index.is_watched(symbol, to):
+            return None
+        amount = _log_amount(lg)
+        return (symbol, to, amount) if amount > 0 else None
 
     def _token_transfers(
         self, logs: list[dict[str, Any]], headers: dict[int, Header], tip: Header
@@ -608,18 +611,11 @@ class Follower:
         reorg, and the range is linked to the stored chain at both ends."""
         out: list[Transfer] = []
         recent = tip.number - self.track
-        index = self.index
         for lg in logs:
-            topics = lg.get("topics") or []
-            if lg.get("removed") or len(topics) != 3 or topics[0] != TRANSFER_TOPIC:
+            found = self._watched_transfer(lg)
+            if found is None:
                 continue
-            symbol = index.symbol_for_token(lg["address"])
-            to = _topic_address(topics[2])
-            if symbol is None or not index.is_watched(symbol, to):
-                continue
-            amount = _log_amount(lg)
-            if amount <= 0:
-                continue  # zero transfers never count: address poisoning spam
+            symbol, to, amount = found
             block = int(lg["blockNumber"], 16)
             h = headers.get(block)
             if h is not None:
@@ -632,7 +628,7 @@ class Follower:
                 timestamp = int(lg["blockTimestamp"], 16)
             out.append(self._route(
                 symbol, lg["transactionHash"], int(lg["logIndex"], 16),
-                _topic_address(topics[1]), to, amount, block, lg["blockHash"], timestamp,
+                _topic_address(lg["topics"][1]), to, amount, block, lg["blockHash"], timestamp,
             ))
         return out
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -450,17 +451,22 @@ class Ledger:
 
     def apply_scan(self, db: Database, batch: ScanBatch, now: int) -> Outcome:
         """Record a scanned range and advance the cursor, in one transaction."""
-        net = self.networks[batch.network]
         out = Outcome()
-        before = self.views.get(batch.network)
+        with self._view_kept_on_failure(batch.network), transaction(db):
+            self._apply_scan(db, batch, self.networks[batch.network], now, out)
+        return out
+
+    @contextmanager
+    def _view_kept_on_failure(self, network: str) -> Iterator[None]:
+        """A chain operation sets the network's view inside its transaction (callback bodies
+        render with it); if the transaction fails, the view it replaced comes back."""
+        before = self.views.get(network)
         try:
-            with transaction(db):
-                self._apply_scan(db, batch, net, now, out)
+            yield
         except BaseException:
             if before is not None:
-                self.views[batch.network] = before
+                self.views[network] = before
             raise
-        return out
 
     def _apply_scan(
         self, db: Database, batch: ScanBatch, net: NetworkInfo, now: int, out: Outcome
@@ -557,10 +563,9 @@ class Ledger:
                 "AND log_index = ?",
                 [network, tx_hash, log_index],
             )
-            owner = known.get(invoice_id)
-            if owner is None:
+            inv = known.get(invoice_id)
+            if inv is None:
                 continue
-            inv = owner
             inv.updated_at = now
             update_invoice(db, inv)
             event_id = late_event_id(inv.id, tx_hash, log_index)
@@ -596,14 +601,8 @@ class Ledger:
         """A reorg replaced the blocks above `ancestor`: forget what they held and re-settle
         every invoice they paid. The follower then rescans from `ancestor + 1`."""
         out = Outcome()
-        before = self.views.get(network)
-        try:
-            with transaction(db):
-                self._undo_above(db, network, ancestor, head, now, out)
-        except BaseException:
-            if before is not None:
-                self.views[network] = before
-            raise
+        with self._view_kept_on_failure(network), transaction(db):
+            self._undo_above(db, network, ancestor, head, now, out)
         return out
 
     def _undo_above(

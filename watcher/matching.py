@@ -81,14 +81,11 @@ class WatchIndex:
         #: recipients without walking every key on each scanned range
         self._dedicated_count: dict[str, int] = {}
         self._token_symbols = frozenset(s for s, a in assets.items() if a.token)
-        self._where: dict[str, tuple[Key, int | None]] = {}  # id -> (key, shared amount)
+        self._where: set[str] = set()  # ids of the invoices held
         self._native = next((s for s, a in assets.items() if a.is_native), None)
 
     def __len__(self) -> int:
         return len(self._where)
-
-    def __contains__(self, invoice_id: object) -> bool:
-        return invoice_id in self._where
 
     def symbol_for_token(self, address: str) -> str | None:
         return self._token_symbol.get(address.lower())
@@ -103,14 +100,14 @@ class WatchIndex:
         entry = _entry(inv)
         if inv.shared:
             _replace(self._shared.setdefault(key, {}).setdefault(inv.amount, []), entry)
-            self._where[inv.id] = (key, inv.amount)
+            self._where.add(inv.id)
             return
         entries = self._dedicated.get(key)
         if entries is None:
             entries = self._dedicated[key] = []
             self._dedicated_count[inv.asset] = self._dedicated_count.get(inv.asset, 0) + 1
         _replace(entries, entry)
-        self._where[inv.id] = (key, None)
+        self._where.add(inv.id)
 
     def prune(self, confirmed_time: int | None) -> int:
         """Forget invoices no transfer can reach any more: the newest scanned block with the
@@ -120,15 +117,9 @@ class WatchIndex:
         the follower has scanned the blocks of the outage."""
         if confirmed_time is None:
             return 0
-        count = 0
+        before = len(self._where)
         for key, entries in list(self._dedicated.items()):
-            keep = [e for e in entries if e.stopped_at() + self.late_window >= confirmed_time]
-            if len(keep) == len(entries):
-                continue
-            for e in entries:
-                if e not in keep:
-                    self._where.pop(e.invoice_id, None)
-            count += len(entries) - len(keep)
+            keep = self._forget(entries, confirmed_time - self.late_window)
             if keep:
                 self._dedicated[key] = keep
             else:
@@ -136,18 +127,21 @@ class WatchIndex:
                 self._dedicated_count[key[0]] -= 1
         for by_amount in self._shared.values():
             for amount, entries in list(by_amount.items()):
-                keep = [e for e in entries if e.stopped_at() >= confirmed_time]
-                if len(keep) == len(entries):
-                    continue
-                for e in entries:
-                    if e not in keep:
-                        self._where.pop(e.invoice_id, None)
-                count += len(entries) - len(keep)
+                keep = self._forget(entries, confirmed_time)
                 if keep:
                     by_amount[amount] = keep
                 else:
                     del by_amount[amount]
-        return count
+        return before - len(self._where)
+
+    def _forget(self, entries: list[Entry], stopped_before: int) -> list[Entry]:
+        """The entries that stopped collecting at or after `stopped_before`; the others
+        leave the index."""
+        keep = [e for e in entries if e.stopped_at() >= stopped_before]
+        for e in entries:
+            if e not in keep:
+                self._where.discard(e.invoice_id)
+        return keep
 
     def is_watched(self, symbol: str, address: str) -> bool:
         key = (symbol, address.lower())

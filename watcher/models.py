@@ -148,10 +148,6 @@ class Invoice:
         return self.closed_at is None and self.status not in CLOSED_STATUSES
 
     @property
-    def stopped_at(self) -> int:
-        return stopped_at(self.expire_at, self.closed_at)
-
-    @property
     def closed_for_window(self) -> int | None:
         """`closed_at` as `window_route` wants it: None while collecting."""
         if self.collects:
@@ -164,7 +160,3 @@ class Invoice:
             self.opens_at, self.expire_at, self.closed_for_window, at, late_window
         )
 
-    def collecting(self, at: int) -> bool:
-        """True when a payment in a block with timestamp `at` counts for this invoice."""
-        opens = self.opens_at if self.opens_at is not None else at
-        return self.collects and opens <= at <= self.expire_at

@@ -115,7 +115,7 @@ _TRANSIENT_RE = re.compile(
 )
 _RATE_CODES: Final = frozenset({-32005, -32090, 429})
 #: geth/erigon-style "query limit exceeded" on eth_getLogs (not a rate limit)
-_LIMIT_RE = re.compile(r"(query|log|result|response)s? limit exceeded|limit exceeded", re.I)
+_LIMIT_RE = re.compile(r"limit exceeded", re.I)
 
 
 def redact_url(url: str) -> str:
@@ -570,15 +570,7 @@ class RpcClient:
     ) -> list[dict[str, Any]]:
         """`eth_getLogs` of one block by hash (EIP-234): a node that does not have the block
         answers an error instead of `[]`, unlike a range query."""
-        flt: dict[str, Any] = {"blockHash": block_hash, "address": list(addresses)}
-        if topics:
-            flt["topics"] = list(topics)
-        result = await self.call("eth_getLogs", [flt])
-        if not isinstance(result, list):
-            raise RpcRetryable(
-                f"eth_getLogs: unexpected answer {type(result).__name__}", method="eth_getLogs"
-            )
-        return result
+        return await self._get_logs({"blockHash": block_hash}, addresses, topics)
 
     async def _chunked(
         self,
@@ -623,7 +615,16 @@ class RpcClient:
         topics: Sequence[Any] | None = None,
     ) -> list[dict[str, Any]]:
         """`eth_getLogs` over [from_block, to_block]; raises `RangeTooLarge` if refused."""
-        flt: dict[str, Any] = {"fromBlock": hex(from_block), "toBlock": hex(to_block)}
+        return await self._get_logs(
+            {"fromBlock": hex(from_block), "toBlock": hex(to_block)}, addresses, topics
+        )
+
+    async def _get_logs(
+        self,
+        flt: dict[str, Any],
+        addresses: Sequence[str] | None,
+        topics: Sequence[Any] | None,
+    ) -> list[dict[str, Any]]:
         if addresses:
             flt["address"] = list(addresses)
         if topics:

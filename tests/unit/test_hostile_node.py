@@ -22,13 +22,22 @@ from watcher.config import load_settings
 from watcher.daemon import Daemon, prune_index
 from watcher.errors import Unavailable
 from watcher.ledger import late_event_id
-from watcher.models import OPENS_EARLY, Status
+from watcher.models import OPENS_EARLY, Invoice, Status
 from watcher.store import connect, transaction
 
 
 def clock(model: ChainModel) -> int:
     """The host's clock: past every block the node has made."""
     return model.head.timestamp + OPENS_EARLY + 1
+
+
+async def open_invoice(
+    node: Node, model: ChainModel, *, amount: int = 100, address: str | None = ADDRS[0],
+    ttl: int = 10_000,
+) -> Invoice:
+    """A USDT invoice created now (the host's clock, past every block made)."""
+    now = clock(model)
+    return await node.create("USDT", amount, address, now=now, expire_at=now + ttl)
 
 
 def pay(model: ChainModel, to: str, amount: int) -> TokenTx:
@@ -44,8 +53,7 @@ async def test_1_a_reorg_while_far_behind_is_found_on_a_token_only_network(
     tmp_path: Path,
 ) -> None:
     async with running(tmp_path) as (model, _, node):
-        now = clock(model)
-        inv = await node.create("USDT", 100, ADDRS[0], now=now, expire_at=now + 10_000)
+        inv = await open_invoice(node, model)
         pay(model, ADDRS[0], 100)
         await node.catch_up(model.head.number)
         assert (await node.get(inv.id)).status == Status.WAITING_FOR_CONFIRMATIONS
@@ -65,8 +73,7 @@ async def test_2_logs_without_block_timestamp_count_with_the_header_time(
 ) -> None:
     async with running(tmp_path, max_block_range=50) as (model, _, node):
         model.omit_block_timestamp = True
-        now = clock(model)
-        inv = await node.create("USDT", 100, ADDRS[0], now=now, expire_at=now + 10_000)
+        inv = await open_invoice(node, model)
         block = model.head.number + 1
         pay(model, ADDRS[0], 100)
         model.mine_empty(100)  # the payment lies inside a catch-up range
@@ -85,8 +92,7 @@ async def test_3_a_reused_dedicated_address_keeps_the_payment_with_the_first_inv
     tmp_path: Path,
 ) -> None:
     async with running(tmp_path) as (model, _, node):
-        now = clock(model)
-        a = await node.create("USDT", 100, ADDRS[0], now=now, expire_at=now + 30)
+        a = await open_invoice(node, model, ttl=30)
         pay(model, ADDRS[0], 100)  # in time for A; the follower has not scanned it yet
         model.mine_empty(6)
         later = clock(model)
@@ -103,8 +109,7 @@ async def test_3_a_reused_shared_amount_keeps_the_payment_with_the_first_invoice
     tmp_path: Path,
 ) -> None:
     async with running(tmp_path) as (model, _, node):
-        now = clock(model)
-        a = await node.create("USDT", 100, None, now=now, expire_at=now + 30)
+        a = await open_invoice(node, model, address=None, ttl=30)
         pay(model, SHARED, 100)
         model.mine_empty(6)
         # the follower is more than an hour behind when the amount is taken again
@@ -123,8 +128,7 @@ async def test_3_a_reused_shared_amount_keeps_the_payment_with_the_first_invoice
 
 async def test_4_zero_transfers_never_count_nor_name_a_payer(tmp_path: Path) -> None:
     async with running(tmp_path) as (model, _, node):
-        now = clock(model)
-        inv = await node.create("USDT", 100, ADDRS[0], now=now, expire_at=now + 10_000)
+        inv = await open_invoice(node, model)
         pay(model, ADDRS[0], 0)  # a poisoner's transferFrom of nothing
         model.mine_empty(CONF + 1)
         await node.catch_up(model.head.number)
@@ -143,8 +147,7 @@ async def test_5_a_long_outage_keeps_invoices_until_their_blocks_are_scanned(
     """Chain time here is 2023 (T0): by the host's clock every invoice expired long ago,
     as after a long outage. The payment was made in time and must still count."""
     async with running(tmp_path) as (model, server, node):
-        now = clock(model)
-        inv = await node.create("USDT", 100, ADDRS[0], now=now, expire_at=now + 30)
+        inv = await open_invoice(node, model, ttl=30)
         pay(model, ADDRS[0], 100)
         model.mine_empty(6 + LATE // 12 + CONF)  # past expiry and the late window
         assert time.time() > inv.expire_at + LATE
@@ -166,8 +169,7 @@ async def test_6_an_empty_get_logs_from_a_lagging_backend_is_not_trusted(
     tmp_path: Path,
 ) -> None:
     async with running(tmp_path) as (model, _, node):
-        now = clock(model)
-        inv = await node.create("USDT", 100, ADDRS[0], now=now, expire_at=now + 10_000)
+        inv = await open_invoice(node, model)
         await node.catch_up(model.head.number)
         pay(model, ADDRS[0], 100)
         model.mine_empty(1)
@@ -183,8 +185,7 @@ async def test_6_an_empty_get_logs_from_a_lagging_backend_is_not_trusted(
 
 async def test_6_a_lagging_backend_now_and_then_costs_a_query_by_hash(tmp_path: Path) -> None:
     async with running(tmp_path) as (model, _, node):
-        now = clock(model)
-        inv = await node.create("USDT", 100, ADDRS[0], now=now, expire_at=now + 10_000)
+        inv = await open_invoice(node, model)
         await node.catch_up(model.head.number)
         model.stale["eth_getLogs"] = (2, 2)  # every other eth_getLogs lags two blocks
         for _ in range(4):
@@ -224,8 +225,7 @@ async def test_8_a_reorg_right_after_the_head_is_read_is_no_reorg_and_no_loop(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with running(tmp_path) as (model, _, node):
-        now = clock(model)
-        inv = await node.create("USDT", 100, ADDRS[0], now=now, expire_at=now + 10_000)
+        inv = await open_invoice(node, model)
         await node.catch_up(model.head.number)
         pay(model, ADDRS[0], 100)
         model.mine_empty(4)
@@ -256,8 +256,7 @@ async def test_9_a_late_payment_is_announced_once_whatever_shallow_reorgs_do(
     tmp_path: Path,
 ) -> None:
     async with running(tmp_path) as (model, _, node):
-        now = clock(model)
-        inv = await node.create("USDT", 100, ADDRS[0], now=now, expire_at=now + 30)
+        inv = await open_invoice(node, model, ttl=30)
         model.mine_empty(6 + CONF)
         await node.catch_up(model.head.number)
         assert (await node.get(inv.id)).status == Status.VOIDED
@@ -284,8 +283,7 @@ async def test_10_callback_bodies_carry_the_confirmations_of_their_own_range(
     tmp_path: Path,
 ) -> None:
     async with running(tmp_path) as (model, _, node):
-        now = clock(model)
-        inv = await node.create("USDT", 100, ADDRS[0], now=now, expire_at=now + 10_000)
+        inv = await open_invoice(node, model)
         pay(model, ADDRS[0], 100)
         await node.catch_up(model.head.number)
         model.mine_empty(CONF)
@@ -375,8 +373,7 @@ async def test_12_one_block_over_the_log_cap_is_read_from_its_receipts(
     tmp_path: Path,
 ) -> None:
     async with running(tmp_path) as (model, _, node):
-        now = clock(model)
-        inv = await node.create("USDT", 300, ADDRS[0], now=now, expire_at=now + 10_000)
+        inv = await open_invoice(node, model, amount=300)
         model.log_cap, model.cap_style = 1, "infura"
         model.mine([TokenTx(TOKEN, PAYER, ADDRS[0], 100) for _ in range(3)])
         model.mine_empty(CONF)
