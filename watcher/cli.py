@@ -353,8 +353,8 @@ def invoices_list(
     config_path: Path | None, status: str | None, network: str | None, limit: str
 ) -> None:
     """Newest first: id, status, network, asset, amount, paid, to."""
-    from watcher.api import list_invoices
     from watcher.requests import parse_invoice_query
+    from watcher.web.api import list_invoices
 
     settings = load_config(config_path)
     query = {"limit": limit, **({"status": status} if status else {}),

@@ -14,7 +14,6 @@ import aiohttp
 from aiohttp import web
 
 from watcher import __version__, timeutil
-from watcher.api import ApiContext, create_app
 from watcher.callbacks import CallbackSender
 from watcher.config import NetworkConfig, Settings
 from watcher.errors import ChainIdMismatch, ConfigError, RpcError, StoreError
@@ -26,6 +25,7 @@ from watcher.outbox import queue_depth
 from watcher.rpc import RpcClient
 from watcher.sdnotify import Notifier
 from watcher.store import Store, index_invoices, status_counts
+from watcher.web.api import ApiContext, create_app
 
 log = logging.getLogger("watcher.daemon")
 

@@ -24,10 +24,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from tests.integration.daemonproc import DaemonConfig, run_cli
 from tests.integration.harness import NET, Harness
 from tests.reliability.conftest import IN_CI
-from watcher.api import ApiContext, create_app
 from watcher.devchain import DevChain
 from watcher.errors import StoreError
 from watcher.store import Store
+from watcher.web.api import ApiContext, create_app
 
 USDT = 10**6
 KEY = "k" * 40

@@ -1,5 +1,5 @@
 """Bad input. The API is fuzzed from its own OpenAPI document (hypothesis strategies built
-from watcher/openapi.json, with values swapped for hostile ones) and by hand (deep nesting,
+from watcher/web/openapi.json, with values swapped for hostile ones) and by hand (deep nesting,
 huge numbers, exponents, unicode, nulls, wrong types, 10 MB bodies, a client that trickles
 its body): never a 5xx, never a traceback, always `{"error": {"code", "message", "field"}}`.
 The config loader is fuzzed with generated TOML and env: always `ConfigError` lines."""
@@ -25,12 +25,12 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from watcher.api import ApiContext, create_app, load_openapi
 from watcher.config import load_settings
 from watcher.errors import ConfigError
 from watcher.ledger import Ledger, NetworkInfo
 from watcher.models import Asset
 from watcher.store import Store
+from watcher.web.api import ApiContext, create_app, load_openapi
 
 KEY = "fuzz_key_0123456789abcdef"
 NET = "anvil"

@@ -19,13 +19,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
 
-import watcher.api as api_mod
+import watcher.web.api as api_mod
 from tests.integration.daemonproc import API_KEY, CALLBACK_SECRET, DaemonConfig, DaemonProc
 from tests.reliability.rpcproxy import RpcProxy
-from watcher.api import ApiContext, create_app, key_matches
 from watcher.ledger import Ledger, NetworkInfo
 from watcher.models import Asset
 from watcher.store import Store
+from watcher.web.api import ApiContext, create_app, key_matches
 
 KEY = "sec_key_0123456789abcdef0123"
 OTHER_KEY = "sec_key_second_abcdefabcdef"

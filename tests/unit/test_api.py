@@ -29,12 +29,12 @@ from tests.unit.test_ledger import (
     pay,
     tx_hash,
 )
-from watcher.api import ApiContext, create_app, key_matches, load_openapi
 from watcher.errors import StoreError
 from watcher.ledger import Ledger, Outcome, ScanBatch
 from watcher.models import Invoice, Status, Transfer
 from watcher.store import Store
 from watcher.timeutil import now as clock
+from watcher.web.api import ApiContext, create_app, key_matches, load_openapi
 
 KEY = "test-key-1"
 KEY2 = "test-key-2"

@@ -488,7 +488,7 @@ async def metrics_handler(request: web.Request) -> web.StreamResponse:
 
 def load_openapi() -> bytes:
     """The OpenAPI document shipped in the package (validated as JSON)."""
-    raw = resources.files("watcher").joinpath("openapi.json").read_bytes()
+    raw = resources.files("watcher.web").joinpath("openapi.json").read_bytes()
     json.loads(raw)
     return raw
 

@@ -1,0 +1,1 @@
+"""The HTTP surfaces: the merchant API, the public checkout and the live channels."""
