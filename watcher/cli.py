@@ -295,6 +295,11 @@ def invoices_group() -> None:
 @click.option("--expire-at", "expire_at", default=None, help="ISO 8601 time with zone.")
 @click.option("--callback-url", "callback_url", default=None)
 @click.option("--external-id", "external_id", default=None)
+@click.option("--client-id", "client_id", default=None, help="Your id of the paying customer.")
+@click.option(
+    "--redirect-url", "redirect_url", default=None,
+    help="Where the checkout page sends the customer once the invoice is COMPLETED.",
+)
 @handles_errors
 def invoices_create(config_path: Path | None, **fields: Any) -> None:
     """Create an invoice and print it as JSON."""
@@ -304,7 +309,8 @@ def invoices_create(config_path: Path | None, **fields: Any) -> None:
 
     settings = load_config(config_path)
     ledger = build_ledger(settings)
-    names = {"expire_at": "expireAt", "callback_url": "callbackUrl", "external_id": "externalId"}
+    names = {"expire_at": "expireAt", "callback_url": "callbackUrl", "external_id": "externalId",
+             "client_id": "clientId", "redirect_url": "redirectUrl"}
     body = {names.get(k, k): v for k, v in fields.items() if v is not None}
     now = timeutil.now()
     req = parse_create(body, ledger.networks, now)
@@ -347,10 +353,12 @@ def invoices_create(config_path: Path | None, **fields: Any) -> None:
 @config_option
 @click.option("--status", default=None, help="One or several statuses, comma separated.")
 @click.option("--network", default=None)
+@click.option("--client-id", "client_id", default=None, help="Only this customer's invoices.")
 @click.option("--limit", default="50")
 @handles_errors
 def invoices_list(
-    config_path: Path | None, status: str | None, network: str | None, limit: str
+    config_path: Path | None, status: str | None, network: str | None, client_id: str | None,
+    limit: str,
 ) -> None:
     """Newest first: id, status, network, asset, amount, paid, to."""
     from watcher.requests import parse_invoice_query
@@ -358,7 +366,8 @@ def invoices_list(
 
     settings = load_config(config_path)
     query = {"limit": limit, **({"status": status} if status else {}),
-             **({"network": network} if network else {})}
+             **({"network": network} if network else {}),
+             **({"clientId": client_id} if client_id else {})}
     q = parse_invoice_query(query)
     invoices, _ = _store_call(settings, list_invoices, q)
     for inv in invoices:

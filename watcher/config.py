@@ -322,6 +322,86 @@ class MetricsConfig(_Section):
     require_auth: bool = False
 
 
+#: A CSP `frame-ancestors` source: 'self', or a scheme + host (with `*.` and :port allowed).
+_FRAME_SOURCE = re.compile(r"'self'\Z|https?://(\*\.)?[A-Za-z0-9.-]+(:\d{1,5})?\Z")
+
+
+class CheckoutConfig(_Section):
+    """The public checkout listener (contract section 8)."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:8081"
+    #: What invoice `url`s start with; default `http://<listen>` (set it when a reverse
+    #: proxy serves the page).
+    public_url: HttpUrlStr | None = None
+    #: Catalogues offered, the first is the default; Accept-Language or `?lang=` picks.
+    languages: list[str] = Field(default_factory=lambda: ["en", "de"], min_length=1)
+    #: Who may embed the page in a frame (CSP frame-ancestors): none by default.
+    frame_ancestors: list[str] = Field(default_factory=list)
+    #: Seconds the paid page waits before it sends the customer to `redirectUrl`.
+    redirect_delay: Annotated[int, Field(ge=0, le=60)] = 5
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        _split_listen(value)
+        return value
+
+    @field_validator("languages")
+    @classmethod
+    def _check_languages(cls, value: list[str]) -> list[str]:
+        from watcher.web.i18n import LANGUAGES
+
+        for lang in value:
+            if lang not in LANGUAGES:
+                raise ValueError(
+                    f"no catalogue for language {lang!r} (shipped: {', '.join(LANGUAGES)})"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError("a language is listed twice")
+        return value
+
+    @field_validator("frame_ancestors")
+    @classmethod
+    def _check_frame_ancestors(cls, value: list[str]) -> list[str]:
+        for src in value:
+            if not _FRAME_SOURCE.match(src):
+                raise ValueError(
+                    f"{src!r} is not a frame-ancestors source: use 'self' or an origin "
+                    'such as "https://shop.example"'
+                )
+        return value
+
+    @property
+    def host(self) -> str:
+        return _split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_listen(self.listen)[1]
+
+    @property
+    def base_url(self) -> str:
+        """The public URL, or `http://<listen>` when none is set."""
+        if self.public_url is not None:
+            return self.public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+class ChannelsConfig(_Section):
+    """Live WebSocket channels: `/pay/{id}/ws` (checkout) and `/v1/ws` (merchant)."""
+
+    #: Open sockets per listener; one more is refused with 503 before the upgrade.
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 5000
+    #: Subscriptions per merchant connection.
+    max_subscriptions: Annotated[int, Field(ge=1, le=100_000)] = 100
+    #: Messages waiting for one socket; a client that falls this far behind is cut off.
+    queue_size: Annotated[int, Field(ge=1, le=100_000)] = 1024
+    #: Seconds between pings; a client that does not answer within it is closed.
+    heartbeat: Annotated[Seconds, Field(ge=1, le=3600)] = 25.0
+
+
 # ---------------------------------------------------------------- networks
 
 
@@ -384,6 +464,9 @@ class NetworkConfig(_Section):
     #: `/readyz` fails when the scan is further behind the head than this. Default: about
     #: LAG_SECONDS of blocks, at least MIN_LAG_BLOCKS.
     max_lag_blocks: Annotated[int, Field(ge=1)] = MIN_LAG_BLOCKS
+    #: Block explorer (e.g. "https://polygonscan.com"): the checkout links payments to
+    #: `{explorer}/tx/{hash}`. None: no links.
+    explorer: HttpUrlStr | None = None
     enabled: bool = True
     native: NativeConfig
     tokens: list[TokenConfig] = Field(default_factory=list)
@@ -485,6 +568,8 @@ class Settings(BaseSettings):
     callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
     invoices: InvoicesConfig = Field(default_factory=InvoicesConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    checkout: CheckoutConfig = Field(default_factory=CheckoutConfig)
+    channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
     networks: dict[str, NetworkConfig] = Field(default_factory=dict)
 
     @classmethod
@@ -542,11 +627,18 @@ class Settings(BaseSettings):
         enabled = self.enabled_networks()
         if not enabled:
             return ["networks: no enabled network: add a [networks.NAME] table"]
-        return [
+        problems = [
             f"networks.{name}.rpc: at least one RPC URL is required"
             for name, net in enabled.items()
             if not net.rpc
         ]
+        co = self.checkout
+        if co.enabled and co.port != 0 and (co.host, co.port) == (self.api.host, self.api.port):
+            problems.append(
+                "checkout.listen: the same address as api.listen; the public checkout "
+                "needs a listener of its own"
+            )
+        return problems
 
     def require_runnable(self) -> None:
         """Raise ConfigError if `runtime_problems()` finds any."""

@@ -26,6 +26,9 @@ from watcher.rpc import RpcClient
 from watcher.sdnotify import Notifier
 from watcher.store import Store, index_invoices, status_counts
 from watcher.web.api import ApiContext, create_app
+from watcher.web.channels import Limits, Sockets
+from watcher.web.checkout import CheckoutContext, create_checkout_app
+from watcher.web.hub import Hub
 
 log = logging.getLogger("watcher.daemon")
 
@@ -81,6 +84,7 @@ def build_ledger(settings: Settings) -> Ledger:
         default_ttl=settings.invoices.default_ttl,
         late_window=settings.invoices.late_payment_window,
         default_callback_url=settings.callbacks.url,
+        checkout_url=settings.checkout.base_url if settings.checkout.enabled else None,
     )
 
 
@@ -103,6 +107,13 @@ class Daemon:
         self.notifier = Notifier()
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.hub = Hub(self.store, head_source=self._heads)
+        ch = settings.channels
+        limits = Limits(ch.max_connections, ch.max_subscriptions, ch.queue_size, ch.heartbeat)
+        self.api_sockets = Sockets("api", self.hub, limits, self.metrics)
+        self.checkout_sockets = Sockets("checkout", self.hub, limits, self.metrics)
+        self.checkout_runner: web.AppRunner | None = None
+        self.checkout_port: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = asyncio.Event()
         self.failed = False
@@ -143,9 +154,13 @@ class Daemon:
             concurrency=cb.concurrency,
             metrics=self.metrics,
         )
+        await self.hub.start()
         await self._start_api()
+        if self.settings.checkout.enabled:
+            await self._start_checkout()
         for name, f in self.followers.items():
             self._spawn(f.run(), f"follow-{name}")
+        self._spawn(self.hub.run(), "hub")
         self._spawn(self.sender.run(), "callbacks")
         self._spawn(self._housekeeping(), "housekeeping")
         self._spawn(self.notifier.watchdog_loop(self.healthy), "watchdog")
@@ -153,8 +168,11 @@ class Daemon:
         self.notifier.ready()
         self.notifier.status("started")
         log.info(
-            "payment-watcher %s: API on %s:%s, networks %s",
-            __version__, self.settings.api.host, self.port, ", ".join(self.networks) or "none",
+            "payment-watcher %s: API on %s:%s, checkout %s, networks %s",
+            __version__, self.settings.api.host, self.port,
+            f"on {self.settings.checkout.host}:{self.checkout_port}"
+            if self.checkout_port is not None else "off",
+            ", ".join(self.networks) or "none",
         )
 
     async def _check_chain_ids(self) -> None:
@@ -187,24 +205,55 @@ class Daemon:
             networks_status=self.networks_status,
             readiness=self.readiness,
             on_redeliver=self._wake_sender,
+            sockets=self.api_sockets,
         )
-        app = create_app(ctx)
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, self.settings.api.host, self.settings.api.port)
+        api = self.settings.api
+        self.runner, self.port = await self._listen(create_app(ctx), api.host, api.port,
+                                                    "api.listen", api.listen)
+
+    async def _start_checkout(self) -> None:
+        co = self.settings.checkout
+        ctx = CheckoutContext(
+            store=self.store,
+            ledger=self.ledger,
+            sockets=self.checkout_sockets,
+            languages=co.languages,
+            explorers={name: n.explorer for name, n in self.networks.items()},
+            frame_ancestors=co.frame_ancestors,
+            redirect_delay=co.redirect_delay,
+            hsts=co.base_url.startswith("https://"),
+        )
+        self.checkout_runner, self.checkout_port = await self._listen(
+            create_checkout_app(ctx), co.host, co.port, "checkout.listen", co.listen
+        )
+        if co.public_url is None and co.port == 0:  # "any free port": links name the one got
+            host = f"[{co.host}]" if ":" in co.host else co.host
+            self.ledger.checkout_url = f"http://{host}:{self.checkout_port}"
+
+    async def _listen(
+        self, app: web.Application, host: str, port: int, key: str, listen: str
+    ) -> tuple[web.AppRunner, int]:
+        """Serve `app` on host:port; the port it got (listen port 0: any free one)."""
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=3)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
         try:
             await site.start()
-        except OSError as exc:  # address in use, not ours: the operator fixes api.listen
-            await self.runner.cleanup()
+        except OSError as exc:  # address in use, not ours: the operator fixes the key
+            await runner.cleanup()
+            if self.runner is not None:
+                await self.runner.cleanup()
             await self._close_clients()
             await self.store.close()
             raise ConfigError(
-                [f"api.listen: cannot listen on {self.settings.api.listen}: "
-                 f"{exc.strerror or exc}"]
+                [f"{key}: cannot listen on {listen}: {exc.strerror or exc}"]
             ) from None
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self.settings.api.port
+        return runner, sockets[0].getsockname()[1] if sockets else port
+
+    def _heads(self) -> dict[str, int]:
+        return {name: view.head for name, view in self.ledger.views.items()}
 
     def _wake_sender(self, _event_id: str = "") -> None:
         if self.sender is not None:
@@ -252,6 +301,7 @@ class Daemon:
             )
         if outcome.changes and self.sender is not None:
             self.sender.wake()
+        self.hub.wake()  # new events to publish, or at least a new head
 
     # ------------------------------------------------------------------ status
 
@@ -329,8 +379,9 @@ class Daemon:
         self.notifier.stopping()
         for f in self.followers.values():
             f.stop()
-        if self.runner is not None:
-            await self.runner.cleanup()
+        for runner in (self.checkout_runner, self.runner):
+            if runner is not None:
+                await runner.cleanup()
         if self.sender is not None:
             await self.sender.stop()
         for t in self._tasks:

@@ -72,6 +72,8 @@ class NewInvoice:
     price: str | None = None
     currency: str | None = None
     email: str | None = None
+    client_id: str | None = None
+    redirect_url: str | None = None
     fingerprint: str | None = None
 
 
@@ -128,12 +130,15 @@ class Ledger:
         default_ttl: int,
         late_window: int,
         default_callback_url: str | None,
+        checkout_url: str | None = None,
     ) -> None:
         self.networks = networks
         self.tolerance = tolerance
         self.default_ttl = default_ttl
         self.late_window = late_window
         self.default_callback_url = default_callback_url
+        #: The checkout's public URL (invoice `url`s start with it); None when it is off.
+        self.checkout_url = checkout_url
         #: Newest known head and scanned block time per network (set by the followers).
         self.views: dict[str, state.ChainView] = {
             n.name: state.ChainView(head=0, scanned_time=None, required=n.confirmations)
@@ -155,7 +160,7 @@ class Ledger:
         view = self.views.get(inv.network)
         head = view.head if view and view.head else None
         required = view.required if view else 0
-        return invoice_json(inv, head, required)
+        return invoice_json(inv, head, required, self.checkout_url)
 
     def load_views(self, db: Database) -> None:
         for row in db.query(
@@ -342,6 +347,8 @@ class Ledger:
             email=req.email,
             payload=req.payload,
             callback_url=req.callback_url,
+            client_id=req.client_id,
+            redirect_url=req.redirect_url,
             fingerprint=req.fingerprint,
         )
         return insert_invoice(db, inv)
@@ -425,6 +432,8 @@ class Ledger:
                 payload=parent.payload,
                 currency=parent.currency,
                 email=parent.email,
+                client_id=parent.client_id,
+                redirect_url=parent.redirect_url,
             )
             child = self._new_invoice(db, req, now, parent=parent)
             out = Outcome(touched=[parent, child])

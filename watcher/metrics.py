@@ -38,6 +38,9 @@ CALLBACK_OUTCOMES = (CALLBACK_DELIVERED, CALLBACK_RETRY, CALLBACK_FAILED)
 #: Every callback event name of the contract (section 3).
 CALLBACK_EVENTS = (CREATED_EVENT, *(s.event for s in Status), LATE_PAYMENT_EVENT)
 
+#: `listener` values of the WebSocket series: the public checkout and the merchant API.
+WS_LISTENERS = ("checkout", "api")
+
 #: RPC call durations: loopback anvil (~1 ms) to a slow public endpoint near its timeout.
 RPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -123,6 +126,18 @@ class Metrics:
             "callback_queue_depth", "Callback deliveries waiting to be sent (the outbox).", **kw
         )
         self.reorgs = Counter("reorgs", "Chain reorganisations detected.", net, **kw)
+        self.ws_connections = Gauge(
+            "ws_connections",
+            "Open WebSocket connections by listener (checkout or api).",
+            ("listener",),
+            **kw,
+        )
+        self.ws_messages = Counter(
+            "ws_messages",
+            "Messages sent on WebSocket connections by listener.",
+            ("listener",),
+            **kw,
+        )
         self.build_info = Gauge(
             "build_info", "Always 1; the version label names the running build.", ("version",), **kw
         )
@@ -134,6 +149,9 @@ class Metrics:
         for event in CALLBACK_EVENTS:
             for outcome in CALLBACK_OUTCOMES:
                 self.callbacks.labels(event=event, outcome=outcome)
+        for listener in WS_LISTENERS:
+            self.ws_connections.labels(listener=listener).set(0)
+            self.ws_messages.labels(listener=listener)
 
     def add_network(self, network: str, assets: Iterable[str] = ()) -> None:
         """Create the per-network series (at 0) for a watched network and its asset symbols.

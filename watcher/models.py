@@ -122,6 +122,8 @@ class Invoice:
     email: str | None = None
     payload: dict[str, Any] | None = None
     callback_url: str | None = None
+    client_id: str | None = None  # the merchant's id of the paying customer
+    redirect_url: str | None = None  # where the checkout sends the customer once COMPLETED
     closed_at: int | None = None  # stopped collecting: voided, accepted, refunded, remainder
     #: chain time its collecting window opens (`OPENS_EARLY` before it was created, on the
     #: chain's clock); None for invoices from before windows had a start
@@ -134,6 +136,14 @@ class Invoice:
     @property
     def amount_paid(self) -> int:
         return sum(p.amount for p in self.payments)
+
+    @property
+    def amount_due(self) -> int:
+        """What is still missing: 0 once COMPLETED (also when accepted by hand or paid
+        within the tolerance), else the amount less what was paid, never below 0."""
+        if self.status == Status.COMPLETED:
+            return 0
+        return max(0, self.amount - self.amount_paid)
 
     @property
     def latest_payment(self) -> Transfer | None:

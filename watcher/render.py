@@ -23,8 +23,16 @@ def payment_json(p: Transfer, decimals: int, head: int | None) -> dict[str, Any]
     }
 
 
-def invoice_json(inv: Invoice, head: int | None, required: int) -> dict[str, Any]:
-    """The invoice object; `head` is the network's newest known block (None if unknown)."""
+def checkout_url(base: str | None, invoice_id: str) -> str | None:
+    """The hosted checkout page of an invoice under the checkout's `public_url`."""
+    return None if base is None else f"{base.rstrip('/')}/pay/{invoice_id}"
+
+
+def invoice_json(
+    inv: Invoice, head: int | None, required: int, checkout: str | None = None
+) -> dict[str, Any]:
+    """The invoice object; `head` is the network's newest known block (None if unknown),
+    `checkout` the checkout's public URL (None when the checkout is off)."""
     latest = inv.latest_payment
     d = inv.decimals
     return {
@@ -42,6 +50,7 @@ def invoice_json(inv: Invoice, head: int | None, required: int) -> dict[str, Any
         "amount": format_amount(inv.amount, d),
         "requestedAmount": format_amount(inv.requested_amount, d),
         "amountPaid": format_amount(inv.amount_paid, d),
+        "amountDue": format_amount(inv.amount_due, d),
         "txHash": latest.tx_hash if latest else None,
         "txBlock": latest.block if latest else None,
         "confirmations": confirmations(latest.block, head) if latest and head is not None else 0,
@@ -53,6 +62,9 @@ def invoice_json(inv: Invoice, head: int | None, required: int) -> dict[str, Any
         "email": inv.email,
         "payload": inv.payload,
         "callbackUrl": inv.callback_url,
+        "clientId": inv.client_id,
+        "redirectUrl": inv.redirect_url,
+        "url": checkout_url(checkout, inv.id),
         "refundTxHash": inv.refund_tx,
         "createdAt": iso(inv.created_at),
         "updatedAt": iso(inv.updated_at),

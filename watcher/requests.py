@@ -38,9 +38,12 @@ CREATE_FIELDS = (
     "price",
     "currency",
     "email",
+    "clientId",
+    "redirectUrl",
 )
 MAX_URL = 2048
 MAX_EXTERNAL_ID = 128
+MAX_CLIENT_ID = 128
 MAX_PAYLOAD = 4096
 MAX_CURRENCY = 16
 MAX_EMAIL = 254
@@ -104,7 +107,8 @@ def parse_address(value: object, name: str = "address") -> str:
     return str(Web3.to_checksum_address(value))
 
 
-def _callback_url(value: str | None) -> str | None:
+def _http_url(value: str | None, name: str) -> str | None:
+    """An absolute http(s) URL with a host and no whitespace, as given."""
     if value is None:
         return None
     try:
@@ -119,7 +123,7 @@ def _callback_url(value: str | None) -> str | None:
         or not host
         or any(c.isspace() for c in value)
     ):
-        raise Invalid("callbackUrl must be an http or https URL", field="callbackUrl")
+        raise Invalid(f"{name} must be an http or https URL", field=name)
     return value
 
 
@@ -223,7 +227,9 @@ def parse_create(
             field="address",
         )
     expire_at, expire_given, ttl = _expiry(data, now)
-    callback_url = _callback_url(_optional_str(data, "callbackUrl", MAX_URL))
+    callback_url = _http_url(_optional_str(data, "callbackUrl", MAX_URL), "callbackUrl")
+    redirect_url = _http_url(_optional_str(data, "redirectUrl", MAX_URL), "redirectUrl")
+    client_id = _optional_str(data, "clientId", MAX_CLIENT_ID)
     external_id = _optional_str(data, "externalId", MAX_EXTERNAL_ID)
     payload = _payload(data.get("payload"))
     price = _price(data.get("price"))
@@ -244,6 +250,12 @@ def parse_create(
         "currency": currency,
         "email": email,
     }
+    # Fields added later enter the fingerprint only when given, so a retry of a request
+    # made before they existed still matches the invoice it created.
+    if client_id is not None:
+        normalized["clientId"] = client_id
+    if redirect_url is not None:
+        normalized["redirectUrl"] = redirect_url
     return ledger.NewInvoice(
         network=network,
         asset=symbol,
@@ -256,6 +268,8 @@ def parse_create(
         price=price,
         currency=currency,
         email=email,
+        client_id=client_id,
+        redirect_url=redirect_url,
         fingerprint=ledger.request_fingerprint(normalized),
     )
 
@@ -320,11 +334,15 @@ class InvoiceQuery:
     network: str | None
     external_id: str | None
     page: Page
+    client_id: str | None = None
 
 
 def parse_invoice_query(query: Mapping[str, str]) -> InvoiceQuery:
-    """`status` (one or several, comma separated), `network`, `externalId`, `limit`, `cursor`."""
-    _reject_unknown_params(query, ("status", "network", "externalId", "limit", "cursor"))
+    """`status` (one or several, comma separated), `network`, `externalId`, `clientId`,
+    `limit`, `cursor`."""
+    _reject_unknown_params(
+        query, ("status", "network", "externalId", "clientId", "limit", "cursor")
+    )
     statuses: list[Status] = []
     for part in (query.get("status") or "").split(","):
         if not part.strip():
@@ -339,6 +357,7 @@ def parse_invoice_query(query: Mapping[str, str]) -> InvoiceQuery:
         network=query.get("network") or None,
         external_id=query.get("externalId") or None,
         page=_page(query),
+        client_id=query.get("clientId") or None,
     )
 
 

@@ -188,6 +188,18 @@ def _m0005(db: Database) -> None:
     db.execute("ALTER TABLE invoices ADD COLUMN opens_at INTEGER")
 
 
+@migrations(name="0006_invoice_client_redirect")
+def _m0006(db: Database) -> None:
+    # The merchant's customer id (filter, channels) and the checkout's redirect target.
+    db.executescript(
+        """
+        ALTER TABLE invoices ADD COLUMN client_id TEXT;
+        ALTER TABLE invoices ADD COLUMN redirect_url TEXT;
+        CREATE INDEX invoices_client ON invoices(client_id, seq) WHERE client_id IS NOT NULL;
+        """
+    )
+
+
 def connect(path: str | Path) -> Database:
     """Open (creating with mode 0600) and migrate the database. Call on the owning thread."""
     path = Path(path)
@@ -401,6 +413,8 @@ def invoice_from_row(row: dict[str, Any], transfers: Iterable[Transfer] = ()) ->
         email=row["email"],
         payload=orjson.loads(row["payload"]) if row["payload"] is not None else None,
         callback_url=row["callback_url"],
+        client_id=row["client_id"],
+        redirect_url=row["redirect_url"],
         closed_at=row["closed_at"],
         opens_at=row["opens_at"],
         refund_tx=row["refund_tx"],
@@ -433,6 +447,8 @@ def invoice_row(inv: Invoice) -> dict[str, Any]:
         "email": inv.email,
         "payload": orjson.dumps(inv.payload).decode() if inv.payload is not None else None,
         "callback_url": inv.callback_url,
+        "client_id": inv.client_id,
+        "redirect_url": inv.redirect_url,
         "created_at": inv.created_at,
         "updated_at": inv.updated_at,
         "expire_at": inv.expire_at,

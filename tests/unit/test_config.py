@@ -619,3 +619,58 @@ def test_check_url() -> None:
     for bad in ["http://[::1", "http://a:99999", "ftp://a", "https://", "http://a b", "a.com"]:
         with pytest.raises(ValueError, match="must be an http:// or https:// URL"):
             check_url(bad)
+
+
+# ---------------------------------------------------------------- checkout and channels
+
+
+def test_checkout_defaults_and_values(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[checkout]\nenabled = true\nlisten = "127.0.0.1:9001"\n'
+        'public_url = "https://pay.shop.example/"\nlanguages = ["de", "en"]\n'
+        "frame_ancestors = [\"'self'\", \"https://shop.example\"]\n"
+        "[channels]\nmax_connections = 10\nqueue_size = 5\nheartbeat = \"30s\"\n"
+    )
+    s = load_settings(path)
+    assert s.checkout.base_url == "https://pay.shop.example"
+    assert s.checkout.languages == ["de", "en"] and s.checkout.port == 9001
+    assert s.channels.max_connections == 10 and s.channels.heartbeat == 30
+    (tmp_path / "empty.toml").write_text("")
+    default = load_settings(tmp_path / "empty.toml").checkout
+    assert not default.enabled and default.base_url == "http://127.0.0.1:8081"
+
+
+@pytest.mark.parametrize(
+    "table,key",
+    [
+        ('[checkout]\nlanguages = ["fr"]', "checkout.languages"),
+        ('[checkout]\nlanguages = []', "checkout.languages"),
+        ('[checkout]\nlanguages = ["en", "en"]', "checkout.languages"),
+        ('[checkout]\nlisten = "nowhere"', "checkout.listen"),
+        ('[checkout]\npublic_url = "ftp://x"', "checkout.public_url"),
+        ('[checkout]\nframe_ancestors = ["*"]', "checkout.frame_ancestors"),
+        ("[checkout]\nframe_ancestors = [\"https://a.example; script-src *\"]",
+         "checkout.frame_ancestors"),
+        ("[checkout]\nredirect_delay = -1", "checkout.redirect_delay"),
+        ("[checkout]\ncolour = 1", "checkout.colour"),
+        ("[channels]\nqueue_size = 0", "channels.queue_size"),
+        ("[channels]\nmax_connections = 0", "channels.max_connections"),
+    ],
+)
+def test_checkout_and_channels_refuse_bad_values(tmp_path: Path, table: str, key: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(table + "\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path)
+    assert any(p.startswith(key) for p in exc.value.problems), exc.value.problems
+
+
+def test_checkout_needs_its_own_listener(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[api]\nlisten = "127.0.0.1:8080"\n[checkout]\nenabled = true\n'
+        'listen = "127.0.0.1:8080"\n[networks.anvil]\n'
+    )
+    problems = load_settings(path).runtime_problems()
+    assert any(p.startswith("checkout.listen:") for p in problems)

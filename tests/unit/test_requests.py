@@ -103,6 +103,13 @@ def test_body_must_be_an_object(data: object) -> None:
         ({"email": "nobody"}, "email"),
         ({"email": "a@" + "b" * 253}, "email"),
         ({"colour": "red"}, "colour"),
+        ({"clientId": "c" * 129}, "clientId"),
+        ({"clientId": ""}, "clientId"),
+        ({"clientId": 5}, "clientId"),
+        ({"redirectUrl": "javascript:alert(1)"}, "redirectUrl"),
+        ({"redirectUrl": "//shop.example/x"}, "redirectUrl"),
+        ({"redirectUrl": "data:text/html,x"}, "redirectUrl"),
+        ({"redirectUrl": "https://shop.example/" + "a" * 2048}, "redirectUrl"),
     ],
 )
 def test_invalid_fields(changes: dict[str, Any], field: str) -> None:
@@ -133,6 +140,19 @@ def test_null_optional_fields_are_absent() -> None:
     a = rq.parse_create(body(address=None, email=None, ttl=None), NETWORKS, NOW)
     b = rq.parse_create(body(), NETWORKS, NOW)
     assert a.fingerprint == b.fingerprint
+
+
+def test_client_and_redirect() -> None:
+    req = rq.parse_create(
+        body(clientId="cust-9", redirectUrl="https://shop.example/thanks?o=1"), NETWORKS, NOW
+    )
+    assert req.client_id == "cust-9" and req.redirect_url == "https://shop.example/thanks?o=1"
+    # fields added later change no fingerprint of a request made without them
+    plain = rq.parse_create(body(), NETWORKS, NOW).fingerprint
+    assert plain == rq.parse_create(body(clientId=None), NETWORKS, NOW).fingerprint
+    assert req.fingerprint != plain
+    q = rq.parse_invoice_query({"clientId": "cust-9"})
+    assert q.client_id == "cust-9"
 
 
 def test_fingerprint_follows_values_not_spelling() -> None:

@@ -30,6 +30,7 @@ from watcher.render import transfer_json
 from watcher.store import GroupCommit, Store, load_invoice, load_invoices, transfer_from_row
 from watcher.timeutil import iso
 from watcher.timeutil import now as _clock
+from watcher.web.channels import Sockets, merchant_socket
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class ApiContext:
     #: Called after a delivery was queued again (wake the callback sender).
     on_redeliver: Callable[[str], None] = _ignore_event
     clock: Callable[[], int] = field(default=_clock)
+    #: The merchant channels (`GET /v1/ws`); None: the route answers 404.
+    sockets: Sockets | None = None
 
 
 CTX: web.AppKey[ApiContext] = web.AppKey("ctx", ApiContext)
@@ -217,6 +220,9 @@ def list_invoices(db: Database, q: rq.InvoiceQuery) -> tuple[list[Invoice], int 
     if q.external_id:
         where.append("external_id = ?")
         params.append(q.external_id)
+    if q.client_id:
+        where.append("client_id = ?")
+        params.append(q.client_id)
     if q.page.before is not None:
         where.append("seq < ?")
         params.append(q.page.before)
@@ -461,6 +467,13 @@ async def redeliver_handler(request: web.Request) -> web.Response:
     return _json({"id": event_id, "state": "pending", "nextAttemptAt": iso(now)}, 202)
 
 
+async def ws_handler(request: web.Request) -> web.StreamResponse:
+    sockets = _ctx(request).sockets
+    if sockets is None:
+        raise NotFound("live channels are not enabled here")
+    return await merchant_socket(request, sockets)
+
+
 async def openapi_handler(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
@@ -497,6 +510,8 @@ def create_app(ctx: ApiContext) -> web.Application:
     app = web.Application(middlewares=[_errors, _auth], client_max_size=MAX_BODY)
     app[CTX] = ctx
     app[OPENAPI] = load_openapi()
+    if ctx.sockets is not None:
+        app.on_shutdown.append(ctx.sockets.on_shutdown)
     app[CREATES] = GroupCommit(ctx.store, lambda db, items: ctx.ledger.create_many(db, items))
     r = app.router
     r.add_post("/v1/invoices", create_invoice)
@@ -508,6 +523,7 @@ def create_app(ctx: ApiContext) -> web.Application:
     r.add_get("/v1/transfers", transfers_handler, allow_head=False)
     r.add_get("/v1/networks", networks_handler, allow_head=False)
     r.add_post("/v1/callbacks/{eventId}/redeliver", redeliver_handler)
+    r.add_get("/v1/ws", ws_handler, allow_head=False)
     r.add_get("/v1/openapi.json", openapi_handler, allow_head=False)
     r.add_get("/healthz", healthz, allow_head=False)
     r.add_get("/readyz", readyz, allow_head=False)

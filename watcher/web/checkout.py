@@ -1,0 +1,285 @@
+"""The hosted checkout: a public aiohttp application on its own listener.
+
+Only public routes live here (`/pay/{id}`, `/status`, `/qr.svg`, `/ws`, `/static/`), never
+anything of `/v1`. Everything it shows comes through `publicview.public_view`, an
+allow-list of the invoice's fields. Pages are rendered with jinja2 (autoescape on, strict
+undefined) from `templates/`, styled and scripted by files in `static/`; every response
+carries the security headers of `security_headers`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiohttp_jinja2
+import jinja2
+import orjson
+import segno
+from aiohttp import web
+
+from watcher import __version__
+from watcher.errors import ApiError, BadRequest, StoreError
+from watcher.ledger import Ledger
+from watcher.models import Invoice
+from watcher.publicview import public_view
+from watcher.store import Store, load_invoice
+from watcher.timeutil import now as _clock
+from watcher.web.channels import CLOSE_NOT_FOUND, Sockets, serve_socket
+from watcher.web.hub import Message
+from watcher.web.i18n import catalogue, pick
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+#: Statuses after which nothing on the page changes any more.
+FINAL = frozenset({"COMPLETED", "VOIDED", "REFUNDED", "REVERSED"})
+STATIC = Path(str(resources.files("watcher.web").joinpath("static")))
+TEMPLATES = Path(str(resources.files("watcher.web").joinpath("templates")))
+
+
+@dataclass
+class CheckoutContext:
+    store: Store
+    ledger: Ledger
+    sockets: Sockets
+    languages: list[str]
+    #: Block explorer per network (None: no links).
+    explorers: Mapping[str, str | None]
+    frame_ancestors: list[str] = field(default_factory=list)
+    redirect_delay: int = 5
+    hsts: bool = False
+    clock: Callable[[], int] = field(default=_clock)
+
+    def view(self, invoice: dict[str, Any]) -> dict[str, Any]:
+        """The public view of an invoice object, with the network's newest head."""
+        chain = self.ledger.views.get(invoice["network"])
+        head = chain.head if chain is not None and chain.head else None
+        return public_view(invoice, head, self.explorers.get(invoice["network"]), self.clock())
+
+
+CTX: web.AppKey[CheckoutContext] = web.AppKey("checkout", CheckoutContext)
+
+
+def security_headers(frame_ancestors: list[str], hsts: bool) -> dict[str, str]:
+    """Strict headers for every checkout response: nothing from other hosts, no inline
+    script or style, no referrer to explorers, framing only where the operator allows."""
+    frames = " ".join(frame_ancestors) or "'none'"
+    csp = (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        f"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors {frames}"
+    )
+    headers = {
+        "Content-Security-Policy": csp,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cross-Origin-Opener-Policy": "same-origin",
+        "Cross-Origin-Resource-Policy": "same-origin",
+        "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
+    }
+    if not frame_ancestors:
+        headers["X-Frame-Options"] = "DENY"
+    if hsts:
+        headers["Strict-Transport-Security"] = "max-age=31536000"
+    return headers
+
+
+# ---------------------------------------------------------------- middleware
+
+
+def _wants_json(request: web.Request) -> bool:
+    return request.path.endswith("/status") or request.path.endswith("/ws")
+
+
+def _json_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message, "field": None}}, status=status
+    )
+
+
+def _page_error(request: web.Request, status: int) -> web.Response:
+    ctx = request.app[CTX]
+    lang = _language(request, ctx)
+    resp = aiohttp_jinja2.render_template(
+        "not_found.html", request, {"t": catalogue(lang), "lang": lang}, status=status
+    )
+    return resp
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        if _wants_json(request) or exc.status != 404:
+            return _json_error(exc.status, exc.code, exc.message)
+        return _page_error(request, 404)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 404 and not _wants_json(request):
+            return _page_error(request, 404)
+        return _json_error(exc.status, "http_error", exc.reason)
+    except StoreError:
+        log.exception("database unavailable in checkout %s", request.path)
+        return _json_error(503, "unavailable", "try again in a moment")
+    except Exception:
+        log.exception("unhandled error in checkout %s", request.path)
+        return _json_error(500, "internal", "internal error")
+
+
+def _on_prepare(headers: dict[str, str]) -> Callable[..., Awaitable[None]]:
+    """Add the security headers to every response as it is sent: pages, errors, static
+    files and the WebSocket upgrade alike."""
+
+    async def on_prepare(request: web.Request, resp: web.StreamResponse) -> None:
+        resp.headers.update(headers)
+        if request.path.startswith("/pay/"):
+            resp.headers["Cache-Control"] = "no-store"
+
+    return on_prepare
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _language(request: web.Request, ctx: CheckoutContext) -> str:
+    return pick(request.query.get("lang"), request.headers.get("Accept-Language"), ctx.languages)
+
+
+def _invoice_id(request: web.Request) -> str:
+    invoice_id = request.match_info["id"].lower()
+    if not _UUID.match(invoice_id):
+        raise web.HTTPNotFound()
+    return invoice_id
+
+
+async def _load(ctx: CheckoutContext, invoice_id: str) -> dict[str, Any]:
+    inv: Invoice | None = await ctx.store.run(load_invoice, invoice_id)
+    if inv is None:
+        raise web.HTTPNotFound()
+    return ctx.ledger.render(inv)
+
+
+def qr_svg(text: str) -> bytes:
+    """A QR code as SVG (segno; error correction M, dark on white, no fixed size)."""
+    out = io.BytesIO()
+    segno.make(text, error="m", micro=False).save(
+        out, kind="svg", scale=4, border=4, xmldecl=False, light="#fff", dark="#000",
+        svgclass="qr", lineclass=None, omitsize=True,
+    )
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------- handlers
+
+
+async def page(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    invoice_id = _invoice_id(request)
+    view = ctx.view(await _load(ctx, invoice_id))
+    lang = _language(request, ctx)
+    texts = catalogue(lang)
+    data = {
+        "view": view,
+        "texts": texts,
+        "lang": lang,
+        "redirectDelay": ctx.redirect_delay,
+        "final": sorted(FINAL),
+    }
+    context = {
+        "v": view,
+        "t": texts,
+        "lang": lang,
+        "languages": ctx.languages,
+        "data": data,
+    }
+    return aiohttp_jinja2.render_template("pay.html", request, context)
+
+
+async def status(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    view = ctx.view(await _load(ctx, _invoice_id(request)))
+    return web.json_response(view, dumps=lambda o: orjson.dumps(o).decode())
+
+
+async def qr(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    view = ctx.view(await _load(ctx, _invoice_id(request)))
+    kind = request.query.get("kind", "payment")
+    if kind not in ("payment", "address"):
+        raise BadRequest("kind must be payment or address", field="kind")
+    text = view["paymentUri"] if kind == "payment" else view["to"]
+    return web.Response(body=qr_svg(text), content_type="image/svg+xml")
+
+
+async def socket(request: web.Request) -> web.WebSocketResponse:
+    """The public view at connect, then again on every event of the invoice and on every
+    new head while confirmations are counted."""
+    ctx = request.app[CTX]
+    sockets = ctx.sockets
+    invoice_id = request.match_info["id"].lower()
+    sockets.admit()
+    conn = sockets.connection()
+    key = ("invoice", invoice_id)
+    latest: dict[str, Any] = {}
+    network: list[str] = []
+
+    async def encode(msg: Message) -> bytes | None:
+        latest["data"] = msg.body["data"]
+        return orjson.dumps(ctx.view(msg.body["data"]))
+
+    def head_moved(_head: int) -> None:
+        data = latest.get("data")
+        if data is not None and data["status"] not in FINAL and data["payments"]:
+            conn.push(Message(0, "", invoice_id, {"data": data}))
+
+    async def on_open(ws: web.WebSocketResponse) -> bool:
+        invoice: dict[str, Any] | None = None
+        if _UUID.match(invoice_id):
+            inv: Invoice | None = await ctx.store.run(load_invoice, invoice_id)
+            invoice = None if inv is None else ctx.ledger.render(inv)
+        if invoice is None:
+            await ws.close(code=CLOSE_NOT_FOUND, message=b"no such invoice")
+            return False
+        after = sockets.hub.subscribe(conn, key, hold=True)
+        conn.push(Message(0, "", invoice_id, {"data": invoice}))
+        sockets.hub.release(conn, key, after)
+        network.append(invoice["network"])
+        sockets.hub.head_listeners.setdefault(invoice["network"], set()).add(head_moved)
+        return True
+
+    try:
+        return await serve_socket(request, sockets, conn, encode, None, on_open)
+    finally:
+        for net in network:
+            sockets.hub.head_listeners.get(net, set()).discard(head_moved)
+
+
+def create_checkout_app(ctx: CheckoutContext) -> web.Application:
+    app = web.Application(middlewares=[_errors], client_max_size=4096)
+    app[CTX] = ctx
+    app.on_shutdown.append(ctx.sockets.on_shutdown)
+    app.on_response_prepare.append(_on_prepare(security_headers(ctx.frame_ancestors, ctx.hsts)))
+    env = aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=jinja2.select_autoescape(["html"], default=True),
+        undefined=jinja2.StrictUndefined,
+    )
+    env.globals["version"] = __version__  # static URLs change with each release
+    env.policies["json.dumps_function"] = lambda o, **kw: orjson.dumps(o).decode()
+    r = app.router
+    r.add_get("/pay/{id}", page)
+    r.add_get("/pay/{id}/status", status)
+    r.add_get("/pay/{id}/qr.svg", qr)
+    r.add_get("/pay/{id}/ws", socket, allow_head=False)
+    r.add_static("/static/", STATIC, append_version=False)
+    return app

@@ -1,0 +1,290 @@
+"""The live hub: committed events fanned out to WebSocket connections.
+
+The events table is the source: `pump` reads the rows committed after the last one it saw
+(`seq` order, which is commit order) whenever the daemon reports a commit, and at least
+every `tick` seconds, so an event written by another process (the CLI) reaches the sockets
+too. A connection holds a bounded queue; one that falls behind is cut off and never slows
+the writer or a follower: `publish` only ever does `put_nowait`.
+
+Subscriptions are keyed ("invoice", id), ("client", clientId) or ("all", ""). A new
+subscription may ask for the events after a given one first (`since`): while that replay
+is read from the database, live events for it wait in the subscription, then follow the
+replay, and none is sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlite_utils import Database
+
+from watcher.store import Store
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+#: Most specific first: an event reaches a connection once, named by the first that matches.
+CHANNELS = ("invoice", "client", "all")
+REPLAY_PAGE = 500
+TICK = 1.0
+
+
+@dataclass(slots=True)
+class Message:
+    """One committed event: its row position, ids and callback body."""
+
+    seq: int
+    event_id: str
+    invoice_id: str
+    body: dict[str, Any]
+    _encoded: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def client_id(self) -> str | None:
+        value = self.body.get("data", {}).get("clientId")
+        return value if isinstance(value, str) else None
+
+    def routes(self) -> list[Key]:
+        out: list[Key] = [("invoice", self.invoice_id)]
+        if self.client_id is not None:
+            out.append(("client", self.client_id))
+        out.append(("all", ""))
+        return out
+
+    def encoded(self, channel: str) -> bytes:
+        """The callback body plus `channel`, serialised once per channel for every socket."""
+        raw = self._encoded.get(channel)
+        if raw is None:
+            raw = orjson.dumps({**self.body, "channel": channel})
+            self._encoded[channel] = raw
+        return raw
+
+
+def message_from_row(row: tuple[Any, ...]) -> Message:
+    seq, event_id, invoice_id, body = row
+    return Message(seq, event_id, invoice_id, orjson.loads(body))
+
+
+class Connection:
+    """One socket's side of the hub: what it subscribed to and what waits to be sent.
+
+    The socket's writer drains `queue`: hub messages, raw replies (bytes), replay jobs
+    (anything else the socket layer queues) and, last, None. When it overflows the client
+    has fallen behind: `cut` is set and the end mark queued, so the writer closes it."""
+
+    def __init__(self, listener: str, queue_size: int) -> None:
+        self.listener = listener
+        self.queue_size = queue_size
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(queue_size + 1)  # +1: the end mark
+        self.keys: set[Key] = set()
+        #: Subscriptions still replaying: live messages wait here until the replay is sent.
+        self.held: dict[Key, list[Message]] = {}
+        self.cut = False
+
+    def push(self, msg: Message) -> None:
+        self._put(msg)
+
+    def push_raw(self, raw: bytes) -> None:
+        self._put(raw)
+
+    def push_replay(self, job: object) -> None:
+        self._put(job)
+
+    def hold(self, key: Key, msg: Message) -> None:
+        held = self.held[key]
+        held.append(msg)
+        if len(held) > self.queue_size:
+            self._cut()
+
+    def _put(self, item: object) -> None:
+        if self.cut:
+            return
+        if self.queue.qsize() >= self.queue_size:
+            self._cut()
+            return
+        self.queue.put_nowait(item)
+
+    def _cut(self) -> None:
+        if not self.cut:
+            self.cut = True
+            self.queue.put_nowait(None)  # the slot kept free for it
+
+
+class Hub:
+    """Fan-out of committed events. `run()` is the pump task; `wake()` after commits."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        tick: float = TICK,
+        head_source: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
+        self.store = store
+        self.tick = tick
+        #: The networks' newest heads (the ledger's view); checked on every wake and tick.
+        self.head_source = head_source
+        self._heads: dict[str, int] = {}
+        self.seq: int | None = None  # newest event published (None until started)
+        self._subs: dict[Key, set[Connection]] = {}
+        self._wake = asyncio.Event()
+        #: Per network, called with its new head (the checkout's sockets recount
+        #: confirmations).
+        self.head_listeners: dict[str, set[Callable[[int], None]]] = {}
+
+    # ------------------------------------------------------------------ feeding
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Begin after the newest event already committed: sockets get what follows."""
+        self.seq = await self.store.run(_max_seq)
+
+    async def run(self) -> None:
+        if self.seq is None:
+            await self.start()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.tick)
+            self._wake.clear()
+            await self.pump()
+            self._check_heads()
+
+    def _check_heads(self) -> None:
+        if self.head_source is None:
+            return
+        for network, head in self.head_source().items():
+            if head and head != self._heads.get(network):
+                self._heads[network] = head
+                self.heads(network, head)
+
+    async def pump(self) -> None:
+        """Publish every event committed since the last pump, in commit order."""
+        assert self.seq is not None, "Hub.start() first"
+        while True:
+            if not self._subs:  # nobody listens: only move the mark
+                top = await self.store.run(_max_seq)
+                if not self._subs:  # still nobody (a subscriber may have come meanwhile)
+                    self.seq = max(self.seq, top)
+                    return
+                continue
+            rows = await self.store.run(_rows_after, self.seq, REPLAY_PAGE)
+            for row in rows:
+                msg = message_from_row(row)
+                self.seq = msg.seq
+                self.publish(msg)
+            if len(rows) < REPLAY_PAGE:
+                return
+
+    def publish(self, msg: Message) -> None:
+        reached: set[Connection] = set()
+        for key in msg.routes():
+            for conn in self._subs.get(key, ()):
+                if conn in reached:
+                    continue
+                reached.add(conn)
+                if key in conn.held:
+                    conn.hold(key, msg)
+                else:
+                    conn.push(msg)
+
+    def heads(self, network: str, head: int) -> None:
+        """A network's head moved: tell the listeners (public views count confirmations)."""
+        for listener in list(self.head_listeners.get(network, ())):
+            listener(head)
+
+    # ------------------------------------------------------------------ subscribing
+
+    def subscribe(self, conn: Connection, key: Key, *, hold: bool = False) -> int:
+        """Add a subscription; with `hold`, live messages wait until `release`. Returns the
+        newest published seq: a replay covers the events up to it."""
+        if hold:
+            conn.held[key] = []
+        conn.keys.add(key)
+        self._subs.setdefault(key, set()).add(conn)
+        assert self.seq is not None, "Hub.start() first"
+        return self.seq
+
+    def release(self, conn: Connection, key: Key, after: int) -> None:
+        """End a held subscription: push what waited, skipping seq <= `after` (replayed)."""
+        for msg in conn.held.pop(key, []):
+            if msg.seq > after:
+                conn.push(msg)
+
+    def unsubscribe(self, conn: Connection, key: Key) -> bool:
+        if key not in conn.keys:
+            return False
+        conn.keys.discard(key)
+        conn.held.pop(key, None)
+        subs = self._subs.get(key)
+        if subs is not None:
+            subs.discard(conn)
+            if not subs:
+                del self._subs[key]
+        return True
+
+    def drop(self, conn: Connection) -> None:
+        for key in list(conn.keys):
+            self.unsubscribe(conn, key)
+
+    async def replay(self, key: Key, since_seq: int, upto: int) -> list[Message]:
+        """The events of `key` with since_seq < seq <= upto, oldest first."""
+        out: list[Message] = []
+        after = since_seq
+        while True:
+            rows = await self.store.run(_replay_rows, key, after, upto, REPLAY_PAGE)
+            out.extend(message_from_row(r) for r in rows)
+            if len(rows) < REPLAY_PAGE:
+                return out
+            after = rows[-1][0]
+
+    async def event_seq(self, event_id: str) -> int | None:
+        return await self.store.run(_event_seq, event_id)
+
+    @property
+    def subscriptions(self) -> int:
+        return sum(len(s) for s in self._subs.values())
+
+
+# ---------------------------------------------------------------- database functions
+
+
+def _max_seq(db: Database) -> int:
+    row = db.execute("SELECT MAX(seq) FROM events").fetchone()
+    return int(row[0] or 0)
+
+
+def _rows_after(db: Database, seq: int, limit: int) -> list[tuple[Any, ...]]:
+    return list(
+        db.execute(
+            "SELECT seq, id, invoice_id, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            [seq, limit],
+        ).fetchall()
+    )
+
+
+def _replay_rows(
+    db: Database, key: Key, after: int, upto: int, limit: int
+) -> list[tuple[Any, ...]]:
+    kind, value = key
+    base = "SELECT seq, id, invoice_id, body FROM events WHERE seq > ? AND seq <= ?"
+    params: list[Any] = [after, upto]
+    if kind == "invoice":
+        base += " AND invoice_id = ?"
+        params.append(value)
+    elif kind == "client":
+        base += " AND invoice_id IN (SELECT id FROM invoices WHERE client_id = ?)"
+        params.append(value)
+    return list(db.execute(base + " ORDER BY seq LIMIT ?", [*params, limit]).fetchall())
+
+
+def _event_seq(db: Database, event_id: str) -> int | None:
+    row = db.execute("SELECT seq FROM events WHERE id = ?", [event_id]).fetchone()
+    return None if row is None else int(row[0])
