@@ -351,7 +351,7 @@ class Demo:
             return EXIT_FAILED
         if self.exit_after_script:
             return EXIT_OK
-        self._print_try_lines()
+        self._print_try_lines(*await self._open_invoice())
         daemon_died = asyncio.create_task(self._daemon_wait(), name="demo-daemon-wait")
         stop = asyncio.create_task(self.stop_requested.wait(), name="demo-stop")
         await asyncio.wait({daemon_died, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -409,6 +409,7 @@ class Demo:
         settings = Settings(
             database=database,
             api={"listen": "127.0.0.1:0", "api_keys": [self.api_key]},
+            checkout={"enabled": True, "listen": "127.0.0.1:0", "redirect_delay": 5},
             callbacks={"url": receiver.url, "secret": self.callback_secret, "timeout": 5},
             networks={
                 NETWORK: {
@@ -428,8 +429,8 @@ class Demo:
         base = f"http://127.0.0.1:{daemon.port}"
         out.line(
             "daemon",
-            f"API on {base}, database {database}, {CONFIRMATIONS} confirmations, "
-            "callbacks signed with a generated secret",
+            f"API on {base}, checkout on http://127.0.0.1:{daemon.checkout_port}, database "
+            f"{database}, {CONFIRMATIONS} confirmations, callbacks signed with a generated secret",
         )
         api = Api(base, self.api_key)
         self.api = api
@@ -516,6 +517,7 @@ class Demo:
             f"POST /v1/invoices -> {status}: invoice {data['id']} {amount} {asset} "
             f"to {data['to']} (will be {plan})",
         )
+        self.console.line("checkout", f"customer's page: {data['url']}")
         return str(data["id"])
 
     async def _pay(
@@ -535,18 +537,35 @@ class Demo:
 
     # ------------------------------------------------------------ the interactive part
 
-    def _print_try_lines(self) -> None:
+    async def _open_invoice(self) -> tuple[str, str]:
+        """An unpaid invoice for the browser: (its checkout URL, the address to pay)."""
+        assert self.api is not None
+        to = DevChain.new_account()
+        status, data = await self.api.call("POST", "/v1/invoices", {
+            "network": NETWORK, "asset": NATIVE_SYMBOL, "amount": "0.25", "address": to,
+            "ttl": 600, "redirectUrl": "https://shop.example/thank-you",
+        })
+        if status != 201:
+            raise DemoError(f"POST /v1/invoices answered {status}: {data}")
+        return str(data["url"]), to
+
+    def _print_try_lines(self, page: str, to: str) -> None:
         assert self.daemon is not None and self.anvil is not None
         base = f"http://127.0.0.1:{self.daemon.port}"
         auth = shlex.quote(f"Authorization: Bearer {self.api_key}")
         split = self.invoice_ids["split"]
-        to = DevChain.new_account()
-        create = json.dumps({"network": NETWORK, "asset": NATIVE_SYMBOL, "amount": "0.25",
-                             "address": to, "ttl": 600})
         payer = self.chain.accounts[3] if self.chain is not None else "0x..."
         pay = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_sendTransaction",
                           "params": [{"from": payer, "to": to, "value": hex(25 * 10**16)}]})
+        create = json.dumps({"network": NETWORK, "asset": NATIVE_SYMBOL, "amount": "0.25",
+                             "address": DevChain.new_account(), "ttl": 600})
         out = self.console
+        out.plain()
+        out.plain("An invoice waits for 0.25 ETH. Open its checkout page in a browser:")
+        out.plain(f"  {page}")
+        out.plain("then pay it from another terminal and watch the page follow it live:")
+        out.plain(f"  curl -s -H 'Content-Type: application/json' -d {shlex.quote(pay)} "
+                  f"{self.anvil.url}")
         out.plain()
         out.plain("The daemon keeps running (a block every second). Try, in another terminal:")
         out.plain(f"  curl -s -H {auth} {base}/v1/invoices/{split}")
@@ -554,11 +573,9 @@ class Demo:
         out.plain(f"  curl -s -H {auth} '{base}/v1/invoices?status=COMPLETED'")
         out.plain(f"  curl -s -H {auth} {base}/v1/networks")
         out.plain(f"  curl -s {base}/metrics | grep '^payment_watcher_invoice'")
-        out.plain("A new invoice, then its payment (watch its status changes and callbacks here):")
+        out.plain("Another invoice (its \"url\" is its checkout page):")
         out.plain(f"  curl -s -H {auth} -H 'Content-Type: application/json' "
                   f"-d {shlex.quote(create)} {base}/v1/invoices")
-        out.plain(f"  curl -s -H 'Content-Type: application/json' -d {shlex.quote(pay)} "
-                  f"{self.anvil.url}")
         out.plain("Press Ctrl-C to stop (daemon, receiver and anvil).")
         out.plain()
 

@@ -143,6 +143,7 @@ async def test_page_shows_what_the_customer_needs_and_nothing_else(env: Env) -> 
     assert inv.to_addr in html and "USDT" in html and "10" in html
     assert inv.token_address is not None and inv.token_address in html
     assert_no_secrets(html)
+    assert "built-in" not in html and "object at 0x" not in html  # a text rendered wrong
     # no inline script or style, nothing from another host
     assert "<style" not in html
     assert not re.search(r"<[^>]+\s(?:on[a-z]+|style)\s*=", html), "inline handler or style"
@@ -237,6 +238,9 @@ async def test_languages(env: Env) -> None:
 
 def test_catalogues_have_the_same_keys_and_no_empty_text() -> None:
     keys = set(catalogue("en"))
+    # jinja looks up `t.name` as an attribute first: a key named like a dict method
+    # (`copy`, `items`, ...) would render the method
+    assert not [k for k in keys if hasattr(dict, k)]
     for lang in LANGUAGES:
         texts = catalogue(lang)
         assert set(texts) == keys, lang

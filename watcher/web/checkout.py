@@ -41,6 +41,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 #: Statuses after which nothing on the page changes any more.
 FINAL = frozenset({"COMPLETED", "VOIDED", "REFUNDED", "REVERSED"})
+#: Queued on a public socket when its network's head moved: send the newest view again
+#: (confirmations count up between events).
+_RECOUNT = "recount"
 STATIC = Path(str(resources.files("watcher.web").joinpath("static")))
 TEMPLATES = Path(str(resources.files("watcher.web").joinpath("templates")))
 
@@ -233,13 +236,16 @@ async def socket(request: web.Request) -> web.WebSocketResponse:
     network: list[str] = []
 
     async def encode(msg: Message) -> bytes | None:
-        latest["data"] = msg.body["data"]
-        return orjson.dumps(ctx.view(msg.body["data"]))
+        if msg.event_id == _RECOUNT:  # resolved when sent: the newest state, never older
+            data = latest.get("data")
+            if data is None or data["status"] in FINAL or not data["payments"]:
+                return None
+        else:
+            data = latest["data"] = msg.body["data"]
+        return orjson.dumps(ctx.view(data))
 
     def head_moved(_head: int) -> None:
-        data = latest.get("data")
-        if data is not None and data["status"] not in FINAL and data["payments"]:
-            conn.push(Message(0, "", invoice_id, {"data": data}))
+        conn.push(Message(0, _RECOUNT, invoice_id, {}))
 
     async def on_open(ws: web.WebSocketResponse) -> bool:
         invoice: dict[str, Any] | None = None
@@ -250,7 +256,7 @@ async def socket(request: web.Request) -> web.WebSocketResponse:
             await ws.close(code=CLOSE_NOT_FOUND, message=b"no such invoice")
             return False
         after = sockets.hub.subscribe(conn, key, hold=True)
-        conn.push(Message(0, "", invoice_id, {"data": invoice}))
+        conn.push(Message(0, "initial", invoice_id, {"data": invoice}))
         sockets.hub.release(conn, key, after)
         network.append(invoice["network"])
         sockets.hub.head_listeners.setdefault(invoice["network"], set()).add(head_moved)

@@ -17,6 +17,8 @@
   function fmt(text, params) {
     return text.replace(/\{(\w+)\}/g, function (m, k) { return k in params ? String(params[k]) : m; });
   }
+  /* confirmations as the customer sees them: counted up to what is required */
+  function shown(n) { return Math.min(n, view.requiredConfirmations); }
   function isFinal(v) { return FINAL.indexOf(v.status) >= 0; }
   function dueOf(v) { return v.amountDue !== "0" ? v.amountDue : v.amount; }
   function expired(v) { return Date.parse(v.expireAt) <= Date.now() + offset; }
@@ -45,7 +47,8 @@
     amt.textContent = p.amount + " " + view.asset;
     var meta = document.createElement("span");
     meta.className = "muted";
-    meta.textContent = T.block + " " + p.block + " \u00b7 " + p.confirmations + " / " + view.requiredConfirmations;
+    meta.textContent = T.block + " " + p.block + " \u00b7 " + shown(p.confirmations) + " / " +
+      view.requiredConfirmations;
     li.append(ref, " ", amt, " ", meta);
     return li;
   }
@@ -65,7 +68,7 @@
     el("pw-detail").textContent = T["detail_" + v.status];
     var paid = v.payments.length > 0;
     el("pw-conf").hidden = !paid;
-    el("pw-conf-n").textContent = String(v.confirmations);
+    el("pw-conf-n").textContent = String(shown(v.confirmations));
     var rest = v.amountDue !== "0" && v.amountDue !== v.amount;
     el("pw-amount-label").textContent = rest ? T.send_rest : T.send_exactly;
     el("pw-amount").textContent = dueOf(v);
@@ -127,7 +130,7 @@
       btn.textContent = ok ? T.copied : T.copy_failed;
       btn.classList.toggle("done", ok);
       if (!ok) { selectText(node); }
-      setTimeout(function () { btn.textContent = T.copy; btn.classList.remove("done"); }, 2000);
+      setTimeout(function () { btn.textContent = T.copy_label; btn.classList.remove("done"); }, 2000);
     }
     if (navigator.clipboard && window.isSecureContext) {
       navigator.clipboard.writeText(text).then(function () { done(true); }, function () { done(false); });
