@@ -68,16 +68,23 @@ def test_invoices_create_list_show_cancel_on_the_database(
     inv = cli_json(
         "invoices", "create", "--config", conf, "--network", "anvil", "--asset", "USDT",
         "--amount", "12.50", "--address", address.lower(), "--external-id", "cli-1",
+        "--client-id", "cust-7", "--redirect-url", "https://shop.example/done",
     )  # fmt: skip
     assert (inv["status"], inv["amount"], inv["to"], inv["externalId"]) == (
         "PENDING", "12.5", address, "cli-1"
     )  # fmt: skip
+    assert (inv["clientId"], inv["redirectUrl"], inv["amountDue"], inv["url"]) == (
+        "cust-7", "https://shop.example/done", "12.5", None  # the checkout is off here
+    )
     invoice_id = str(inv["id"])
     assert cli_json("invoices", "show", "--config", conf, invoice_id) == inv
 
     listed = run_cli("invoices", "list", "--config", conf)
     assert listed.returncode == 0, listed.stderr
     assert invoice_id in listed.stdout and "PENDING" in listed.stdout
+    for client, shown in (("cust-7", True), ("someone-else", False)):
+        listed = run_cli("invoices", "list", "--config", conf, "--client-id", client)
+        assert listed.returncode == 0 and (invoice_id in listed.stdout) == shown
 
     cancelled = cli_json("invoices", "cancel", "--config", conf, invoice_id)
     assert cancelled["status"] == "VOIDED"

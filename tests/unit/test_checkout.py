@@ -5,10 +5,11 @@ security headers, and that no merchant-only field ever reaches the customer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -313,3 +314,38 @@ async def test_framing_follows_the_operator(tmp_path: Path, aiohttp_client: Any)
     assert resp.headers["Strict-Transport-Security"].startswith("max-age=")
     assert "Rechnung nicht gefunden" in await resp.text()
     await store.close()
+
+
+async def test_socket_counts_confirmations_as_heads_move(env: Env) -> None:
+    inv = await env.invoice()
+    await env.store.run(pay, env.ledger, inv, inv.amount, deep=False, now=clock())
+    ws = await env.client.ws_connect(f"/pay/{inv.id}/ws")
+    first = json.loads((await ws.receive(timeout=5)).data)
+    assert (first["status"], first["confirmations"]) == ("WAITING_FOR_CONFIRMATIONS", 1)
+    view = env.ledger.views[NET]
+    env.ledger.views[NET] = replace(view, head=view.head + 1)
+    env.hub.heads(NET, view.head + 1)  # a new head, no event
+    again = json.loads((await ws.receive(timeout=5)).data)
+    assert (again["status"], again["confirmations"]) == ("WAITING_FOR_CONFIRMATIONS", 2)
+    assert again["payments"][0]["confirmations"] == 2
+    await ws.close()
+
+
+async def test_a_head_after_a_change_never_sends_an_older_state(env: Env) -> None:
+    """A recount queued behind a status change is resolved when sent: the page never goes
+    back from COMPLETED to an older status."""
+    inv = await env.invoice()
+    await env.store.run(pay, env.ledger, inv, inv.amount, deep=False, now=clock())
+    ws = await env.client.ws_connect(f"/pay/{inv.id}/ws")
+    assert json.loads((await ws.receive(timeout=5)).data)["status"] == "WAITING_FOR_CONFIRMATIONS"
+    await env.store.run(pay, env.ledger, inv, 1, deep=True, now=clock())  # completes it
+    await env.hub.pump()
+    env.hub.heads(NET, env.ledger.views[NET].head)  # queued right behind the change
+    statuses = [json.loads((await ws.receive(timeout=5)).data)["status"]]
+    with contextlib.suppress(asyncio.TimeoutError):
+        while True:
+            statuses.append(json.loads((await ws.receive(timeout=0.3)).data)["status"])
+    assert "COMPLETED" in statuses
+    after = statuses[statuses.index("COMPLETED"):]
+    assert after == ["COMPLETED"] * len(after), statuses
+    await ws.close()
