@@ -23,6 +23,7 @@ import jinja2
 import orjson
 import segno
 from aiohttp import web
+from sqlite_utils import Database
 
 from watcher import __version__
 from watcher.errors import ApiError, BadRequest, StoreError
@@ -171,6 +172,12 @@ async def _load(ctx: CheckoutContext, invoice_id: str) -> dict[str, Any]:
     return ctx.ledger.render(inv)
 
 
+def _invoice_and_seq(db: Database, invoice_id: str) -> tuple[Invoice | None, int]:
+    """The invoice and the position of its newest event, read together."""
+    row = db.execute("SELECT MAX(seq) FROM events WHERE invoice_id = ?", [invoice_id]).fetchone()
+    return load_invoice(db, invoice_id), int(row[0] or 0)
+
+
 def qr_svg(text: str) -> bytes:
     """A QR code as SVG (segno; error correction M, dark on white, no fixed size)."""
     out = io.BytesIO()
@@ -248,16 +255,19 @@ async def socket(request: web.Request) -> web.WebSocketResponse:
         conn.push(Message(0, _RECOUNT, invoice_id, {}))
 
     async def on_open(ws: web.WebSocketResponse) -> bool:
-        invoice: dict[str, Any] | None = None
+        # Subscribe first (live events wait), then read the invoice with the position of its
+        # newest event: the events after it follow the first view, the ones before are in it.
+        found: tuple[Invoice | None, int] = (None, 0)
         if _UUID.match(invoice_id):
-            inv: Invoice | None = await ctx.store.run(load_invoice, invoice_id)
-            invoice = None if inv is None else ctx.ledger.render(inv)
-        if invoice is None:
+            sockets.hub.subscribe(conn, key, hold=True)
+            found = await ctx.store.run(_invoice_and_seq, invoice_id)
+        inv, seq = found
+        if inv is None:
             await ws.close(code=CLOSE_NOT_FOUND, message=b"no such invoice")
             return False
-        after = sockets.hub.subscribe(conn, key, hold=True)
-        conn.push(Message(0, "initial", invoice_id, {"data": invoice}))
-        sockets.hub.release(conn, key, after)
+        invoice = ctx.ledger.render(inv)
+        conn.push(Message(seq, "initial", invoice_id, {"data": invoice}))
+        sockets.hub.release(conn, key, seq)
         network.append(invoice["network"])
         sockets.hub.head_listeners.setdefault(invoice["network"], set()).add(head_moved)
         return True

@@ -85,6 +85,9 @@ class Connection:
         self.keys: set[Key] = set()
         #: Subscriptions still replaying: live messages wait here until the replay is sent.
         self.held: dict[Key, list[Message]] = {}
+        #: Per subscription, the newest event its replay (or first view) covered: an event
+        #: at or below it that the hub publishes later is not sent again.
+        self.floor: dict[Key, int] = {}
         self.cut = False
 
     def push(self, msg: Message) -> None:
@@ -187,7 +190,7 @@ class Hub:
         reached: set[Connection] = set()
         for key in msg.routes():
             for conn in self._subs.get(key, ()):
-                if conn in reached:
+                if conn in reached or msg.seq <= conn.floor.get(key, 0):
                     continue
                 reached.add(conn)
                 if key in conn.held:
@@ -213,7 +216,9 @@ class Hub:
         return self.seq
 
     def release(self, conn: Connection, key: Key, after: int) -> None:
-        """End a held subscription: push what waited, skipping seq <= `after` (replayed)."""
+        """End a held subscription: push what waited, skipping seq <= `after` (replayed),
+        and skip such events from now on too."""
+        conn.floor[key] = after
         for msg in conn.held.pop(key, []):
             if msg.seq > after:
                 conn.push(msg)
@@ -223,6 +228,7 @@ class Hub:
             return False
         conn.keys.discard(key)
         conn.held.pop(key, None)
+        conn.floor.pop(key, None)
         subs = self._subs.get(key)
         if subs is not None:
             subs.discard(conn)
