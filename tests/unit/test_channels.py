@@ -305,3 +305,22 @@ async def test_messages_are_counted(env: Env) -> None:
     )
     assert value is not None and value >= 2  # the ack and the event
     await ws.close()
+
+
+async def test_heartbeat_pings_and_closes_a_silent_client(tmp_path: Path,
+                                                         aiohttp_client: Any) -> None:
+    e = await make_env(tmp_path, aiohttp_client, heartbeat=1.0)
+    ws = await e.client.ws_connect("/v1/ws", headers=AUTH, autoping=False)
+    kinds = []
+    while True:
+        msg = await ws.receive(timeout=10)
+        kinds.append(msg.type)
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING):
+            break
+    assert kinds[0] == WSMsgType.PING  # it was pinged, never answered, and closed
+    for _ in range(50):
+        if e.sockets.open == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert e.sockets.open == 0
+    await e.store.close()
