@@ -22,6 +22,7 @@ from watcher.devchain import find_anvil
 from . import raw
 from .catchup import run_follower
 from .live import LiveResult, percentile, run_live
+from .sockets import SocketsResult, run_sockets
 from .workload import build_chain, copy_db, prefill, set_cursor
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -40,12 +41,15 @@ class Mode:
     creates: int
     samples: int
     paid_share: float = 0.02
+    #: live sockets: blocks per catch-up round, and (without, with, with, without) cycles
+    socket_backlog: int = 200
+    socket_cycles: int = 1
 
 
 SHORT = Mode("short", blocks=1000, per_block=10, invoices=100_000, repeats=3, backlog=2000,
              creates=3000, samples=30)
 FULL = Mode("full", blocks=2000, per_block=10, invoices=100_000, repeats=5, backlog=5000,
-            creates=10_000, samples=120)
+            creates=10_000, samples=120, socket_backlog=250, socket_cycles=2)
 
 
 @dataclass(slots=True)
@@ -184,6 +188,48 @@ def live_rows(res: LiveResult, mode: Mode) -> list[Row]:
     ]
 
 
+def socket_rows(res: SocketsResult) -> list[Row]:
+    ms = 1000
+    c50 = percentile(res.checkout_latency, 50) * ms
+    c99 = percentile(res.checkout_latency, 99) * ms
+    m50 = percentile(res.merchant_latency, 50) * ms
+    m99 = percentile(res.merchant_latency, 99) * ms
+    ratio = res.catchup_ratio
+    with_ = [r for r in res.rounds if r.with_sockets]
+    without = [r for r in res.rounds if not r.with_sockets]
+
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / len(xs) if xs else float("nan")
+
+    short_of = sum(r.events * res.merchant_sockets - r.merchant_messages for r in with_)
+    cut = f", {res.closed_early} closed by the daemon" if res.closed_early else ""
+    return [
+        Row(f"checkout sockets: cancel answered -> VOIDED received, p50 / p99 "
+            f"({res.checkout_sockets:,} on {res.invoices} invoices, "
+            f"n={len(res.checkout_latency):,})",
+            f"{c50:.1f} / {c99:.1f} ms ({res.missed_checkout} missed{cut})", "p99 <= 100 ms",
+            c99 <= 100 and res.missed_checkout == 0),
+        Row(f"merchant sockets (\"all\", {res.merchant_sockets} on the same daemon): same, "
+            f"p50 / p99 (n={len(res.merchant_latency):,})",
+            f"{m50:.1f} / {m99:.1f} ms ({res.missed_merchant} missed)", "p99 <= 100 ms",
+            m99 <= 100 and res.missed_merchant == 0),
+        Row(f"catch-up with those {res.sockets:,} sockets open / without "
+            f"({with_[0].blocks if with_ else 0}-block backlogs, {len(res.rounds)} rounds)",
+            f"{ratio:.2f}x (mean {mean(res.rates(True)):,.0f} / "
+            f"{mean(res.rates(False)):,.0f} blocks/s)", ">= 0.9x", ratio >= 0.9),
+        Row("  of which: CPU per round, daemon with / without sockets; the clients (bench)",
+            f"{mean([r.daemon_cpu for r in with_]):.2f} / "
+            f"{mean([r.daemon_cpu for r in without]):.2f} s; "
+            f"{mean([r.client_cpu for r in with_]):.2f} s for "
+            f"{mean([float(r.merchant_messages) for r in with_]):,.0f} merchant messages"
+            + (f" ({short_of:,} not received)" if short_of else ""),
+            "info", None),
+        Row(f"RSS added per idle socket ({res.sockets:,} sockets)",
+            f"{res.rss_per_socket_kb:.1f} KB ({res.rss_before_kb / 1024:.0f} -> "
+            f"{res.rss_after_kb / 1024:.0f} MB)", "info", None),
+    ]
+
+
 def table(rows: list[Row]) -> str:
     w0 = max(len(r.name) for r in rows)
     w1 = max(len(r.value) for r in rows)
@@ -222,6 +268,10 @@ async def main(mode: Mode, *, write: bool = True) -> int:
         res = await run_live(work, invoices=mode.invoices, backlog=mode.backlog,
                              creates=mode.creates, samples=mode.samples, log=_say)
         rows += live_rows(res, mode)
+        _say("live sockets (1,000 checkout + 200 merchant on one daemon):")
+        sres = await run_sockets(work, backlog=mode.socket_backlog, cycles=mode.socket_cycles,
+                                 per_block=mode.per_block, paid_share=mode.paid_share, log=_say)
+        rows += socket_rows(sres)
     text = table(rows)
     seconds = time.perf_counter() - started
     _say("")
