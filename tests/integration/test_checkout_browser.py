@@ -39,6 +39,9 @@ DE = catalogue("de")
 PHONE = {"width": 360, "height": 800}
 DESKTOP = {"width": 1280, "height": 900}
 WAIT = 20_000  # ms: a status change needs a block and a follower pass (~0.5 s here)
+# Every other expectation gets a generous bound too: a cold browser on a busy 2-core CI
+# machine can take seconds for its first page (these are bounds, not timings).
+expect.set_options(timeout=15_000)
 
 
 @pytest.fixture

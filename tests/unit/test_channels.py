@@ -324,3 +324,39 @@ async def test_heartbeat_pings_and_closes_a_silent_client(tmp_path: Path,
         await asyncio.sleep(0.05)
     assert e.sockets.open == 0
     await e.store.close()
+
+
+class _Recorder(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_frames_of_one_loop_turn_leave_in_one_write() -> None:
+    from watcher.web.channels import _Coalescing
+
+    real = _Recorder()
+    proxy = _Coalescing(real)
+    proxy.write(b"\x81\x01a")
+    proxy.write(b"\x81\x01b")
+    assert real.writes == []
+    await asyncio.sleep(0)
+    assert real.writes == [b"\x81\x01a\x81\x01b"]
+    proxy.write(b"\x81\x01c")
+    proxy.write(b"\x88\x02\x03\xe8")  # a close frame: at once, after what waits
+    assert real.writes[1:] == [b"\x81\x01c\x88\x02\x03\xe8"]
+    proxy.write(b"\x81\x01d")
+    proxy.close()  # what waits goes first
+    assert real.writes[2:] == [b"\x81\x01d"] and real.closed
+    await asyncio.sleep(0)
+    assert len(real.writes) == 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from watcher.store import Store
@@ -14,7 +15,8 @@ from watcher.web.hub import Connection, Hub, Message
 
 def msg(seq: int, invoice: str = "i1", client: str | None = None) -> Message:
     data: dict[str, Any] = {"id": invoice, "clientId": client}
-    return Message(seq, f"evt_{seq}", invoice, {"id": f"evt_{seq}", "data": data})
+    raw = orjson.dumps({"id": f"evt_{seq}", "data": data})
+    return Message(seq, f"evt_{seq}", invoice, raw, client)
 
 
 def drain(conn: Connection) -> list[Any]:
@@ -89,3 +91,11 @@ async def test_unsubscribe_and_drop(hub: Hub) -> None:
     assert hub.subscriptions == 0
     hub.publish(msg(1))
     assert drain(conn) == []
+
+
+def test_the_channel_is_added_to_the_stored_body_as_is() -> None:
+    m = msg(3, "i9", "c")
+    for channel in ("all", "client", "invoice"):
+        assert orjson.loads(m.encoded(channel)) == {**orjson.loads(m.raw), "channel": channel}
+    assert m.encoded("all") is m.encoded("all")  # made once for every socket
+    assert m.body["data"]["clientId"] == "c"

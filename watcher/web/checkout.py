@@ -242,7 +242,7 @@ async def socket(request: web.Request) -> web.WebSocketResponse:
     latest: dict[str, Any] = {}
     network: list[str] = []
 
-    async def encode(msg: Message) -> bytes | None:
+    def encode(msg: Message) -> bytes | None:
         if msg.event_id == _RECOUNT:  # resolved when sent: the newest state, never older
             data = latest.get("data")
             if data is None or data["status"] in FINAL or not data["payments"]:
@@ -252,7 +252,12 @@ async def socket(request: web.Request) -> web.WebSocketResponse:
         return orjson.dumps(ctx.view(data))
 
     def head_moved(_head: int) -> None:
-        conn.push(Message(0, _RECOUNT, invoice_id, {}))
+        # Only while confirmations are counted. `latest` may be older than what is queued:
+        # a queued event is sent with the current head anyway, and a recount queued behind
+        # it is checked again when sent.
+        data = latest.get("data")
+        if data is not None and data["status"] not in FINAL and data["payments"]:
+            conn.push(Message.of_invoice(0, _RECOUNT, None))
 
     async def on_open(ws: web.WebSocketResponse) -> bool:
         # Subscribe first (live events wait), then read the invoice with the position of its
@@ -266,7 +271,7 @@ async def socket(request: web.Request) -> web.WebSocketResponse:
             await ws.close(code=CLOSE_NOT_FOUND, message=b"no such invoice")
             return False
         invoice = ctx.ledger.render(inv)
-        conn.push(Message(seq, "initial", invoice_id, {"data": invoice}))
+        conn.push(Message.of_invoice(seq, "initial", invoice))
         sockets.hub.release(conn, key, seq)
         network.append(invoice["network"])
         sockets.hub.head_listeners.setdefault(invoice["network"], set()).add(head_moved)
