@@ -360,3 +360,10 @@ async def test_frames_of_one_loop_turn_leave_in_one_write() -> None:
     assert real.writes[2:] == [b"\x81\x01d"] and real.closed
     await asyncio.sleep(0)
     assert len(real.writes) == 3
+
+
+async def test_a_plain_get_is_a_400_json(env: Env) -> None:
+    resp = await env.client.get("/v1/ws", headers=AUTH)
+    assert resp.status == 400
+    data = await resp.json()
+    assert set(data["error"]) == {"code", "message", "field"}
