@@ -218,6 +218,7 @@ async def test_unknown_status_is_404_json(env: Env) -> None:
         assert resp.status == 404
         data = await resp.json()
         assert set(data["error"]) == {"code", "message", "field"}
+        assert data["error"]["code"] == "not_found"
 
 
 async def test_languages(env: Env) -> None:

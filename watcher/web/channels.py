@@ -59,7 +59,6 @@ class Sockets:
         self.listener = listener
         self.hub = hub
         self.limits = limits
-        self.metrics = metrics
         self.open = 0
         self.tasks: set[asyncio.Task[Any]] = set()
         self.websockets: set[web.WebSocketResponse] = set()

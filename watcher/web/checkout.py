@@ -111,10 +111,9 @@ def _json_error(status: int, code: str, message: str) -> web.Response:
 def _page_error(request: web.Request, status: int) -> web.Response:
     ctx = request.app[CTX]
     lang = _language(request, ctx)
-    resp = aiohttp_jinja2.render_template(
+    return aiohttp_jinja2.render_template(
         "not_found.html", request, {"t": catalogue(lang), "lang": lang}, status=status
     )
-    return resp
 
 
 @web.middleware
@@ -130,7 +129,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         if exc.status == 404 and not _wants_json(request):
             return _page_error(request, 404)
-        return _json_error(exc.status, "http_error", exc.reason)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        return _json_error(exc.status, code, exc.reason)
     except StoreError:
         log.exception("database unavailable in checkout %s", request.path)
         return _json_error(503, "unavailable", "try again in a moment")
