@@ -349,6 +349,36 @@ class DevChain:
         """Deploy a Reverter (every payment to it reverts); its address."""
         return self._deploy("Reverter", [], sender)
 
+    def deploy_aggregator(
+        self, decimals: int = 8, description: str = "ETH / USD", sender: str | None = None
+    ) -> str:
+        """Deploy a TestAggregator (a Chainlink AggregatorV3 whose rounds tests set)."""
+        return self._deploy("TestAggregator", [decimals, description], sender)
+
+    def _aggregator(self, address: str) -> Any:
+        abi = load_artifact("TestAggregator")["abi"]
+        return self.w3.eth.contract(address=Web3.to_checksum_address(address), abi=abi)
+
+    def set_round(
+        self,
+        feed: str,
+        answer: int,
+        *,
+        round_id: int = 1,
+        updated_at: int = 0,
+        answered_in_round: int | None = None,
+    ) -> str:
+        """Set a TestAggregator's latest round (`updated_at` 0: the block's timestamp)."""
+        args = [round_id, answer, updated_at,
+                round_id if answered_in_round is None else answered_in_round]
+        data = self._aggregator(feed).encode_abi("setRound", args=args)
+        return self.send_tx({"from": self.accounts[0], "to": feed, "data": data})
+
+    def set_broken(self, feed: str, broken: bool = True) -> str:
+        """Make a TestAggregator's latestRoundData revert (or answer again)."""
+        data = self._aggregator(feed).encode_abi("setBroken", args=[broken])
+        return self.send_tx({"from": self.accounts[0], "to": feed, "data": data})
+
     # --- sending ---
 
     @property
