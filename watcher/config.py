@@ -389,6 +389,68 @@ class CheckoutConfig(_Section):
         return f"http://{host}:{self.port}"
 
 
+_POSITIVE_DECIMAL = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)\Z")
+
+
+class RateSourceConfig(_Section):
+    """One source of a pair, tried in order: `{ fixed = "1" }`, `{ chainlink = "ethereum",
+    feed = "0x..." }` (an AggregatorV3 read through that network's RPC) or `{ http = "URL",
+    path = "a.b" }` (a JSON document and the dotted path of the number in it)."""
+
+    fixed: str | None = None
+    chainlink: str | None = None
+    feed: Address | None = None
+    http: HttpUrlStr | None = None
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> RateSourceConfig:
+        kinds = [k for k in ("fixed", "chainlink", "http") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError('give exactly one of fixed, chainlink or http')
+        if self.fixed is not None and (
+            not _POSITIVE_DECIMAL.match(self.fixed) or Fraction(self.fixed) <= 0
+        ):
+            raise ValueError('fixed must be a decimal string > 0, e.g. "1"')
+        if (self.chainlink is None) != (self.feed is None):
+            raise ValueError("chainlink and feed go together")
+        if (self.http is None) != (self.path is None):
+            raise ValueError('http and path go together (path: dotted keys, e.g. "ethereum.eur")')
+        if self.path is not None and not all(self.path.split(".")):
+            raise ValueError(f"path {self.path!r} has an empty key")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "fixed" if self.fixed is not None else "chainlink" if self.chainlink else "http"
+
+
+class RatesConfig(_Section):
+    """Rates for invoices priced in a currency (contract section 9)."""
+
+    #: A rate whose source time is older than this is not used.
+    max_age: Annotated[Duration, Field(gt=0)] = 3600
+    #: Seconds between refreshes of every pair (creates never wait for a source).
+    refresh_interval: Annotated[Duration, Field(gt=0, le=86400)] = 60
+    #: "ASSET/CURRENCY" -> sources, the first that answers wins.
+    pairs: dict[str, Annotated[list[RateSourceConfig], Field(min_length=1)]] = Field(
+        default_factory=dict
+    )
+
+    @field_validator("pairs")
+    @classmethod
+    def _check_pairs(
+        cls, pairs: dict[str, list[RateSourceConfig]]
+    ) -> dict[str, list[RateSourceConfig]]:
+        from watcher.rates import split_pair
+
+        for name in pairs:
+            base, quote = split_pair(name)
+            if base == quote:
+                raise ValueError(f"pair {name!r} prices a symbol in itself")
+        return pairs
+
+
 class ChannelsConfig(_Section):
     """Live WebSocket channels: `/pay/{id}/ws` (checkout) and `/v1/ws` (merchant)."""
 
@@ -570,6 +632,7 @@ class Settings(BaseSettings):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     checkout: CheckoutConfig = Field(default_factory=CheckoutConfig)
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
+    rates: RatesConfig = Field(default_factory=RatesConfig)
     networks: dict[str, NetworkConfig] = Field(default_factory=dict)
 
     @classmethod
@@ -632,6 +695,13 @@ class Settings(BaseSettings):
             for name, net in enabled.items()
             if not net.rpc
         ]
+        for pair, sources in self.rates.pairs.items():
+            for i, src in enumerate(sources):
+                if src.chainlink is not None and src.chainlink not in enabled:
+                    problems.append(
+                        f"rates.pairs.{pair}.{i}.chainlink: network {src.chainlink!r} is not "
+                        f"an enabled network (enabled: {', '.join(enabled) or 'none'})"
+                    )
         co = self.checkout
         if co.enabled and co.port != 0 and (co.host, co.port) == (self.api.host, self.api.port):
             problems.append(

@@ -22,6 +22,7 @@ from watcher.ledger import Ledger, NetworkInfo, Outcome
 from watcher.matching import WatchIndex
 from watcher.metrics import Metrics
 from watcher.outbox import queue_depth
+from watcher.pricing.book import RateBook, build_sources
 from watcher.rpc import RpcClient
 from watcher.sdnotify import Notifier
 from watcher.store import Store, index_invoices, status_counts
@@ -36,6 +37,8 @@ HOUSEKEEPING_INTERVAL = 10.0
 #: A follower whose loop has not come round for this long is wedged (an RPC outage still
 #: comes round: each call gives up after its retries): the watchdog stops pinging.
 STALL_LIMIT = 300.0
+#: How long start-up waits for the first rates before serving the API anyway.
+RATES_START_TIMEOUT = 10.0
 #: How long start-up waits for a new network's first head before serving the API anyway.
 START_BLOCK_TIMEOUT = 5.0
 
@@ -114,6 +117,8 @@ class Daemon:
         self.checkout_sockets = Sockets("checkout", self.hub, limits, self.metrics)
         self.checkout_runner: web.AppRunner | None = None
         self.checkout_port: int | None = None
+        self.rates: RateBook | None = None
+        self._http: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = asyncio.Event()
         self.failed = False
@@ -154,6 +159,8 @@ class Daemon:
             concurrency=cb.concurrency,
             metrics=self.metrics,
         )
+        if self.settings.rates.pairs:
+            await self._start_rates()
         await self.hub.start()
         await self._start_api()
         if self.settings.checkout.enabled:
@@ -161,6 +168,9 @@ class Daemon:
         for name, f in self.followers.items():
             self._spawn(f.run(), f"follow-{name}")
         self._spawn(self.hub.run(), "hub")
+        if self.rates is not None:
+            self._spawn(self.rates.run(self.settings.rates.refresh_interval, timeutil.now),
+                        "rates")
         self._spawn(self.sender.run(), "callbacks")
         self._spawn(self._housekeeping(), "housekeeping")
         self._spawn(self.notifier.watchdog_loop(self.healthy), "watchdog")
@@ -206,6 +216,7 @@ class Daemon:
             readiness=self.readiness,
             on_redeliver=self._wake_sender,
             sockets=self.api_sockets,
+            rates=self.rates,
         )
         api = self.settings.api
         self.runner, self.port = await self._listen(create_app(ctx), api.host, api.port,
@@ -251,6 +262,19 @@ class Daemon:
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         return runner, sockets[0].getsockname()[1] if sockets else port
+
+    async def _start_rates(self) -> None:
+        """The rate book, filled once before the API opens (a source that does not answer
+        leaves its pair empty until the refresher gets it), then kept warm."""
+        rates = self.settings.rates
+        if any(c.http for cs in rates.pairs.values() for c in cs):
+            self._http = aiohttp.ClientSession()
+        book = RateBook(build_sources(rates, self.rpcs, self._http), rates.max_age,
+                        on_rate=self.metrics.rate_hook())
+        self.rates = book
+        self.ledger.rates = book
+        with contextlib.suppress(TimeoutError):  # an unreachable source: the refresher retries
+            await asyncio.wait_for(book.refresh(timeutil.now()), RATES_START_TIMEOUT)
 
     def _heads(self) -> dict[str, int]:
         return {name: view.head for name, view in self.ledger.views.items()}
@@ -393,6 +417,8 @@ class Daemon:
     async def _close_clients(self) -> None:
         for rpc in self.rpcs.values():
             await rpc.close()
+        if self._http is not None:
+            await self._http.close()
 
 
 async def serve(settings: Settings) -> None:

@@ -30,6 +30,7 @@ from watcher.models import (
     Status,
     Transfer,
 )
+from watcher.rates import Rate, RateProvider, RateUnavailable, amount_for, format_rate
 from watcher.render import invoice_json
 from watcher.store import (
     insert_invoice,
@@ -63,7 +64,7 @@ class NewInvoice:
 
     network: str
     asset: str
-    amount: int
+    amount: int | None  # None: priced, `price` in `currency` converted at the current rate
     address: str | None
     expire_at: int | None
     callback_url: str | None = None
@@ -131,6 +132,7 @@ class Ledger:
         late_window: int,
         default_callback_url: str | None,
         checkout_url: str | None = None,
+        rates: RateProvider | None = None,
     ) -> None:
         self.networks = networks
         self.tolerance = tolerance
@@ -139,6 +141,8 @@ class Ledger:
         self.default_callback_url = default_callback_url
         #: The checkout's public URL (invoice `url`s start with it); None when it is off.
         self.checkout_url = checkout_url
+        #: Rates for invoices priced in a currency (in memory; None: none configured).
+        self.rates = rates
         #: Newest known head and scanned block time per network (set by the followers).
         self.views: dict[str, state.ChainView] = {
             n.name: state.ChainView(head=0, scanned_time=None, required=n.confirmations)
@@ -303,7 +307,14 @@ class Ledger:
         shared = address is None or (
             asset.shared_address is not None and address.lower() == asset.shared_address.lower()
         )
-        amount = req.amount
+        rate: Rate | None = None
+        if req.amount is None:
+            rate = self._rate(asset, req.currency, now)
+            assert req.price is not None
+            amount = amount_for(Fraction(req.price), rate.value, asset.decimals, asset.amount_step)
+        else:
+            amount = req.amount
+        requested = amount
         if shared:
             if asset.shared_address is None:
                 raise Invalid(
@@ -311,7 +322,7 @@ class Ledger:
                     field="address",
                 )
             address = asset.shared_address
-            amount = self._unique_amount(db, asset, req.amount, now)
+            amount = self._unique_amount(db, asset, requested, now)
         else:
             assert address is not None
             busy = db.execute(
@@ -335,7 +346,7 @@ class Ledger:
             to_addr=address,
             shared=shared,
             amount=amount,
-            requested_amount=req.amount,
+            requested_amount=requested,
             created_at=now,
             updated_at=now,
             expire_at=expire_at,
@@ -349,9 +360,24 @@ class Ledger:
             callback_url=req.callback_url,
             client_id=req.client_id,
             redirect_url=req.redirect_url,
+            rate=format_rate(rate.value) if rate else None,
+            rate_source=rate.source if rate else None,
+            rate_at=rate.at if rate else None,
             fingerprint=req.fingerprint,
         )
         return insert_invoice(db, inv)
+
+    def _rate(self, asset: Asset, currency: str | None, now: int) -> Rate:
+        """The rate to convert a price in `currency` into `asset` now (503 if none)."""
+        if self.rates is None or currency is None:
+            raise Invalid("no rates are configured: give amount", field="amount")
+        try:
+            return self.rates.rate(asset.symbol, currency, now)
+        except RateUnavailable as exc:
+            raise Unavailable(
+                f"{exc}: every source failed or is older than rates.max_age; try again "
+                "shortly, or give amount", field="currency", code="rate_unavailable",
+            ) from None
 
     def _opens_at(self, network: str, now: int) -> int:
         """Chain time the collecting window opens: `OPENS_EARLY` before the create, on the

@@ -22,6 +22,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from watcher import __version__
 from watcher.models import CREATED_EVENT, LATE_PAYMENT_EVENT, Status
+from watcher.rates import Rate
 
 NAMESPACE = "payment_watcher"
 
@@ -138,6 +139,19 @@ class Metrics:
             ("listener",),
             **kw,
         )
+        self.rate = Gauge(
+            "rate",
+            "The current rate of a pair (currency per asset unit), by the kind of source "
+            "that gave it (fixed, chainlink, http).",
+            ("pair", "source"),
+            **kw,
+        )
+        self.rate_age = Gauge(
+            "rate_age_seconds",
+            "Age of the rate a pair would price with (from its source's own time).",
+            ("pair",),
+            **kw,
+        )
         self.build_info = Gauge(
             "build_info", "Always 1; the version label names the running build.", ("version",), **kw
         )
@@ -168,6 +182,19 @@ class Metrics:
         for asset in assets:
             for matched in ("true", "false"):
                 self.transfers.labels(network=network, asset=asset, matched=matched)
+
+    def rate_hook(self) -> Callable[[str, str, Rate | None, int], None]:
+        """For the rate book: after each refresh of a pair, its value and age. The value
+        is a float here only: exposition is float, pricing never reads it back."""
+
+        def hook(pair: str, kind: str, rate: Rate | None, now: int) -> None:
+            if rate is None:
+                return
+            if kind:
+                self.rate.labels(pair=pair, source=kind).set(float(rate.value))
+            self.rate_age.labels(pair=pair).set(max(0, now - rate.at))
+
+        return hook
 
     def set_heights(self, network: str, head: int, scanned: int) -> None:
         """Set head, scanned block and the lag between them (never negative)."""

@@ -124,6 +124,11 @@ class Invoice:
     callback_url: str | None = None
     client_id: str | None = None  # the merchant's id of the paying customer
     redirect_url: str | None = None  # where the checkout sends the customer once COMPLETED
+    #: Priced in a currency: the rate used (decimal string, currency per asset unit), where
+    #: it came from and its time; None when the amount was given in the asset.
+    rate: str | None = None
+    rate_source: str | None = None
+    rate_at: int | None = None
     closed_at: int | None = None  # stopped collecting: voided, accepted, refunded, remainder
     #: chain time its collecting window opens (`OPENS_EARLY` before it was created, on the
     #: chain's clock); None for invoices from before windows had a start

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 from fractions import Fraction
+from typing import Protocol
 
 #: Significant digits a derived (cross) rate keeps; the invoice stores and uses exactly
 #: the rounded value, so its amount is computed from the rate it shows.
@@ -36,11 +37,22 @@ class Rate:
     at: int  # unix seconds the value is as of (a feed's updatedAt, a fetch's time)
 
 
+class RateProvider(Protocol):
+    """What the ledger needs of the rates (the daemon's `RateBook`): no I/O."""
+
+    def rate(self, asset: str, currency: str, now: int) -> Rate: ...
+
+    def can_price(self, asset: str, currency: str) -> bool: ...
+
+    @property
+    def pair_names(self) -> list[str]: ...
+
+
 def split_pair(pair: str) -> tuple[str, str]:
     m = PAIR.match(pair)
     if m is None:
         raise ValueError(f"{pair!r} is not a pair like \"ETH/USD\"")
-    return m.group(1).upper(), m.group(2).upper()
+    return m.group(1), m.group(2)
 
 
 def rounded(value: Fraction) -> Fraction:
@@ -80,8 +92,8 @@ def lookup(
     rates: Mapping[str, Rate], asset: str, currency: str
 ) -> Rate:
     """The rate of `asset` in `currency`: the configured pair, else derived through USD
-    (`A/C` = `A/USD` / `C/USD`) when both legs are there. RateUnavailable otherwise."""
-    asset, currency = asset.upper(), currency.upper()
+    (`A/C` = `A/USD` / `C/USD`) when both legs are there. RateUnavailable otherwise.
+    Symbols are compared as written (`ETH`, `USDC.e`, `EUR`)."""
     direct = rates.get(f"{asset}/{currency}")
     if direct is not None:
         return direct
@@ -100,7 +112,6 @@ def lookup(
 def priceable(pairs: Mapping[str, object] | set[str], asset: str, currency: str) -> bool:
     """Whether configured `pairs` can price `asset` in `currency` (directly or through
     USD), whatever their current values."""
-    asset, currency = asset.upper(), currency.upper()
     names = set(pairs)
     if f"{asset}/{currency}" in names:
         return True

@@ -13,6 +13,7 @@ import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,6 +24,7 @@ from watcher import ledger
 from watcher.amounts import parse_amount
 from watcher.errors import AmountError, BadRequest, Invalid
 from watcher.models import Status
+from watcher.rates import RateProvider
 from watcher.timeutil import parse_iso
 
 CREATE_FIELDS = (
@@ -48,6 +50,8 @@ MAX_PAYLOAD = 4096
 MAX_CURRENCY = 16
 MAX_EMAIL = 254
 MAX_PRICE = 64
+#: Decimal places of a price that is converted (fiat: cents, some sub-cent quotes).
+MAX_PRICE_PLACES = 8
 #: Longest accepted ttl: ten years (keeps every time far inside SQLite's INTEGER).
 MAX_TTL = 10 * 365 * 86400
 DEFAULT_LIMIT = 50
@@ -193,10 +197,42 @@ def _email(value: str | None) -> str | None:
     return value
 
 
+def _priced(
+    data: Mapping[str, Any], asset: str, rates: RateProvider | None
+) -> tuple[str, str]:
+    """(price, currency) of a create without `amount`: priced in a currency."""
+    raw_price, currency = data.get("price"), _optional_str(data, "currency", MAX_CURRENCY)
+    if raw_price is None:
+        raise Invalid("amount is required (or price and currency)", field="amount")
+    if not isinstance(raw_price, str) or not _DECIMAL.match(raw_price) or (
+        len(raw_price) > MAX_PRICE
+    ):
+        raise Invalid('price must be a decimal string like "29.99"', field="price")
+    _, _, places = raw_price.partition(".")
+    if len(places.rstrip("0")) > MAX_PRICE_PLACES:
+        raise Invalid(f"price has more than {MAX_PRICE_PLACES} decimal places", field="price")
+    if Fraction(raw_price) <= 0:
+        raise Invalid("price must be greater than 0", field="price")
+    if currency is None:
+        raise Invalid("currency is required with price", field="currency")
+    if rates is None or not rates.can_price(asset, currency):
+        pairs = ", ".join(rates.pair_names) if rates is not None else ""
+        raise Invalid(
+            f"no rate prices {asset} in {currency!r} (configured pairs: {pairs or 'none'}; "
+            "a pair is also derived through USD when both legs exist)",
+            field="currency",
+        )
+    return raw_price, currency
+
+
 def parse_create(
-    body: object, networks: Mapping[str, ledger.NetworkInfo], now: int
+    body: object,
+    networks: Mapping[str, ledger.NetworkInfo],
+    now: int,
+    rates: RateProvider | None = None,
 ) -> ledger.NewInvoice:
-    """Validate a create request into a `NewInvoice` (with its idempotency fingerprint)."""
+    """Validate a create request into a `NewInvoice` (with its idempotency fingerprint).
+    Without `amount`, `price` + `currency` must be priceable by `rates`."""
     data = require_object(body)
     _reject_unknown(data, CREATE_FIELDS)
 
@@ -218,7 +254,15 @@ def parse_create(
         )
     asset = net.assets[symbol]
 
-    amount = _amount(data.get("amount"), asset.decimals)
+    amount: int | None = None
+    price: str | None
+    currency: str | None
+    if data.get("amount") is None and data.get("price") is not None:
+        price, currency = _priced(data, symbol, rates)
+    else:
+        amount = _amount(data.get("amount"), asset.decimals)
+        price = _price(data.get("price"))
+        currency = _optional_str(data, "currency", MAX_CURRENCY)
     raw_address = data.get("address")
     address = None if raw_address is None else parse_address(raw_address)
     if address is None and asset.shared_address is None:
@@ -232,14 +276,12 @@ def parse_create(
     client_id = _optional_str(data, "clientId", MAX_CLIENT_ID)
     external_id = _optional_str(data, "externalId", MAX_EXTERNAL_ID)
     payload = _payload(data.get("payload"))
-    price = _price(data.get("price"))
-    currency = _optional_str(data, "currency", MAX_CURRENCY)
     email = _email(_optional_str(data, "email", MAX_EMAIL))
 
     normalized = {
         "network": network,
         "asset": symbol,
-        "amount": str(amount),
+        "amount": str(amount) if amount is not None else None,
         "address": address.lower() if address else None,
         "expireAt": expire_given,
         "ttl": ttl,

@@ -200,6 +200,18 @@ def _m0006(db: Database) -> None:
     )
 
 
+@migrations(name="0007_invoice_rate")
+def _m0007(db: Database) -> None:
+    # Invoices priced in a currency keep the rate they were converted with.
+    db.executescript(
+        """
+        ALTER TABLE invoices ADD COLUMN rate TEXT;
+        ALTER TABLE invoices ADD COLUMN rate_source TEXT;
+        ALTER TABLE invoices ADD COLUMN rate_at INTEGER;
+        """
+    )
+
+
 def connect(path: str | Path) -> Database:
     """Open (creating with mode 0600) and migrate the database. Call on the owning thread."""
     path = Path(path)
@@ -415,6 +427,9 @@ def invoice_from_row(row: dict[str, Any], transfers: Iterable[Transfer] = ()) ->
         callback_url=row["callback_url"],
         client_id=row["client_id"],
         redirect_url=row["redirect_url"],
+        rate=row["rate"],
+        rate_source=row["rate_source"],
+        rate_at=row["rate_at"],
         closed_at=row["closed_at"],
         opens_at=row["opens_at"],
         refund_tx=row["refund_tx"],
@@ -449,6 +464,9 @@ def invoice_row(inv: Invoice) -> dict[str, Any]:
         "callback_url": inv.callback_url,
         "client_id": inv.client_id,
         "redirect_url": inv.redirect_url,
+        "rate": inv.rate,
+        "rate_source": inv.rate_source,
+        "rate_at": inv.rate_at,
         "created_at": inv.created_at,
         "updated_at": inv.updated_at,
         "expire_at": inv.expire_at,

@@ -572,7 +572,10 @@ def test_example_documents_every_key() -> None:
     text = EXAMPLE.read_text()
     names = set(_field_names(Settings))
     assert {"listen", "tokens", "amount_step", "address", "max_lag_blocks"} <= names
-    missing = [n for n in sorted(names) if not re.search(rf"(\b{n}\s*=|^\[{n}[.\]])", text, re.M)]
+    missing = [
+        n for n in sorted(names)
+        if not re.search(rf"(\b{n}\s*=|^\[(?:\w+\.)?{n}[.\]])", text, re.M)
+    ]
     assert not missing, f"config.example.toml does not mention: {missing}"
 
 
@@ -674,3 +677,48 @@ def test_checkout_needs_its_own_listener(tmp_path: Path) -> None:
     )
     problems = load_settings(path).runtime_problems()
     assert any(p.startswith("checkout.listen:") for p in problems)
+
+
+# ---------------------------------------------------------------- rates
+
+
+@pytest.mark.parametrize(
+    "pairs,key",
+    [
+        ('"ETHUSD" = [{ fixed = "1" }]', "rates.pairs"),
+        ('"ETH/ETH" = [{ fixed = "1" }]', "rates.pairs"),
+        ('"ETH/USD" = []', "rates.pairs.ETH/USD"),
+        ('"ETH/USD" = [{ fixed = "0" }]', "rates.pairs.ETH/USD.0"),
+        ('"ETH/USD" = [{ fixed = "-1" }]', "rates.pairs.ETH/USD.0"),
+        ('"ETH/USD" = [{ fixed = 1 }]', "rates.pairs.ETH/USD.0.fixed"),
+        ('"ETH/USD" = [{ chainlink = "anvil" }]', "rates.pairs.ETH/USD.0"),
+        ('"ETH/USD" = [{ chainlink = "anvil", feed = "0x12" }]', "rates.pairs.ETH/USD.0.feed"),
+        ('"ETH/USD" = [{ http = "ftp://x.example", path = "a" }]', "rates.pairs.ETH/USD.0.http"),
+        ('"ETH/USD" = [{ http = "https://x.example" }]', "rates.pairs.ETH/USD.0"),
+        ('"ETH/USD" = [{ http = "https://x.example", path = "a..b" }]', "rates.pairs.ETH/USD.0"),
+        ('"ETH/USD" = [{ fixed = "1", http = "https://x.example", path = "a" }]',
+         "rates.pairs.ETH/USD.0"),
+        ('"ETH/USD" = [{ colour = "red" }]', "rates.pairs.ETH/USD.0.colour"),
+    ],
+)
+def test_rates_refuse_bad_pairs(tmp_path: Path, pairs: str, key: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f"[rates.pairs]\n{pairs}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path)
+    assert any(p.startswith(key) for p in exc.value.problems), exc.value.problems
+
+
+def test_a_feed_on_a_network_that_is_not_configured(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[rates]\nmax_age = "30m"\n[rates.pairs]\n'
+        f'"ETH/USD" = [{{ chainlink = "ethereum", feed = "{ADDR}" }}, {{ fixed = "3000" }}]\n'
+        "[networks.anvil]\n"
+    )
+    s = load_settings(path)
+    assert s.rates.max_age == 1800 and [c.kind for c in s.rates.pairs["ETH/USD"]] == [
+        "chainlink", "fixed"
+    ]
+    assert any(p.startswith("rates.pairs.ETH/USD.0.chainlink: network 'ethereum'")
+               for p in s.runtime_problems())

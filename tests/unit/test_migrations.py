@@ -36,3 +36,10 @@ def test_a_0005_database_gets_client_and_redirect(tmp_path: Path) -> None:
     assert inv is not None and inv.client_id is None and inv.redirect_url is None
     assert inv.amount_due == 5
     db.close()
+
+
+def test_0007_adds_the_rate_columns(tmp_path: Path) -> None:
+    db = connect(tmp_path / "new.db")
+    columns = {c.name for c in db["invoices"].columns}
+    assert {"rate", "rate_source", "rate_at"} <= columns
+    db.close()

@@ -60,7 +60,7 @@ def test_cross_rates_through_usd() -> None:
         "EUR/USD": Rate("EUR/USD", Fraction("1.08"), "chainlink:b", 90),
         "USDT/EUR": Rate("USDT/EUR", Fraction("0.92"), "fixed", 50),
     }
-    eth_eur = lookup(book, "eth", "eur")
+    eth_eur = lookup(book, "ETH", "EUR")
     assert eth_eur.pair == "ETH/EUR" and eth_eur.at == 90
     assert eth_eur.source == "ETH/USD / EUR/USD"
     assert abs(eth_eur.value - Fraction(3500) / Fraction("1.08")) < Fraction(1, 10**18)
@@ -71,7 +71,7 @@ def test_cross_rates_through_usd() -> None:
     with pytest.raises(RateUnavailable):
         lookup(book, "USDT", "GBP")
     assert priceable(set(book), "ETH", "EUR") and not priceable(set(book), "ETH", "GBP")
-    assert priceable(set(book), "eth", "usd")
+    assert priceable(set(book), "ETH", "USD") and not priceable(set(book), "eth", "usd")
 
 
 def test_formatting_and_pairs() -> None:
@@ -79,7 +79,7 @@ def test_formatting_and_pairs() -> None:
     assert format_rate(Fraction(1)) == "1"
     assert format_rate(Fraction(1, 3)) == "0.3333333333333333333333333"[:26]
     assert "e" not in format_rate(Fraction(1, 10**12)).lower()
-    assert split_pair("eth/usd") == ("ETH", "USD")
+    assert split_pair("USDC.e/USD") == ("USDC.e", "USD")
     for bad in ("ETHUSD", "ETH/", "/USD", "ETH/USD/EUR", "E TH/USD"):
         with pytest.raises(ValueError):
             split_pair(bad)

@@ -26,6 +26,7 @@ from watcher import requests as rq
 from watcher.errors import ApiError, NotFound, PayloadTooLarge, StoreError, Unauthorized
 from watcher.models import Invoice
 from watcher.outbox import redeliver
+from watcher.pricing.book import RateBook
 from watcher.render import transfer_json
 from watcher.store import GroupCommit, Store, load_invoice, load_invoices, transfer_from_row
 from watcher.timeutil import iso
@@ -76,6 +77,8 @@ class ApiContext:
     clock: Callable[[], int] = field(default=_clock)
     #: The merchant channels (`GET /v1/ws`); None: the route answers 404.
     sockets: Sockets | None = None
+    #: The rates (`GET /v1/rates`); None: no pairs configured, an empty list.
+    rates: RateBook | None = None
 
 
 CTX: web.AppKey[ApiContext] = web.AppKey("ctx", ApiContext)
@@ -384,7 +387,7 @@ async def create_invoice(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     body = await _body(request, required=True)
     now = ctx.clock()
-    req = rq.parse_create(body, ctx.ledger.networks, now)
+    req = rq.parse_create(body, ctx.ledger.networks, now, ctx.ledger.rates)
     inv, created, outcome = await request.app[CREATES].submit((req, now))
     if created:
         _report(ctx, outcome)
@@ -474,6 +477,13 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     return await merchant_socket(request, sockets)
 
 
+async def rates_handler(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    book = ctx.rates
+    data = book.status(ctx.clock()) if book is not None else []
+    return _json({"data": data, "nextCursor": None})
+
+
 async def openapi_handler(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
@@ -523,6 +533,7 @@ def create_app(ctx: ApiContext) -> web.Application:
     r.add_get("/v1/transfers", transfers_handler, allow_head=False)
     r.add_get("/v1/networks", networks_handler, allow_head=False)
     r.add_post("/v1/callbacks/{eventId}/redeliver", redeliver_handler)
+    r.add_get("/v1/rates", rates_handler, allow_head=False)
     r.add_get("/v1/ws", ws_handler, allow_head=False)
     r.add_get("/v1/openapi.json", openapi_handler, allow_head=False)
     r.add_get("/healthz", healthz, allow_head=False)
