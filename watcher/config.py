@@ -399,6 +399,7 @@ class RateSourceConfig(_Section):
 
     fixed: str | None = None
     chainlink: str | None = None
+    #: The feed's address; omitted: the network's `feeds` entry for the pair.
     feed: Address | None = None
     http: HttpUrlStr | None = None
     path: str | None = None
@@ -412,8 +413,8 @@ class RateSourceConfig(_Section):
             not _POSITIVE_DECIMAL.match(self.fixed) or Fraction(self.fixed) <= 0
         ):
             raise ValueError('fixed must be a decimal string > 0, e.g. "1"')
-        if (self.chainlink is None) != (self.feed is None):
-            raise ValueError("chainlink and feed go together")
+        if self.feed is not None and self.chainlink is None:
+            raise ValueError("feed goes with chainlink")
         if (self.http is None) != (self.path is None):
             raise ValueError('http and path go together (path: dotted keys, e.g. "ethereum.eur")')
         if self.path is not None and not all(self.path.split(".")):
@@ -529,6 +530,9 @@ class NetworkConfig(_Section):
     #: Block explorer (e.g. "https://polygonscan.com"): the checkout links payments to
     #: `{explorer}/tx/{hash}`. None: no links.
     explorer: HttpUrlStr | None = None
+    #: Chainlink feeds (AggregatorV3 proxies) on this network by pair, e.g.
+    #: {"ETH/USD" = "0x5f4e..."}: `[rates.pairs]` may name a network without a feed.
+    feeds: dict[str, Address] = Field(default_factory=dict)
     enabled: bool = True
     native: NativeConfig
     tokens: list[TokenConfig] = Field(default_factory=list)
@@ -681,6 +685,13 @@ class Settings(BaseSettings):
             out[name] = merge_network(base, table) if base else {**table, "name": name}
         return out
 
+    def feed_of(self, pair: str, source: RateSourceConfig) -> str | None:
+        """The feed address a chainlink source reads: its own, else its network's."""
+        if source.chainlink is None:
+            return None
+        net = self.networks.get(source.chainlink)
+        return source.feed or (net.feeds.get(pair) if net is not None else None)
+
     def enabled_networks(self) -> dict[str, NetworkConfig]:
         return {k: n for k, n in self.networks.items() if n.enabled}
 
@@ -697,10 +708,19 @@ class Settings(BaseSettings):
         ]
         for pair, sources in self.rates.pairs.items():
             for i, src in enumerate(sources):
-                if src.chainlink is not None and src.chainlink not in enabled:
+                if src.chainlink is None:
+                    continue
+                net = enabled.get(src.chainlink)
+                if net is None:
                     problems.append(
                         f"rates.pairs.{pair}.{i}.chainlink: network {src.chainlink!r} is not "
                         f"an enabled network (enabled: {', '.join(enabled) or 'none'})"
+                    )
+                elif src.feed is None and pair not in net.feeds:
+                    known = ", ".join(net.feeds) or "none"
+                    problems.append(
+                        f"rates.pairs.{pair}.{i}.feed: {src.chainlink} has no feed for {pair} "
+                        f"(its feeds: {known}); give feed = \"0x...\""
                     )
         co = self.checkout
         if co.enabled and co.port != 0 and (co.host, co.port) == (self.api.host, self.api.port):

@@ -269,7 +269,7 @@ class Daemon:
         rates = self.settings.rates
         if any(c.http for cs in rates.pairs.values() for c in cs):
             self._http = aiohttp.ClientSession()
-        book = RateBook(build_sources(rates, self.rpcs, self._http), rates.max_age,
+        book = RateBook(build_sources(self.settings, self.rpcs, self._http), rates.max_age,
                         on_rate=self.metrics.rate_hook())
         self.rates = book
         self.ledger.rates = book

@@ -691,7 +691,8 @@ def test_checkout_needs_its_own_listener(tmp_path: Path) -> None:
         ('"ETH/USD" = [{ fixed = "0" }]', "rates.pairs.ETH/USD.0"),
         ('"ETH/USD" = [{ fixed = "-1" }]', "rates.pairs.ETH/USD.0"),
         ('"ETH/USD" = [{ fixed = 1 }]', "rates.pairs.ETH/USD.0.fixed"),
-        ('"ETH/USD" = [{ chainlink = "anvil" }]', "rates.pairs.ETH/USD.0"),
+        ('"ETH/USD" = [{ feed = "0x1105F97fBAB9674Ef069331F2b48E9B870ed9Adc" }]',
+         "rates.pairs.ETH/USD.0"),
         ('"ETH/USD" = [{ chainlink = "anvil", feed = "0x12" }]', "rates.pairs.ETH/USD.0.feed"),
         ('"ETH/USD" = [{ http = "ftp://x.example", path = "a" }]', "rates.pairs.ETH/USD.0.http"),
         ('"ETH/USD" = [{ http = "https://x.example" }]', "rates.pairs.ETH/USD.0"),
@@ -722,3 +723,20 @@ def test_a_feed_on_a_network_that_is_not_configured(tmp_path: Path) -> None:
     ]
     assert any(p.startswith("rates.pairs.ETH/USD.0.chainlink: network 'ethereum'")
                for p in s.runtime_problems())
+
+
+def test_a_feed_may_come_from_the_network_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[rates.pairs]\n"ETH/USD" = [{ chainlink = "anvil" }]\n'
+        '"EUR/USD" = [{ chainlink = "anvil" }]\n'
+        f'[networks.anvil]\nfeeds = {{ "ETH/USD" = "{ADDR}" }}\n'
+    )
+    s = load_settings(path)
+    src = s.rates.pairs["ETH/USD"][0]
+    assert s.feed_of("ETH/USD", src) == ADDR
+    problems = s.runtime_problems()
+    assert problems == [
+        'rates.pairs.EUR/USD.0.feed: anvil has no feed for EUR/USD (its feeds: ETH/USD); '
+        'give feed = "0x..."'
+    ]

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from watcher.config import RatesConfig
+from watcher.config import Settings
 from watcher.pricing.sources import (
     ChainlinkSource,
     FixedSource,
@@ -39,20 +39,23 @@ class PairState:
 
 
 def build_sources(
-    rates: RatesConfig,
+    settings: Settings,
     rpcs: Mapping[str, RpcClient],
     session: aiohttp.ClientSession | None,
 ) -> dict[str, list[Source]]:
     """The configured pairs' sources: chainlink ones read through the networks' RPC
-    clients (`rpcs`), http ones through `session`."""
+    clients (`rpcs`; a feed not given is the network file's for the pair), http ones
+    through `session`. `Settings.runtime_problems` has refused what cannot be built."""
+    rates = settings.rates
     out: dict[str, list[Source]] = {}
     for pair, configs in rates.pairs.items():
         sources: list[Source] = []
         for c in configs:
+            feed = settings.feed_of(pair, c)
             if c.fixed is not None:
                 sources.append(FixedSource(c.fixed))
-            elif c.chainlink is not None and c.feed is not None:
-                sources.append(ChainlinkSource(rpcs[c.chainlink], c.chainlink, c.feed,
+            elif c.chainlink is not None and feed is not None and c.chainlink in rpcs:
+                sources.append(ChainlinkSource(rpcs[c.chainlink], c.chainlink, feed,
                                                rates.max_age))
             elif c.http is not None and c.path is not None and session is not None:
                 sources.append(HttpSource(session, c.http, c.path))
