@@ -289,7 +289,11 @@ def invoices_group() -> None:
 @config_option
 @click.option("--network", required=True)
 @click.option("--asset", required=True)
-@click.option("--amount", required=True, help="Decimal string in asset units, e.g. 12.5")
+@click.option("--amount", default=None,
+              help="Decimal string in asset units, e.g. 12.5 (or --price and --currency).")
+@click.option("--price", default=None,
+              help="Without --amount: the price in --currency, converted at the current rate.")
+@click.option("--currency", default=None, help="The currency of --price, e.g. EUR.")
 @click.option("--address", default=None, help="Dedicated receiving address.")
 @click.option("--ttl", type=int, default=None, help="Seconds until it expires.")
 @click.option("--expire-at", "expire_at", default=None, help="ISO 8601 time with zone.")
@@ -313,7 +317,11 @@ def invoices_create(config_path: Path | None, **fields: Any) -> None:
              "client_id": "clientId", "redirect_url": "redirectUrl"}
     body = {names.get(k, k): v for k, v in fields.items() if v is not None}
     now = timeutil.now()
-    req = parse_create(body, ledger.networks, now)
+    if "amount" not in body and "price" in body and settings.rates.pairs:
+        from watcher.pricing.book import read_once
+
+        ledger.rates = asyncio.run(read_once(settings, ONLINE_TIMEOUT))
+    req = parse_create(body, ledger.networks, now, ledger.rates)
 
     def create(db: Any) -> dict[str, Any]:
         ledger.load_views(db)
@@ -450,6 +458,31 @@ def callbacks_redeliver(config_path: Path | None, event_id: str) -> None:
     if not _store_call(load_config(config_path), redeliver, event_id, timeutil.now()):
         raise NotFound(f"no delivery for event {event_id}")
     click.echo(f"queued {event_id}")
+
+
+@main.command("rates")
+@config_option
+@handles_errors
+def rates_command(config_path: Path | None) -> None:
+    """Read every configured rate pair once from its sources and print it."""
+    from watcher import timeutil
+    from watcher.pricing.book import read_once
+
+    settings = load_config(config_path)
+    problems = [p for p in settings.runtime_problems() if p.startswith("rates.")]
+    if problems:
+        raise ConfigError(problems)
+    if not settings.rates.pairs:
+        click.echo("no rate pairs are configured ([rates.pairs])")
+        return
+    book = asyncio.run(read_once(settings, ONLINE_TIMEOUT))
+    for row in book.status(timeutil.now()):
+        if row["rate"] is None:
+            click.echo(f"{row['pair']:<12} -  no rate: {row['error']}")
+            continue
+        state = "fresh" if row["fresh"] else f"STALE (older than {settings.rates.max_age} s)"
+        click.echo(f"{row['pair']:<12} {row['rate']:<24} {row['source']}, "
+                   f"{row['ageSeconds']} s old, {state}")
 
 
 @main.command("status")

@@ -218,8 +218,8 @@ def _priced(
     if rates is None or not rates.can_price(asset, currency):
         pairs = ", ".join(rates.pair_names) if rates is not None else ""
         raise Invalid(
-            f"no rate prices {asset} in {currency!r} (configured pairs: {pairs or 'none'}; "
-            "a pair is also derived through USD when both legs exist)",
+            f"currency {currency!r}: no rate prices {asset} in it (configured pairs: "
+            f"{pairs or 'none'}; a pair is also derived through USD when both legs exist)",
             field="currency",
         )
     return raw_price, currency

@@ -58,6 +58,11 @@ def _toml(value: Any) -> str:
     raise TypeError(f"no TOML for {value!r}")
 
 
+def _key(name: str) -> str:
+    """A TOML key, quoted unless bare (`"ETH/USD"`)."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+
+
 @dataclass
 class DaemonConfig:
     """What goes into the TOML file; `extra` adds or overrides `section.key` entries."""
@@ -119,7 +124,7 @@ class DaemonConfig:
         for section, values in self.sections().items():
             if section:
                 lines.append(f"\n[{section}]")
-            lines.extend(f"{k} = {_toml(v)}" for k, v in values.items())
+            lines.extend(f"{_key(k)} = {_toml(v)}" for k, v in values.items())
         self.path.write_text("\n".join(lines) + "\n")
         return self.path
 

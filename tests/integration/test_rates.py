@@ -3,14 +3,18 @@ through the real RPC client, and the HTTP source against a local aiohttp server.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import AsyncIterator, Callable
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.integration.daemonproc import DaemonConfig, DaemonProc, run_cli
 from watcher.devchain import DevChain
 from watcher.pricing.book import RateBook
 from watcher.pricing.sources import ChainlinkSource, FixedSource, HttpSource, SourceError
@@ -159,3 +163,48 @@ async def test_book_fails_over_and_derives_through_usd(
         with pytest.raises(RateUnavailable):
             book.rate("ETH", "EUR", now + MAX_AGE + 60)
         assert book.rate("USDT", "USD", now + 10).value == 1  # the others keep working
+
+
+async def test_daemon_and_cli_price_in_euro_from_a_feed_on_anvil(
+    tmp_path: Path, chain: DevChain, rpc_url: str, token: str
+) -> None:
+    feed = chain.deploy_aggregator(8, "ETH / USD")
+    chain.set_round(feed, 3_240_00000000)
+    cfg = DaemonConfig(
+        tmp_path, rpc=[rpc_url], tokens={"USDT": token},
+        extra={"rates.pairs": {
+            "ETH/USD": [{"chainlink": "anvil", "feed": feed}],
+            "EUR/USD": [{"fixed": "1.08"}],
+        }},
+    )
+    conf = str(cfg.write())
+    out = run_cli("rates", "--config", conf)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"ETH/USD\s+3240\s+chainlink anvil", out.stdout), out.stdout
+    assert "EUR/USD" in out.stdout and "fresh" in out.stdout
+    address = DevChain.new_account()
+    created = run_cli("invoices", "create", "--config", conf, "--network", "anvil",
+                      "--asset", "ETH", "--price", "30", "--currency", "EUR",
+                      "--address", address)
+    assert created.returncode == 0, created.stderr
+    inv = json.loads(created.stdout)
+    assert inv["rate"] == "3000" and inv["rateSource"] == "ETH/USD / EUR/USD"
+    assert inv["amount"] == "0.01"
+    bad = run_cli("invoices", "create", "--config", conf, "--network", "anvil",
+                  "--asset", "ETH", "--price", "30", "--currency", "JPY", "--address", address)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "currency" in bad.stderr
+
+    async with DaemonProc(cfg) as d:
+        status, rates = await d.request("GET", "/v1/rates")
+        assert status == 200
+        assert {r["pair"]: r["rate"] for r in rates["data"]} == {
+            "ETH/USD": "3240", "EUR/USD": "1.08"
+        }
+        status, inv = await d.request("POST", "/v1/invoices", {
+            "network": "anvil", "asset": "ETH", "price": "30", "currency": "EUR",
+            "address": DevChain.new_account(), "ttl": 600,
+        })
+        assert status == 201 and inv["amount"] == "0.01", inv
+        status, text = await d.request("GET", "/metrics", auth=False)
+        assert 'payment_watcher_rate{pair="ETH/USD",source="chainlink"} 3240.0' in text
+        assert 'payment_watcher_rate_age_seconds{pair="ETH/USD"}' in text

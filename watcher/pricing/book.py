@@ -9,7 +9,9 @@ keeps its last rate until that is older than `max_age`, then creates that need i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -146,3 +148,20 @@ class RateBook:
         while True:
             await asyncio.sleep(interval)
             await self.refresh(clock())
+
+
+async def read_once(settings: Settings, timeout: float) -> RateBook:
+    """A book filled by one refresh, with clients of its own (the CLI's way: no daemon's
+    book to ask). Sources that do not answer within `timeout` leave their pair empty."""
+    names = {c.chainlink for cs in settings.rates.pairs.values() for c in cs if c.chainlink}
+    nets = settings.enabled_networks()
+    rpcs = {n: RpcClient(n, nets[n].rpc, max_attempts=2) for n in names if n in nets}
+    try:
+        async with aiohttp.ClientSession() as session:
+            book = RateBook(build_sources(settings, rpcs, session), settings.rates.max_age)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(book.refresh(int(time.time())), timeout)
+            return book
+    finally:
+        for rpc in rpcs.values():
+            await rpc.close()
