@@ -188,7 +188,8 @@ class Metrics:
         is a float here only: exposition is float, pricing never reads it back."""
 
         def hook(pair: str, kind: str, rate: Rate | None, now: int) -> None:
-            if rate is None:
+            if rate is None:  # never had one: infinitely old, so the stale alert fires
+                self.rate_age.labels(pair=pair).set(float("inf"))
                 return
             if kind:
                 self.rate.labels(pair=pair, source=kind).set(float(rate.value))

@@ -229,6 +229,22 @@ def test_alert_rules_fire_when_they_should(tmp_path: Path) -> None:
             ],
         },
     ]
+    tests.append({
+        "interval": "1m",
+        "input_series": [
+            # ETH/USD fresh (refreshed every minute); EUR/USD stuck; GBP/USD never answered
+            _series("payment_watcher_rate_age_seconds", sel + ',pair="ETH/USD"', "30x40"),
+            _series("payment_watcher_rate_age_seconds", sel + ',pair="EUR/USD"', "3000+60x40"),
+            _series("payment_watcher_rate_age_seconds", sel + ',pair="GBP/USD"',
+                    " ".join(["+Inf"] * 40)),
+        ],
+        "alert_rule_test": [
+            _alert("PaymentWatcherRateStale", "5m"),  # pending for 10m first
+            _alert("PaymentWatcherRateStale", "25m",
+                   {**common, "pair": "EUR/USD", "severity": "warning"},
+                   {**common, "pair": "GBP/USD", "severity": "warning"}),
+        ],
+    })
     spec = tmp_path / "alerts_test.yml"
     spec.write_text(
         json.dumps({"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": tests})
