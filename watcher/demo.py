@@ -50,6 +50,9 @@ POLL_INTERVAL: Final = 0.25
 TOKEN_SYMBOL: Final = "USDT"
 TOKEN_DECIMALS: Final = 6
 NATIVE_SYMBOL: Final = "ETH"
+#: The demo feed's ETH/USD answer and the fixed EUR/USD rate (ETH/EUR = 3000).
+ETH_USD: Final = 3240
+EUR_USD: Final = "1.08"
 #: (asset, amount) of the invoice paid in full, and of the one paid in two parts.
 FULL: Final = (NATIVE_SYMBOL, "0.5")
 SPLIT: Final = (TOKEN_SYMBOL, "25", ("10", "15"))
@@ -351,7 +354,7 @@ class Demo:
             return EXIT_FAILED
         if self.exit_after_script:
             return EXIT_OK
-        self._print_try_lines(*await self._open_invoice())
+        self._print_try_lines(await self._open_invoice())
         daemon_died = asyncio.create_task(self._daemon_wait(), name="demo-daemon-wait")
         stop = asyncio.create_task(self.stop_requested.wait(), name="demo-stop")
         await asyncio.wait({daemon_died, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -392,6 +395,9 @@ class Demo:
         out.line(
             "chain", f"deployed test token {TOKEN_SYMBOL} ({TOKEN_DECIMALS} decimals) at {token}"
         )
+        feed = await chain.aio.deploy_aggregator(8, "ETH / USD")
+        await chain.aio.set_round(feed, ETH_USD * 10**8)
+        out.line("chain", f"deployed a Chainlink-style ETH/USD feed at {feed} answering {ETH_USD}")
         await chain.aio.mint(token, token_payer, 1000 * 10**TOKEN_DECIMALS)
         out.line("chain", f"minted 1000 {TOKEN_SYMBOL} to the customer account {token_payer}")
         await chain.aio.set_block_time(BLOCK_TIME)
@@ -410,6 +416,10 @@ class Demo:
             database=database,
             api={"listen": "127.0.0.1:0", "api_keys": [self.api_key]},
             checkout={"enabled": True, "listen": "127.0.0.1:0", "redirect_delay": 5},
+            rates={"pairs": {
+                "ETH/USD": [{"chainlink": NETWORK, "feed": feed}],
+                "EUR/USD": [{"fixed": EUR_USD}],
+            }},
             callbacks={"url": receiver.url, "secret": self.callback_secret, "timeout": 5},
             networks={
                 NETWORK: {
@@ -438,6 +448,9 @@ class Demo:
         self._step("the daemon to follow the chain")
         head = await self._until_synced(api)
         out.line("daemon", f"following {NETWORK} from block {head}")
+        rates = await api.get("/v1/rates")
+        out.line("rates", ", ".join(f"{r['pair']} {r['rate']} ({r['source']})"
+                                    for r in rates["data"]))
         watch = StatusWatch(api, out)
         self.watch = watch
         self._spawn(watch.run(), "demo-status-watch")
@@ -537,32 +550,34 @@ class Demo:
 
     # ------------------------------------------------------------ the interactive part
 
-    async def _open_invoice(self) -> tuple[str, str]:
-        """An unpaid invoice for the browser: (its checkout URL, the address to pay)."""
+    async def _open_invoice(self) -> dict[str, Any]:
+        """An unpaid invoice for the browser, priced in euros."""
         assert self.api is not None
-        to = DevChain.new_account()
         status, data = await self.api.call("POST", "/v1/invoices", {
-            "network": NETWORK, "asset": NATIVE_SYMBOL, "amount": "0.25", "address": to,
-            "ttl": 600, "redirectUrl": "https://shop.example/thank-you",
+            "network": NETWORK, "asset": NATIVE_SYMBOL, "price": "25", "currency": "EUR",
+            "address": DevChain.new_account(), "ttl": 600,
+            "redirectUrl": "https://shop.example/thank-you",
         })
         if status != 201:
             raise DemoError(f"POST /v1/invoices answered {status}: {data}")
-        return str(data["url"]), to
+        return dict(data)
 
-    def _print_try_lines(self, page: str, to: str) -> None:
+    def _print_try_lines(self, inv: dict[str, Any]) -> None:
         assert self.daemon is not None and self.anvil is not None
         base = f"http://127.0.0.1:{self.daemon.port}"
         auth = shlex.quote(f"Authorization: Bearer {self.api_key}")
         split = self.invoice_ids["split"]
         payer = self.chain.accounts[3] if self.chain is not None else "0x..."
+        wei = parse_amount(inv["amount"], 18)
         pay = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_sendTransaction",
-                          "params": [{"from": payer, "to": to, "value": hex(25 * 10**16)}]})
+                          "params": [{"from": payer, "to": inv["to"], "value": hex(wei)}]})
         create = json.dumps({"network": NETWORK, "asset": NATIVE_SYMBOL, "amount": "0.25",
                              "address": DevChain.new_account(), "ttl": 600})
         out = self.console
         out.plain()
-        out.plain("An invoice waits for 0.25 ETH. Open its checkout page in a browser:")
-        out.plain(f"  {page}")
+        out.plain(f"An invoice priced at {inv['price']} EUR waits for {inv['amount']} ETH (at "
+                  f"{inv['rate']} EUR/ETH, {inv['rateSource']}). Open its checkout page:")
+        out.plain(f"  {inv['url']}")
         out.plain("then pay it from another terminal and watch the page follow it live:")
         out.plain(f"  curl -s -H 'Content-Type: application/json' -d {shlex.quote(pay)} "
                   f"{self.anvil.url}")
