@@ -55,6 +55,8 @@ class LiveResult:
     creates_per_s: float = 0.0
     creates: int = 0
     create_errors: int = 0
+    priced_per_s: float = 0.0  # creates with price + currency (USDT/EUR through USD)
+    priced_errors: int = 0
     api_latency: list[float] = field(default_factory=list)
     callback_latency: list[float] = field(default_factory=list)
     block_wait: list[float] = field(default_factory=list)  # tx sent -> block seen mined
@@ -85,6 +87,7 @@ def _config(path: Path, db: Path, port: int, url: str, token: str, hook: str) ->
         f'[networks.anvil]\nrpc = ["{url}"]\nws = ["{ws}"]\nblock_time = 1\n'
         f"confirmations = 2\n"
         f'tokens = [{{ symbol = "USDT", address = "{token}", decimals = 6 }}]\n'
+        '[rates.pairs]\n"USDT/USD" = [{ fixed = "1" }]\n"EUR/USD" = [{ fixed = "1.08" }]\n'
     )
 
 
@@ -165,9 +168,15 @@ async def run_live(
             )
             res.creates_per_s = res.creates / secs
             say(f"  creates: {res.creates_per_s:,.0f}/s ({res.create_errors} errors)")
+            priced, res.priced_errors, secs = await _creates(
+                http, base, creates, create_concurrency, priced=True
+            )
+            res.priced_per_s = priced / secs
+            say(f"  creates priced in EUR: {res.priced_per_s:,.0f}/s "
+                f"({res.priced_errors} errors)")
             # their invoice.created callbacks drain first: latency is measured on a sender
             # with no backlog
-            total = backlog + res.creates
+            total = backlog + res.creates + priced
             await receiver.wait_for(lambda r: len(r.delivery_ids()) >= total, timeout=300)
             # 4. detection latency
             await _latency(http, base, db, dev, node.url, token, receiver, samples, res)
@@ -203,7 +212,7 @@ async def _wait_ready(
 
 
 async def _creates(
-    http: aiohttp.ClientSession, base: str, count: int, concurrency: int
+    http: aiohttp.ClientSession, base: str, count: int, concurrency: int, *, priced: bool = False
 ) -> tuple[int, int, float]:
     errors = 0
     ok = 0
@@ -212,9 +221,10 @@ async def _creates(
     async def worker() -> None:
         nonlocal errors, ok
         for n in queue:
+            value = {"price": "5.40", "currency": "EUR"} if priced else {"amount": "5"}
             body = orjson.dumps({
-                "network": NET, "asset": "USDT", "amount": "5",
-                "address": "0xc0" + f"{n:038x}", "ttl": 86400,
+                "network": NET, "asset": "USDT", **value,
+                "address": ("0xc1" if priced else "0xc0") + f"{n:038x}", "ttl": 86400,
             })
             async with http.post(base + "/v1/invoices", data=body,
                                  headers={"Content-Type": "application/json"}) as r:

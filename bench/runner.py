@@ -183,6 +183,11 @@ def live_rows(res: LiveResult, mode: Mode) -> list[Row]:
         Row(f"invoice creates/s over HTTP (32 concurrent, n={res.creates:,})",
             f"{res.creates_per_s:,.0f}/s ({res.create_errors} errors)", ">= 1,000/s",
             res.creates_per_s >= 1000 and res.create_errors == 0),
+        Row("invoice creates/s priced in EUR (price + currency, rate in memory) / with amount",
+            f"{res.priced_per_s / max(res.creates_per_s, 1e-9):.2f}x "
+            f"({res.priced_per_s:,.0f} / {res.creates_per_s:,.0f}/s, "
+            f"{res.priced_errors} errors)", ">= 0.9x",
+            res.priced_per_s >= 0.9 * res.creates_per_s and res.priced_errors == 0),
         Row(f"callback deliveries/s to a local receiver (backlog of {res.callbacks:,})",
             f"{res.callbacks_per_s:,.0f}/s", ">= 500/s", res.callbacks_per_s >= 500),
     ]
