@@ -95,3 +95,20 @@ def test_networks_command() -> None:
     for name, chain_id in EXPECTED.items():
         assert f"network {name}: chain id {chain_id}," in result.output
     assert "0x55d398326f99059fF775485246999027B3197955, 18 decimals" in result.output
+
+
+def test_shipped_feeds_are_pairs_of_checksummed_addresses() -> None:
+    from web3 import Web3
+
+    from watcher.config import shipped_network
+    from watcher.rates import split_pair
+
+    counted = 0
+    for name in ("ethereum", "bsc", "polygon", "arbitrum", "base", "optimism", "avalanche"):
+        net = shipped_network(name)
+        assert {"ETH/USD", "EUR/USD", "USDT/USD", "USDC/USD"} <= set(net.feeds), name
+        for pair, address in net.feeds.items():
+            split_pair(pair)
+            assert Web3.is_checksum_address(address), (name, pair)
+            counted += 1
+    assert counted >= 45
