@@ -138,6 +138,16 @@ def summary(settings: Settings, source: str) -> list[str]:
         f"late payment window {_duration(inv.late_payment_window)}, "
         f"underpayment tolerance {float(inv.underpayment_tolerance):.6g}",
         f"metrics: require auth {'yes' if settings.metrics.require_auth else 'no'}",
+        "checkout: " + (
+            f"on {settings.checkout.listen}, links {settings.checkout.base_url}/pay/..., "
+            f"languages {', '.join(settings.checkout.languages)}"
+            if settings.checkout.enabled else "off"
+        ),
+        "rates: " + (
+            f"{', '.join(settings.rates.pairs)}; max age {_duration(settings.rates.max_age)}, "
+            f"refreshed every {_duration(settings.rates.refresh_interval)}"
+            if settings.rates.pairs else "none (invoices need amount)"
+        ),
     ]
     for net in settings.networks.values():
         lines.extend(_describe_network(net))
