@@ -219,16 +219,33 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ApiConfig(_Section):
-    listen: str = "127.0.0.1:8080"
+def _valid_listen(value: str) -> str:
+    _split_listen(value)
+    return value
+
+
+#: `"host:port"` (see `_split_listen`).
+Listen = Annotated[str, AfterValidator(_valid_listen)]
+
+
+class _Listening(_Section):
+    """A section with a `listen` address; each subclass sets its default."""
+
+    listen: Listen
+
+    @property
+    def host(self) -> str:
+        return _split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_listen(self.listen)[1]
+
+
+class ApiConfig(_Listening):
+    listen: Listen = "127.0.0.1:8080"
     api_keys: list[SecretStr] = Field(default_factory=list)
     api_keys_file: Path | None = None
-
-    @field_validator("listen")
-    @classmethod
-    def _check_listen(cls, value: str) -> str:
-        _split_listen(value)
-        return value
 
     @field_validator("api_keys")
     @classmethod
@@ -254,14 +271,6 @@ class ApiConfig(_Section):
         if found is not None:
             self.api_keys = found
         return self
-
-    @property
-    def host(self) -> str:
-        return _split_listen(self.listen)[0]
-
-    @property
-    def port(self) -> int:
-        return _split_listen(self.listen)[1]
 
 
 def _split_listen(value: str) -> tuple[str, int]:
@@ -326,11 +335,11 @@ class MetricsConfig(_Section):
 _FRAME_SOURCE = re.compile(r"'self'\Z|https?://(\*\.)?[A-Za-z0-9.-]+(:\d{1,5})?\Z")
 
 
-class CheckoutConfig(_Section):
+class CheckoutConfig(_Listening):
     """The public checkout listener (contract section 8)."""
 
     enabled: bool = False
-    listen: str = "127.0.0.1:8081"
+    listen: Listen = "127.0.0.1:8081"
     #: What invoice `url`s start with; default `http://<listen>` (set it when a reverse
     #: proxy serves the page).
     public_url: HttpUrlStr | None = None
@@ -340,12 +349,6 @@ class CheckoutConfig(_Section):
     frame_ancestors: list[str] = Field(default_factory=list)
     #: Seconds the paid page waits before it sends the customer to `redirectUrl`.
     redirect_delay: Annotated[int, Field(ge=0, le=60)] = 5
-
-    @field_validator("listen")
-    @classmethod
-    def _check_listen(cls, value: str) -> str:
-        _split_listen(value)
-        return value
 
     @field_validator("languages")
     @classmethod
@@ -371,14 +374,6 @@ class CheckoutConfig(_Section):
                     'such as "https://shop.example"'
                 )
         return value
-
-    @property
-    def host(self) -> str:
-        return _split_listen(self.listen)[0]
-
-    @property
-    def port(self) -> int:
-        return _split_listen(self.listen)[1]
 
     @property
     def base_url(self) -> str:

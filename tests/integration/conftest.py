@@ -36,6 +36,7 @@ resets anvil and deploys the same contracts again (same addresses), which costs 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -279,18 +280,24 @@ def _default_answer(request: Any) -> web.Response:
     return rpc_result(request, result)
 
 
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """`app` on a free port of 127.0.0.1 for the block; its base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
 @pytest.fixture
 async def fake_rpc() -> AsyncIterator[FakeRpc]:
     fake = FakeRpc()
     app = web.Application()
     app.router.add_post("/{tail:.*}", fake.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    fake.url = f"http://127.0.0.1:{port}"
-    try:
+    async with serving(app) as url:
+        fake.url = url
         yield fake
-    finally:
-        await runner.cleanup()

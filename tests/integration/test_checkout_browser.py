@@ -25,6 +25,7 @@ from aiohttp import web
 from PIL import Image
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from tests.integration.conftest import serving
 from watcher.config import Settings
 from watcher.daemon import Daemon
 from watcher.devchain import DevChain
@@ -66,15 +67,8 @@ async def shop() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/thanks", thanks)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield url
 
 
 @dataclass

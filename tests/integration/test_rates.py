@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.integration.conftest import serving
 from tests.integration.daemonproc import DaemonConfig, DaemonProc, run_cli
 from watcher.devchain import DevChain
 from watcher.pricing.book import RateBook
@@ -90,15 +91,8 @@ async def prices() -> AsyncIterator[tuple[str, dict[str, Any]]]:
 
     app = web.Application()
     app.router.add_get("/ticker", ticker)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/ticker", state
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield f"{url}/ticker", state
 
 
 async def test_http_source_reads_exact_numbers(prices: tuple[str, dict[str, Any]]) -> None:
