@@ -62,8 +62,13 @@ async def shop() -> AsyncIterator[str]:
     """The merchant's shop on 127.0.0.1: where the checkout redirects after payment."""
 
     async def thanks(_request: web.Request) -> web.Response:
-        return web.Response(text="<!doctype html><title>Thanks</title><h1>Thank you</h1>",
-                            content_type="text/html")
+        # its own icon inline: the browser's /favicon.ico request to the shop would be a
+        # 404 in the console, the shop's not the checkout's
+        return web.Response(
+            text='<!doctype html><title>Thanks</title><link rel="icon" href="data:,">'
+                 "<h1>Thank you</h1>",
+            content_type="text/html",
+        )
 
     app = web.Application()
     app.router.add_get("/thanks", thanks)
@@ -222,6 +227,7 @@ async def test_paid_live_without_reload_then_redirected(
     await expect(page.locator("#pw-pay")).to_be_hidden()
     await env.shot(page, "completed")
     await page.wait_for_url(f"{shop}/thanks", timeout=WAIT)
+    await page.wait_for_load_state("networkidle")  # the shop page's own requests too
     seen.check()
     await page.context.close()
 
