@@ -168,6 +168,11 @@ async def run_live(
             )
             res.creates_per_s = res.creates / secs
             say(f"  creates: {res.creates_per_s:,.0f}/s ({res.create_errors} errors)")
+            # the same again priced in EUR, once the first run's callbacks have drained:
+            # both runs then compete with the same (idle) callback sender
+            await receiver.wait_for(
+                lambda r: len(r.delivery_ids()) >= backlog + res.creates, timeout=300
+            )
             priced, res.priced_errors, secs = await _creates(
                 http, base, creates, create_concurrency, priced=True
             )
