@@ -91,6 +91,15 @@ def _config(path: Path, db: Path, port: int, url: str, token: str, hook: str) ->
     )
 
 
+def spawn_daemon(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    """`payment-watcher run --config cfg` of this venv, its stderr into `log`."""
+    exe = Path(sys.executable).with_name("payment-watcher")
+    with log.open("wb") as err:
+        return subprocess.Popen(
+            [str(exe), "run", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=err
+        )
+
+
 def _backlog(db_path: Path, token: str, count: int, hook: str) -> None:
     """`count` invoices made through the ledger (each writes invoice.created and its
     outbox row): the callback backlog the daemon drains when it starts."""
@@ -141,11 +150,7 @@ async def run_live(
         port = _free_port()
         cfg = workdir / "live.toml"
         _config(cfg, db, port, node.url, token, receiver.url)
-        exe = Path(sys.executable).with_name("payment-watcher")
-        proc = subprocess.Popen(
-            [str(exe), "run", "--config", str(cfg)],
-            stdout=subprocess.DEVNULL, stderr=open(workdir / "live.log", "wb"),  # noqa: SIM115
-        )
+        proc = spawn_daemon(cfg, workdir / "live.log")
         base = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {API_KEY}"}
         async with aiohttp.ClientSession(

@@ -29,7 +29,6 @@ import resource
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +38,8 @@ import orjson
 
 from watcher.devchain import DevChain
 
-from .live import API_KEY, _free_port, _status_kb, _wait_ready, percentile
-from .workload import NATIVE_AMOUNT, NET, SENDERS, TOKEN_AMOUNT, invoice_address, start_chain
+from .live import API_KEY, _free_port, _status_kb, _wait_ready, percentile, spawn_daemon
+from .workload import NET, SENDERS, invoice_address, payment_tx, start_chain
 from .workload import prefill as prefill_db
 
 #: concurrent WebSocket handshakes while the sockets open (the listen backlog is 128)
@@ -315,14 +314,7 @@ def _mine(
                 next_paid[kind] += 1
             else:
                 to = "0x" + rnd.randbytes(20).hex()
-            if native:
-                tx = {"from": sender, "to": to, "value": hex(NATIVE_AMOUNT), "gas": hex(21_000)}
-            else:
-                t = DevChain.token_transfer_tx(token, sender, to, TOKEN_AMOUNT)
-                tx = {**t, "gas": hex(t["gas"])}
-            tx["nonce"] = hex(nonces[sender])
-            nonces[sender] += 1
-            calls.append(("eth_sendTransaction", [tx]))
+            calls.append(("eth_sendTransaction", [payment_tx(sender, to, native, token, nonces)]))
         dev.rpc_batch(calls)
         dev.rpc("evm_mine")
     return dev.block_number()
@@ -425,11 +417,7 @@ async def run_sockets(
         port, checkout_port = _free_port(), _free_port()
         cfg = workdir / "sockets.toml"
         _config(cfg, db, port, checkout_port, node.url, token)
-        exe = Path(sys.executable).with_name("payment-watcher")
-        proc = subprocess.Popen(
-            [str(exe), "run", "--config", str(cfg)],
-            stdout=subprocess.DEVNULL, stderr=open(workdir / "sockets.log", "wb"),  # noqa: SIM115
-        )
+        proc = spawn_daemon(cfg, workdir / "sockets.log")
         base = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {API_KEY}"}
         next_paid = {"eth": 0, "tok": 0}

@@ -17,6 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from watcher import timeutil
 from watcher.devchain import Anvil, DevChain
@@ -30,6 +31,21 @@ NATIVE_AMOUNT = 10**15  # 0.001 ETH per native invoice
 TOKEN_AMOUNT = 5 * 10**6  # 5 USDT per token invoice
 #: anvil accounts sending the workload (each holds ETH and is minted tokens)
 SENDERS = 8
+
+
+def payment_tx(
+    sender: str, to: str, native: bool, token: str, nonces: dict[str, int]
+) -> dict[str, Any]:
+    """One workload transfer (ETH or the token's fixed amount) with the sender's next
+    explicit nonce (anvil runs a batch concurrently)."""
+    if native:
+        tx = {"from": sender, "to": to, "value": hex(NATIVE_AMOUNT), "gas": hex(21_000)}
+    else:
+        t = DevChain.token_transfer_tx(token, sender, to, TOKEN_AMOUNT)
+        tx = {**t, "gas": hex(t["gas"])}
+    tx["nonce"] = hex(nonces[sender])
+    nonces[sender] += 1
+    return tx
 
 
 def invoice_address(kind: str, n: int) -> str:
@@ -121,14 +137,7 @@ def _mine_workload(
                 chain.paid[kind] += 1
             else:
                 to = "0x" + rnd.randbytes(20).hex()
-            if native:
-                tx = {"from": sender, "to": to, "value": hex(NATIVE_AMOUNT), "gas": hex(21_000)}
-            else:
-                t = DevChain.token_transfer_tx(token, sender, to, TOKEN_AMOUNT)
-                tx = {**t, "gas": hex(t["gas"])}
-            tx["nonce"] = hex(nonces[sender])
-            nonces[sender] += 1
-            calls.append(("eth_sendTransaction", [tx]))
+            calls.append(("eth_sendTransaction", [payment_tx(sender, to, native, token, nonces)]))
         dev.rpc_batch(calls)
         dev.rpc("evm_mine")
         chain.txs += per_block
