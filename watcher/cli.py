@@ -304,7 +304,8 @@ def invoices_group() -> None:
 @click.option("--price", default=None,
               help="Without --amount: the price in --currency, converted at the current rate.")
 @click.option("--currency", default=None, help="The currency of --price, e.g. EUR.")
-@click.option("--address", default=None, help="Dedicated receiving address.")
+@click.option("--address", default=None,
+              help='Dedicated receiving address, or "derive" for the next one from the xpub.')
 @click.option("--ttl", type=int, default=None, help="Seconds until it expires.")
 @click.option("--expire-at", "expire_at", default=None, help="ISO 8601 time with zone.")
 @click.option("--callback-url", "callback_url", default=None)
@@ -331,7 +332,9 @@ def invoices_create(config_path: Path | None, **fields: Any) -> None:
         from watcher.pricing.book import read_once
 
         ledger.rates = asyncio.run(read_once(settings, ONLINE_TIMEOUT))
-    req = parse_create(body, ledger.networks, now, ledger.rates)
+    req = parse_create(
+        body, ledger.networks, now, ledger.rates, derivable=ledger.deriver is not None
+    )
 
     def create(db: Any) -> dict[str, Any]:
         ledger.load_views(db)
@@ -468,6 +471,84 @@ def callbacks_redeliver(config_path: Path | None, event_id: str) -> None:
     if not _store_call(load_config(config_path), redeliver, event_id, timeutil.now()):
         raise NotFound(f"no delivery for event {event_id}")
     click.echo(f"queued {event_id}")
+
+
+@main.group("addresses")
+def addresses_group() -> None:
+    """Deposit addresses derived from the configured xpub."""
+
+
+@addresses_group.command("list")
+@config_option
+@click.option("--network", default=None, help="Only this network's invoices and balances.")
+@click.option("--with-balance", "with_balance", is_flag=True,
+              help="Also read each address's native and token balances from the chain.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON of GET /v1/addresses.")
+@handles_errors
+def addresses_list(
+    config_path: Path | None, network: str | None, with_balance: bool, as_json: bool
+) -> None:
+    """Index order: index, address, its invoices' statuses (and balances): what to sweep."""
+    from watcher.daemon import build_ledger
+    from watcher.requests import MAX_LIMIT, encode_cursor, parse_address_query
+    from watcher.rpc import RpcClient
+    from watcher.store import Store
+    from watcher.web.api import address_report
+
+    settings = load_config(config_path)
+    ledger = build_ledger(settings)
+    nets = settings.enabled_networks()
+
+    async def go() -> dict[str, Any]:
+        store = await Store(settings.database).open()
+        rpcs = {
+            n: RpcClient(n, net.rpc, max_attempts=2)
+            for n, net in nets.items() if with_balance and network in (None, n)
+        }
+        pages: list[dict[str, Any]] = []
+        try:
+            after: int | None = None
+            while True:
+                query = {"limit": str(MAX_LIMIT), "withBalance": str(with_balance).lower(),
+                         **({"network": network} if network else {}),
+                         **({"cursor": encode_cursor(after)} if after is not None else {})}
+                q = parse_address_query(query, ledger.networks)
+                page = await address_report(store, ledger.networks, rpcs, q)
+                pages.append(page)
+                if page["nextCursor"] is None:
+                    break
+                after = page["data"][-1]["index"]
+        finally:
+            await store.close()
+            for rpc in rpcs.values():
+                await rpc.close()
+        merged: dict[str, Any] = {"data": [a for p in pages for a in p["data"]],
+                                  "nextCursor": None}
+        if with_balance:
+            merged["balanceBlocks"] = pages[0]["balanceBlocks"]
+            merged["balanceErrors"] = {k: v for p in pages for k, v in p["balanceErrors"].items()}
+        return merged
+
+    report = asyncio.run(go())
+    if as_json:
+        _echo_json(report)
+    else:
+        if not report["data"]:
+            click.echo("no derived addresses yet" + (
+                "" if settings.addresses.xpub else " (no [addresses] xpub is configured)"))
+        for a in report["data"]:
+            invoices = ", ".join(
+                f"{i['id'][:8]} {i['status']} ({i['network']} {i['asset']})" for i in a["invoices"]
+            ) or "no invoice"
+            click.echo(f"{a['index']:>7}  {a['address']}  {invoices}")
+            for net_name, held in a.get("balances", {}).items():
+                figures = ", ".join(f"{v} {k}" for k, v in held.items())
+                click.echo(f"{'':>7}  {net_name}: {figures}")
+    errors = report.get("balanceErrors") or {}
+    for message in errors.values():
+        click.echo(f"error: balances not read: {message}", err=True)
+    if errors:
+        raise SystemExit(1)
 
 
 @main.command("rates")

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from fractions import Fraction
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -52,6 +52,9 @@ from watcher.amounts import default_step, parse_amount, parse_fraction
 from watcher.errors import AmountError, ConfigError
 from watcher.models import Asset
 from watcher.timeutil import parse_duration
+
+if TYPE_CHECKING:
+    from watcher.derivation import Deriver
 
 ENV_PREFIX = "PAYMENT_WATCHER_"
 CONFIG_ENV = "PAYMENT_WATCHER_CONFIG"
@@ -460,6 +463,49 @@ class ChannelsConfig(_Section):
     heartbeat: Annotated[Seconds, Field(ge=1, le=3600)] = 25.0
 
 
+class AddressesConfig(_Section):
+    """Deposit addresses derived from the merchant's account xpub (contract section 10)."""
+
+    #: Account-level extended public key (e.g. of m/44'/60'/0'); never a private key.
+    xpub: SecretStr | None = None
+    #: Below the key: non-hardened steps with one `{index}`.
+    path: str = "0/{index}"
+    #: First index handed out (keeps the wallet's own accounts apart).
+    start_index: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+
+    @field_validator("xpub")
+    @classmethod
+    def _check_xpub(cls, value: SecretStr | None) -> SecretStr | None:
+        from watcher.derivation import DerivationError, parse_xpub
+
+        if value is None:
+            return None
+        try:
+            parse_xpub(value.get_secret_value())
+        except DerivationError as exc:
+            raise ValueError(str(exc)) from None
+        return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        from watcher.derivation import DerivationError, parse_path
+
+        try:
+            parse_path(value)
+        except DerivationError as exc:
+            raise ValueError(str(exc)) from None
+        return value.strip()
+
+    def deriver(self) -> Deriver | None:
+        """The address deriver, or None when no xpub is configured."""
+        from watcher.derivation import Deriver
+
+        if self.xpub is None:
+            return None
+        return Deriver(self.xpub.get_secret_value(), self.path)
+
+
 # ---------------------------------------------------------------- networks
 
 
@@ -632,6 +678,7 @@ class Settings(BaseSettings):
     checkout: CheckoutConfig = Field(default_factory=CheckoutConfig)
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
     rates: RatesConfig = Field(default_factory=RatesConfig)
+    addresses: AddressesConfig = Field(default_factory=AddressesConfig)
     networks: dict[str, NetworkConfig] = Field(default_factory=dict)
 
     @classmethod

@@ -88,6 +88,8 @@ def build_ledger(settings: Settings) -> Ledger:
         late_window=settings.invoices.late_payment_window,
         default_callback_url=settings.callbacks.url,
         checkout_url=settings.checkout.base_url if settings.checkout.enabled else None,
+        deriver=settings.addresses.deriver(),
+        start_index=settings.addresses.start_index,
     )
 
 
@@ -217,6 +219,7 @@ class Daemon:
             on_redeliver=self._wake_sender,
             sockets=self.api_sockets,
             rates=self.rates,
+            rpcs=self.rpcs,
         )
         api = self.settings.api
         self.runner, self.port = await self._listen(create_app(ctx), api.host, api.port,

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlite_utils import Database
@@ -33,14 +33,19 @@ from watcher.models import (
 from watcher.rates import Rate, RateProvider, RateUnavailable, amount_for, format_rate
 from watcher.render import invoice_json
 from watcher.store import (
+    insert_derived_address,
     insert_invoice,
     load_invoice,
     load_invoices,
+    next_derivation_index,
     transaction,
     transfer_row,
     update_invoice,
 )
 from watcher.timeutil import iso
+
+if TYPE_CHECKING:
+    from watcher.derivation import Deriver
 
 #: How early a new invoice's window opens while the chain's clock is unknown (see _opens_at).
 UNKNOWN_CHAIN_TIME_OPENS_EARLY = 3600
@@ -67,6 +72,7 @@ class NewInvoice:
     amount: int | None  # None: priced, `price` in `currency` converted at the current rate
     address: str | None
     expire_at: int | None
+    derive: bool = False  # take the next address derived from the xpub
     callback_url: str | None = None
     external_id: str | None = None
     payload: dict[str, Any] | None = None
@@ -133,6 +139,8 @@ class Ledger:
         default_callback_url: str | None,
         checkout_url: str | None = None,
         rates: RateProvider | None = None,
+        deriver: Deriver | None = None,
+        start_index: int = 0,
     ) -> None:
         self.networks = networks
         self.tolerance = tolerance
@@ -143,6 +151,10 @@ class Ledger:
         self.checkout_url = checkout_url
         #: Rates for invoices priced in a currency (in memory; None: none configured).
         self.rates = rates
+        #: Derives deposit addresses from the merchant's xpub (None: no xpub configured).
+        self.deriver = deriver
+        #: The first derivation index handed out (`addresses.start_index`).
+        self.start_index = start_index
         #: Newest known head and scanned block time per network (set by the followers).
         self.views: dict[str, state.ChainView] = {
             n.name: state.ChainView(head=0, scanned_time=None, required=n.confirmations)
@@ -304,8 +316,13 @@ class Ledger:
         if expire_at <= now:
             raise Invalid("expireAt must be in the future", field="expireAt")
         address = req.address
-        shared = address is None or (
-            asset.shared_address is not None and address.lower() == asset.shared_address.lower()
+        derivation_index = parent.derivation_index if parent is not None else None
+        shared = not req.derive and (
+            address is None
+            or (
+                asset.shared_address is not None
+                and address.lower() == asset.shared_address.lower()
+            )
         )
         rate: Rate | None = None
         if req.amount is None:
@@ -323,17 +340,13 @@ class Ledger:
                 )
             address = asset.shared_address
             amount = self._unique_amount(db, asset, requested, now)
+        elif req.derive:
+            derivation_index, address = self._derive(db, req, now)
         else:
             assert address is not None
-            busy = db.execute(
-                f"SELECT id FROM invoices WHERE network = ? AND asset = ? AND to_lower = ? "
-                f"AND status IN ({_OPEN_SQL}) AND closed_at IS NULL AND expire_at > ? LIMIT 1",
-                [req.network, req.asset, address.lower(), now],
-            ).fetchone()
+            busy = self._busy(db, req.network, req.asset, address, now)
             if busy is not None:
-                raise Conflict(
-                    f"invoice {busy[0]} is still open on this address", field="address"
-                )
+                raise Conflict(f"invoice {busy} is still open on this address", field="address")
         inv = Invoice(
             id=str(uuid.uuid4()),
             seq=0,
@@ -363,9 +376,40 @@ class Ledger:
             rate=format_rate(rate.value) if rate else None,
             rate_source=rate.source if rate else None,
             rate_at=rate.at if rate else None,
+            derivation_index=derivation_index,
             fingerprint=req.fingerprint,
         )
         return insert_invoice(db, inv)
+
+    def _busy(self, db: Database, network: str, asset: str, address: str, now: int) -> str | None:
+        """The id of an invoice still collecting `asset` at `address`, if any."""
+        row = db.execute(
+            f"SELECT id FROM invoices WHERE network = ? AND asset = ? AND to_lower = ? "
+            f"AND status IN ({_OPEN_SQL}) AND closed_at IS NULL AND expire_at > ? LIMIT 1",
+            [network, asset, address.lower(), now],
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def _derive(self, db: Database, req: NewInvoice, now: int) -> tuple[int, str]:
+        """Take the next derivation index in this transaction: committed with the invoice,
+        rolled back with it, so indexes are unique and without gaps. An index whose address
+        already collects this asset (a hand-given address) is recorded and passed over."""
+        if self.deriver is None:
+            raise Invalid(
+                'address "derive" needs an xpub: set [addresses] xpub in the config',
+                field="address",
+            )
+        while True:
+            index = next_derivation_index(db, self.start_index)
+            if index > self.deriver.max_index:
+                raise Conflict(
+                    "every derivation index up to 2^31-1 is taken: configure a new xpub",
+                    field="address",
+                )
+            address = self.deriver.address(index)
+            insert_derived_address(db, index, address, self.deriver.key_id, now)
+            if self._busy(db, req.network, req.asset, address, now) is None:
+                return index, address
 
     def _rate(self, asset: Asset, currency: str | None, now: int) -> Rate:
         """The rate to convert a price in `currency` into `asset` now (503 if none)."""

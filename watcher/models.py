@@ -129,6 +129,7 @@ class Invoice:
     rate: str | None = None
     rate_source: str | None = None
     rate_at: int | None = None
+    derivation_index: int | None = None  # the xpub index its address was derived at
     closed_at: int | None = None  # stopped collecting: voided, accepted, refunded, remainder
     #: chain time its collecting window opens (`OPENS_EARLY` before it was created, on the
     #: chain's clock); None for invoices from before windows had a start

@@ -46,6 +46,7 @@ def invoice_json(
         "tokenAddress": inv.token_address,
         "decimals": d,
         "to": inv.to_addr,
+        "derivationIndex": inv.derivation_index,
         "from": latest.from_addr if latest else None,
         "amount": format_amount(inv.amount, d),
         "requestedAmount": format_amount(inv.requested_amount, d),
@@ -91,3 +92,29 @@ def transfer_json(t: Transfer, decimals: int) -> dict[str, Any]:
         "matched": t.invoice_id is not None,
         "kind": t.kind,
     }
+
+
+def address_json(
+    row: dict[str, Any],
+    balances: dict[str, dict[str, int]] | None = None,
+    decimals: dict[str, dict[str, int]] | None = None,
+) -> dict[str, Any]:
+    """One derived address (a `store.derived_addresses` row). `balances`: per network, the
+    base units per asset symbol at this address; `decimals` the same shape for formatting."""
+    out: dict[str, Any] = {
+        "index": row["idx"],
+        "address": row["address"],
+        "keyId": row["key_id"],
+        "createdAt": iso(row["created_at"]),
+        "invoices": row["invoices"],
+    }
+    if balances is not None:
+        dec = decimals or {}
+        out["balances"] = {
+            network: {
+                symbol: format_amount(units, dec.get(network, {}).get(symbol, 0))
+                for symbol, units in by_symbol.items()
+            }
+            for network, by_symbol in balances.items()
+        }
+    return out

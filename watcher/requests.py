@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -44,6 +44,8 @@ CREATE_FIELDS = (
     "redirectUrl",
 )
 MAX_URL = 2048
+#: `"address": "derive"`: take the next address derived from the configured xpub.
+DERIVE = "derive"
 MAX_EXTERNAL_ID = 128
 MAX_CLIENT_ID = 128
 MAX_PAYLOAD = 4096
@@ -230,9 +232,13 @@ def parse_create(
     networks: Mapping[str, ledger.NetworkInfo],
     now: int,
     rates: RateProvider | None = None,
+    *,
+    derivable: bool = False,
 ) -> ledger.NewInvoice:
     """Validate a create request into a `NewInvoice` (with its idempotency fingerprint).
-    Without `amount`, `price` + `currency` must be priceable by `rates`."""
+    Without `amount`, `price` + `currency` must be priceable by `rates`. `derivable`: an
+    xpub is configured, so `"address": "derive"` (or no address where the asset has no
+    shared address) takes the next derived address."""
     data = require_object(body)
     _reject_unknown(data, CREATE_FIELDS)
 
@@ -264,12 +270,20 @@ def parse_create(
         price = _price(data.get("price"))
         currency = _optional_str(data, "currency", MAX_CURRENCY)
     raw_address = data.get("address")
-    address = None if raw_address is None else parse_address(raw_address)
-    if address is None and asset.shared_address is None:
+    derive = raw_address == DERIVE
+    if derive and not derivable:
         raise Invalid(
-            f"address is required: {symbol} on {network} has no shared address",
+            'address "derive" needs an xpub: set [addresses] xpub in the config',
             field="address",
         )
+    address = None if raw_address is None or derive else parse_address(raw_address)
+    if address is None and asset.shared_address is None and not derivable:
+        raise Invalid(
+            f"address is required: {symbol} on {network} has no shared address "
+            "(and no [addresses] xpub is configured to derive one)",
+            field="address",
+        )
+    derive = derive or (address is None and asset.shared_address is None)
     expire_at, expire_given, ttl = _expiry(data, now)
     callback_url = _http_url(_optional_str(data, "callbackUrl", MAX_URL), "callbackUrl")
     redirect_url = _http_url(_optional_str(data, "redirectUrl", MAX_URL), "redirectUrl")
@@ -282,7 +296,7 @@ def parse_create(
         "network": network,
         "asset": symbol,
         "amount": str(amount) if amount is not None else None,
-        "address": address.lower() if address else None,
+        "address": DERIVE if derive else address.lower() if address else None,
         "expireAt": expire_given,
         "ttl": ttl,
         "callbackUrl": callback_url,
@@ -303,6 +317,7 @@ def parse_create(
         asset=symbol,
         amount=amount,
         address=address,
+        derive=derive,
         expire_at=expire_at,
         callback_url=callback_url,
         external_id=external_id,
@@ -420,3 +435,25 @@ def parse_transfer_query(query: Mapping[str, str]) -> TransferQuery:
             raise Invalid("matched must be true or false", field="matched")
         matched = raw.lower() == "true"
     return TransferQuery(network=query.get("network") or None, matched=matched, page=_page(query))
+
+
+@dataclass(frozen=True, slots=True)
+class AddressQuery:
+    network: str | None
+    with_balance: bool
+    page: Page  # `before` is used as "after this index" (ascending order)
+
+
+def parse_address_query(query: Mapping[str, str], networks: Iterable[str]) -> AddressQuery:
+    """`network`, `withBalance` (true/false), `limit`, `cursor`."""
+    _reject_unknown_params(query, ("network", "withBalance", "limit", "cursor"))
+    network = query.get("network") or None
+    known = sorted(networks)
+    if network is not None and network not in known:
+        raise Invalid(
+            f"unknown network {network!r} (known: {', '.join(known) or 'none'})", field="network"
+        )
+    raw = (query.get("withBalance") or "false").lower()
+    if raw not in ("true", "false"):
+        raise Invalid("withBalance must be true or false", field="withBalance")
+    return AddressQuery(network=network, with_balance=raw == "true", page=_page(query))

@@ -212,6 +212,81 @@ def _m0007(db: Database) -> None:
     )
 
 
+@migrations(name="0008_derived_addresses")
+def _m0008(db: Database) -> None:
+    # Addresses derived from the merchant's xpub, one row per index handed out (in the
+    # transaction of the invoice that took it, so an index is never handed out twice and a
+    # rolled-back create leaves no gap). `key_id` tells which configured key derived it.
+    db.executescript(
+        """
+        CREATE TABLE derived_addresses (
+            idx INTEGER PRIMARY KEY,
+            address TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            created_at INTEGER NOT NULL
+        );
+        ALTER TABLE invoices ADD COLUMN derivation_index INTEGER;
+        CREATE INDEX invoices_derivation ON invoices(derivation_index)
+            WHERE derivation_index IS NOT NULL;
+        """
+    )
+
+
+def next_derivation_index(db: Database, start: int) -> int:
+    """The next index to hand out: after the highest taken, and not below `start`."""
+    top = db.execute("SELECT MAX(idx) FROM derived_addresses").fetchone()[0]
+    return start if top is None else max(start, int(top) + 1)
+
+
+def insert_derived_address(
+    db: Database, index: int, address: str, key_id: str, now: int
+) -> None:
+    db.execute(
+        "INSERT INTO derived_addresses (idx, address, key_id, created_at) VALUES (?, ?, ?, ?)",
+        [index, address, key_id, now],
+    )
+
+
+def derived_addresses(
+    db: Database, after: int | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Derived addresses in index order (from after `after`), each with its invoices'
+    `(id, network, asset, status)` under `invoices`."""
+    sql = "SELECT idx, address, key_id, created_at FROM derived_addresses"
+    args: list[Any] = []
+    if after is not None:
+        sql += " WHERE idx > ?"
+        args.append(after)
+    sql += " ORDER BY idx"
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(limit)
+    rows = [dict(r) for r in db.query(sql, args)]
+    if rows:
+        lo, hi = rows[0]["idx"], rows[-1]["idx"]
+        by_index: dict[int, list[dict[str, Any]]] = {}
+        for r in db.query(
+            "SELECT id, network, asset, status, derivation_index FROM invoices "
+            "WHERE derivation_index BETWEEN ? AND ? ORDER BY seq",
+            [lo, hi],
+        ):
+            by_index.setdefault(r["derivation_index"], []).append(
+                {k: r[k] for k in ("id", "network", "asset", "status")}
+            )
+        for row in rows:
+            row["invoices"] = by_index.get(row["idx"], [])
+            if not row["invoices"]:
+                # an index passed over because its address was already collecting (a
+                # hand-given address): show the invoices there (rare, so unindexed)
+                row["invoices"] = [
+                    dict(r) for r in db.query(
+                        "SELECT id, network, asset, status FROM invoices WHERE to_lower = ? "
+                        "ORDER BY seq", [row["address"].lower()],
+                    )
+                ]
+    return rows
+
+
 def connect(path: str | Path) -> Database:
     """Open (creating with mode 0600) and migrate the database. Call on the owning thread."""
     path = Path(path)
@@ -430,6 +505,7 @@ def invoice_from_row(row: dict[str, Any], transfers: Iterable[Transfer] = ()) ->
         rate=row["rate"],
         rate_source=row["rate_source"],
         rate_at=row["rate_at"],
+        derivation_index=row["derivation_index"],
         closed_at=row["closed_at"],
         opens_at=row["opens_at"],
         refund_tx=row["refund_tx"],
@@ -467,6 +543,7 @@ def invoice_row(inv: Invoice) -> dict[str, Any]:
         "rate": inv.rate,
         "rate_source": inv.rate_source,
         "rate_at": inv.rate_at,
+        "derivation_index": inv.derivation_index,
         "created_at": inv.created_at,
         "updated_at": inv.updated_at,
         "expire_at": inv.expire_at,

@@ -740,3 +740,55 @@ def test_a_feed_may_come_from_the_network_file(tmp_path: Path) -> None:
         'rates.pairs.EUR/USD.0.feed: anvil has no feed for EUR/USD (its feeds: ETH/USD); '
         'give feed = "0x..."'
     ]
+
+
+# ---------------------------------------------------------------- [addresses]
+
+
+def test_addresses_defaults_and_xpub(write: Write) -> None:
+    from tests import hdkeys
+
+    s = load_settings(write(ANVIL))
+    assert s.addresses.xpub is None and s.addresses.deriver() is None
+    assert (s.addresses.path, s.addresses.start_index) == ("0/{index}", 0)
+    x = hdkeys.xpub()
+    s = load_settings(write(ANVIL + f'[addresses]\nxpub = " {x} "\npath = "{{index}}"\n'
+                            'start_index = 1000\n'))
+    d = s.addresses.deriver()
+    assert d is not None and s.addresses.start_index == 1000
+    assert d.address(5) == hdkeys.reference_address("m/44'/60'/0'/5")
+    assert x not in repr(s) and x not in str(s.model_dump())
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "reason"),
+    [
+        ("xpub = '{xprv}'", "addresses.xpub", "PRIVATE key"),
+        ("xpub = '{mnemonic}'", "addresses.xpub", "seed phrase"),
+        ("xpub = '{bad}'", "addresses.xpub", "checksum"),
+        ("xpub = '{master}'", "addresses.xpub", "depth 0"),
+        ("path = \"0'/{{index}}\"", "addresses.path", "hardened"),
+        ("path = '0/1'", "addresses.path", "exactly once"),
+        ("start_index = -1", "addresses.start_index", "greater than or equal to 0"),
+        ("start_index = 2147483648", "addresses.start_index", "less than or equal"),
+        ("seed = 'x'", "addresses.seed", "unknown key"),
+    ],
+)
+def test_addresses_refused_naming_the_key(
+    write: Write, table: str, key: str, reason: str
+) -> None:
+    from tests import hdkeys
+
+    secret = {
+        "xprv": hdkeys.xprv(), "mnemonic": hdkeys.MNEMONIC, "master": hdkeys.xpub("m"),
+        "bad": hdkeys.xpub()[:-1] + ("1" if hdkeys.xpub()[-1] != "1" else "2"),
+    }
+    path = write(ANVIL + "[addresses]\n" + table.format(**secret) + "\n")
+    problems = problems_of(path)
+    assert len(problems) == 1 and problems[0].startswith(key + ":"), problems
+    assert reason in problems[0]
+    result = check_config("--config", str(path))
+    assert result.exit_code == 2
+    assert key in result.output
+    for value in secret.values():
+        assert value not in result.output

@@ -23,12 +23,21 @@ from sqlite_utils import Database
 
 from watcher import ledger as ledger_mod
 from watcher import requests as rq
+from watcher.balances import balances_by_network
 from watcher.errors import ApiError, NotFound, PayloadTooLarge, StoreError, Unauthorized
 from watcher.models import Invoice
 from watcher.outbox import redeliver
 from watcher.pricing.book import RateBook
-from watcher.render import transfer_json
-from watcher.store import GroupCommit, Store, load_invoice, load_invoices, transfer_from_row
+from watcher.render import address_json, transfer_json
+from watcher.rpc import RpcClient
+from watcher.store import (
+    GroupCommit,
+    Store,
+    derived_addresses,
+    load_invoice,
+    load_invoices,
+    transfer_from_row,
+)
 from watcher.timeutil import iso
 from watcher.timeutil import now as _clock
 from watcher.web.channels import Sockets, merchant_socket
@@ -79,6 +88,8 @@ class ApiContext:
     sockets: Sockets | None = None
     #: The rates (`GET /v1/rates`); None: no pairs configured, an empty list.
     rates: RateBook | None = None
+    #: RPC clients per network (balances of derived addresses).
+    rpcs: dict[str, RpcClient] = field(default_factory=dict)
 
 
 CTX: web.AppKey[ApiContext] = web.AppKey("ctx", ApiContext)
@@ -258,6 +269,39 @@ def _decimals(
     return decimals
 
 
+async def address_report(
+    store: Store,
+    networks: dict[str, ledger_mod.NetworkInfo],
+    rpcs: dict[str, RpcClient],
+    q: rq.AddressQuery,
+) -> dict[str, Any]:
+    """`GET /v1/addresses`: derived addresses in index order with their invoices (of
+    `q.network` only, when given) and, with `q.with_balance`, what each holds of every
+    configured asset on each network (or `q.network`), read from the chain now."""
+    rows = await store.run(derived_addresses, q.page.before, q.page.limit + 1)
+    more = len(rows) > q.page.limit
+    rows = rows[: q.page.limit]
+    if q.network is not None:
+        for row in rows:
+            row["invoices"] = [i for i in row["invoices"] if i["network"] == q.network]
+    out: dict[str, Any] = {"data": [], "nextCursor": None}
+    if more and rows:
+        out["nextCursor"] = rq.encode_cursor(rows[-1]["idx"])
+    if not q.with_balance:
+        out["data"] = [address_json(r) for r in rows]
+        return out
+    chosen = {n: i for n, i in networks.items() if q.network in (None, n)}
+    assets = {n: list(i.assets.values()) for n, i in chosen.items()}
+    decimals = {n: {a.symbol: a.decimals for a in i.assets.values()} for n, i in chosen.items()}
+    found, errors = await balances_by_network(rpcs, assets, [r["address"] for r in rows])
+    for row in rows:
+        per_network = {n: b[row["address"]] for n, (_, b) in found.items()}
+        out["data"].append(address_json(row, per_network, decimals))
+    out["balanceBlocks"] = {n: block for n, (block, _) in found.items()}
+    out["balanceErrors"] = errors
+    return out
+
+
 def list_transfers(
     db: Database, q: rq.TransferQuery, networks: dict[str, ledger_mod.NetworkInfo]
 ) -> tuple[list[dict[str, Any]], int | None]:
@@ -387,7 +431,10 @@ async def create_invoice(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     body = await _body(request, required=True)
     now = ctx.clock()
-    req = rq.parse_create(body, ctx.ledger.networks, now, ctx.ledger.rates)
+    req = rq.parse_create(
+        body, ctx.ledger.networks, now, ctx.ledger.rates,
+        derivable=ctx.ledger.deriver is not None,
+    )
     inv, created, outcome = await request.app[CREATES].submit((req, now))
     if created:
         _report(ctx, outcome)
@@ -447,6 +494,12 @@ async def transfers_handler(request: web.Request) -> web.Response:
     return _json(
         {"data": data, "nextCursor": rq.encode_cursor(position) if position is not None else None}
     )
+
+
+async def addresses_handler(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    q = rq.parse_address_query(request.query, ctx.ledger.networks)
+    return _json(await address_report(ctx.store, ctx.ledger.networks, ctx.rpcs, q))
 
 
 async def networks_handler(request: web.Request) -> web.Response:
@@ -532,6 +585,7 @@ def create_app(ctx: ApiContext) -> web.Application:
     r.add_get("/v1/invoices/{id}/events", events_handler, allow_head=False)
     r.add_get("/v1/transfers", transfers_handler, allow_head=False)
     r.add_get("/v1/networks", networks_handler, allow_head=False)
+    r.add_get("/v1/addresses", addresses_handler, allow_head=False)
     r.add_post("/v1/callbacks/{eventId}/redeliver", redeliver_handler)
     r.add_get("/v1/rates", rates_handler, allow_head=False)
     r.add_get("/v1/ws", ws_handler, allow_head=False)
