@@ -1,0 +1,156 @@
+"""Derived deposit addresses with the real daemon on anvil: payments to them complete,
+balances are read from the chain, the counter survives a restart, and a kill -9 in the
+middle of a create storm leaves indexes unique and without gaps."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from eth_account import Account
+
+from tests import hdkeys
+from tests.integration.daemonproc import API_KEY, NETWORK, DaemonProc, Daemons, run_cli
+from watcher.devchain import DevChain
+
+ETH = 10**18
+USDT = 10**6
+
+
+def path_of(index: int) -> str:
+    return f"m/44'/60'/0'/0/{index}"
+
+
+@pytest.fixture
+async def daemons(tmp_path: Path, rpc_url: str, token: str) -> AsyncIterator[Daemons]:
+    pool = Daemons(tmp_path, [rpc_url], {"USDT": token})
+    yield pool
+    await pool.close()
+
+
+def xpub_config(start_index: int) -> dict[str, dict[str, Any]]:
+    # start_index keeps clear of anvil's own funded accounts (indexes 0..9 of this mnemonic)
+    return {"addresses": {"xpub": hdkeys.xpub(), "start_index": start_index}}
+
+
+async def test_payments_to_derived_addresses_complete_and_show_in_balances(
+    daemons: Daemons, chain: DevChain, token: str, payer: str
+) -> None:
+    d = await daemons.start(extra=xpub_config(1000))
+    eth = await d.ok("POST", "/v1/invoices", {"network": NETWORK, "asset": "ETH",
+                                              "amount": "0.5"}, expect=201)
+    usdt = await d.ok("POST", "/v1/invoices", {"network": NETWORK, "asset": "USDT",
+                                               "amount": "15", "address": "derive"}, expect=201)
+    assert (eth["derivationIndex"], usdt["derivationIndex"]) == (1000, 1001)
+    assert eth["to"] == hdkeys.reference_address(path_of(1000))
+    assert usdt["to"] == hdkeys.reference_address(path_of(1001))
+
+    chain.send_native(payer, eth["to"], ETH // 2)
+    chain.send_token(token, payer, usdt["to"], 15 * USDT)
+    chain.mine(2)
+    for inv in (eth, usdt):
+        done = await d.wait_status(inv["id"], "COMPLETED")
+        assert done["derivationIndex"] == inv["derivationIndex"]
+
+    page = await d.ok("GET", "/v1/addresses?withBalance=true")
+    assert page["balanceErrors"] == {} and page["balanceBlocks"][NETWORK] >= 1
+    rows = {a["index"]: a for a in page["data"]}
+    assert sorted(rows) == [1000, 1001]
+    assert rows[1000]["balances"] == {NETWORK: {"ETH": "0.5", "USDT": "0"}}
+    assert rows[1001]["balances"] == {NETWORK: {"ETH": "0", "USDT": "15"}}
+    assert rows[1000]["invoices"] == [
+        {"id": eth["id"], "network": NETWORK, "asset": "ETH", "status": "COMPLETED"}]
+
+    cli = run_cli("addresses", "list", "--with-balance", "--config", str(d.config.path))
+    assert cli.returncode == 0, cli.stderr
+    lines = cli.stdout.splitlines()
+    assert lines[0].split()[:2] == ["1000", eth["to"]] and "COMPLETED" in lines[0]
+    assert lines[1].split() == [f"{NETWORK}:", "0.5", "ETH,", "0", "USDT"]
+    assert lines[3].split() == [f"{NETWORK}:", "0", "ETH,", "15", "USDT"]
+
+    # The wallet that holds the mnemonic can sweep: a tx signed with the key of index 1000.
+    key = hdkeys.reference_key(path_of(1000))
+    sweep = Account.sign_transaction({
+        "to": payer, "value": ETH // 10, "gas": 21_000,
+        "gasPrice": int(chain.rpc("eth_gasPrice"), 16), "nonce": 0, "chainId": chain.chain_id(),
+    }, key)
+    tx = chain.rpc("eth_sendRawTransaction", [sweep.raw_transaction.to_0x_hex()])
+    assert chain.wait_for_receipt(tx)["status"] == "0x1"
+    assert chain.balance(eth["to"]) < ETH // 2 - ETH // 10
+
+
+async def _storm(d: DaemonProc, n: int, parallel: int) -> tuple[dict[str, int], int]:
+    """`n` derive-creates, `parallel` at a time, until the daemon dies; ({id: index},
+    requests that got no answer)."""
+    made: dict[str, int] = {}
+    lost = 0
+    queue = iter(range(n))
+    body = {"network": NETWORK, "asset": "ETH", "amount": "0.01", "address": "derive"}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal lost
+        for _ in queue:
+            try:
+                async with session.post(f"{d.base_url}/v1/invoices", json=body,
+                                        headers=headers) as resp:
+                    data = await resp.json()
+                    assert resp.status == 201, data
+                    made[data["id"]] = data["derivationIndex"]
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                lost += 1
+
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await asyncio.gather(*(worker(session) for _ in range(parallel)))
+    return made, lost
+
+
+def _indexes(db: Path) -> tuple[list[int], dict[int, int], dict[str, int]]:
+    with sqlite3.connect(db) as conn:
+        taken = [r[0] for r in conn.execute("SELECT idx FROM derived_addresses ORDER BY idx")]
+        per_index = dict(conn.execute(
+            "SELECT derivation_index, COUNT(*) FROM invoices "
+            "WHERE derivation_index IS NOT NULL GROUP BY derivation_index"))
+        by_id = dict(conn.execute(
+            "SELECT id, derivation_index FROM invoices WHERE derivation_index IS NOT NULL"))
+    return taken, per_index, by_id
+
+
+async def test_concurrent_creates_and_kill_9_keep_indexes_unique_and_gapless(
+    daemons: Daemons,
+) -> None:
+    d = await daemons.start(extra=xpub_config(2000))
+
+    # 200 concurrent creates: 200 distinct consecutive indexes
+    made, lost = await _storm(d, 200, 200)
+    assert lost == 0 and sorted(made.values()) == list(range(2000, 2200))
+
+    # a storm killed with -9 while creates are in flight
+    storm = asyncio.create_task(_storm(d, 5000, 16))
+    while True:
+        await asyncio.sleep(0.05)
+        with sqlite3.connect(d.config.database) as conn:
+            if conn.execute("SELECT COUNT(*) FROM derived_addresses").fetchone()[0] > 400:
+                break
+    d.kill()
+    stormed, lost = await storm
+    assert stormed and lost > 0  # it died mid-storm
+    made.update(stormed)
+
+    await d.start()
+    after = await d.ok("POST", "/v1/invoices", {"network": NETWORK, "asset": "ETH",
+                                                "amount": "0.01"}, expect=201)
+    taken, per_index, by_id = _indexes(d.config.database)
+    assert taken == list(range(2000, 2000 + len(taken)))  # no gap, none twice (primary key)
+    assert after["derivationIndex"] == taken[-1]  # the counter went on after the restart
+    assert set(per_index) == set(taken) and set(per_index.values()) == {1}
+    for invoice_id, index in made.items():  # every create that was answered was committed
+        assert by_id[invoice_id] == index
+    # creates that got no answer either committed whole (index and invoice) or not at all
+    assert len(by_id) == len(taken) >= len(made) + 1
