@@ -102,7 +102,7 @@ async def _storm(d: DaemonProc, n: int, parallel: int) -> tuple[dict[str, int], 
                     data = await resp.json()
                     assert resp.status == 201, data
                     made[data["id"]] = data["derivationIndex"]
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 lost += 1
 
     timeout = aiohttp.ClientTimeout(total=10)
