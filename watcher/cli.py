@@ -148,6 +148,12 @@ def summary(settings: Settings, source: str) -> list[str]:
             f"refreshed every {_duration(settings.rates.refresh_interval)}"
             if settings.rates.pairs else "none (invoices need amount)"
         ),
+        "addresses: " + (
+            f"derived from key {deriver.key_id} (path {settings.addresses.path}), "
+            f"from index {settings.addresses.start_index}"
+            if (deriver := settings.addresses.deriver()) is not None
+            else "no xpub (invoices need an address or a shared address)"
+        ),
     ]
     for net in settings.networks.values():
         lines.extend(_describe_network(net))

@@ -25,7 +25,7 @@ from watcher.outbox import queue_depth
 from watcher.pricing.book import RateBook, build_sources
 from watcher.rpc import RpcClient
 from watcher.sdnotify import Notifier
-from watcher.store import Store, index_invoices, status_counts
+from watcher.store import Store, index_invoices, newest_derived_address, status_counts
 from watcher.web.api import ApiContext, create_app
 from watcher.web.channels import Limits, Sockets
 from watcher.web.checkout import CheckoutContext, create_checkout_app
@@ -136,6 +136,7 @@ class Daemon:
                 index.put(inv)
             self.metrics.add_network(name, index.assets)
             log.info("%s: watching %d invoices", name, len(index), extra={"network": name})
+        await self._announce_derivation()
         for name, net in self.networks.items():
             self.rpcs[name] = RpcClient(name, net.rpc, on_request=self.metrics.rpc_hook(name))
         if check_chain_ids:
@@ -186,6 +187,23 @@ class Daemon:
             if self.checkout_port is not None else "off",
             ", ".join(self.networks) or "none",
         )
+
+    async def _announce_derivation(self) -> None:
+        """Say which key derives deposit addresses (its fingerprint, never the key) and
+        warn when it is not the key the newest address was derived with."""
+        deriver = self.ledger.deriver
+        if deriver is None:
+            return
+        newest = await self.store.run(newest_derived_address)
+        start = self.settings.addresses.start_index
+        following = start if newest is None else max(start, newest["idx"] + 1)
+        log.info("addresses: derived from key %s, next index %d", deriver.key_id, following)
+        if newest is not None and newest["key_id"] != deriver.key_id:
+            log.warning(
+                "addresses: the configured key (%s) is not the one that derived index %d "
+                "(%s): new invoices are paid to the new key's addresses from index %d on",
+                deriver.key_id, newest["idx"], newest["key_id"], following,
+            )
 
     async def _check_chain_ids(self) -> None:
         problems = []

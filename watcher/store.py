@@ -247,6 +247,12 @@ def insert_derived_address(
     )
 
 
+def newest_derived_address(db: Database) -> dict[str, Any] | None:
+    """The derived address with the highest index, or None."""
+    rows = list(db.query("SELECT * FROM derived_addresses ORDER BY idx DESC LIMIT 1"))
+    return rows[0] if rows else None
+
+
 def derived_addresses(
     db: Database, after: int | None = None, limit: int | None = None
 ) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ middle of a create storm leaves indexes unique and without gaps."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -154,3 +155,42 @@ async def test_concurrent_creates_and_kill_9_keep_indexes_unique_and_gapless(
         assert by_id[invoice_id] == index
     # creates that got no answer either committed whole (index and invoice) or not at all
     assert len(by_id) == len(taken) >= len(made) + 1
+
+
+async def test_restart_keeps_the_counter_and_a_new_key_goes_on_from_it(
+    daemons: Daemons,
+) -> None:
+    d = await daemons.start(extra=xpub_config(3000))
+    first = await d.ok("POST", "/v1/invoices", {"network": NETWORK, "asset": "ETH",
+                                                "amount": "1"}, expect=201)
+    assert first["derivationIndex"] == 3000
+    assert await d.stop() == 0
+    await d.start()
+    again = await d.ok("POST", "/v1/invoices", {"network": NETWORK, "asset": "ETH",
+                                                "amount": "1"}, expect=201)
+    assert again["derivationIndex"] == 3001
+
+    # The merchant moves to another account's key: it goes on from the next index, and
+    # the log says so (with the keys' fingerprints, never the keys).
+    assert await d.stop() == 0
+    other = hdkeys.xpub("m/44'/60'/1'")
+    d.config.extra["addresses"]["xpub"] = other
+    await d.start()
+    moved = await d.ok("POST", "/v1/invoices", {"network": NETWORK, "asset": "ETH",
+                                                "amount": "1"}, expect=201)
+    assert moved["derivationIndex"] == 3002
+    assert moved["to"] == hdkeys.reference_address("m/44'/60'/1'/0/3002")
+    text = d.log_text()
+    assert "is not the one that derived index 3001" in text
+    assert "next index 3002" in text
+    assert hdkeys.xpub() not in text and other not in text
+
+    check = run_cli("check-config", "--config", str(d.config.path))
+    assert check.returncode == 0 and "addresses: derived from key" in check.stdout
+    assert other not in check.stdout
+
+    # The CLI's create takes the next index from the same sequence, beside the daemon.
+    made = run_cli("invoices", "create", "--network", NETWORK, "--asset", "ETH", "--amount",
+                   "1", "--address", "derive", "--config", str(d.config.path))
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["derivationIndex"] == 3003
