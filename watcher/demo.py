@@ -2,8 +2,9 @@
 
 It starts anvil (a block every second), deploys a test USDT token, starts a callback
 receiver and the daemon in this process (API on 127.0.0.1 with a generated key, a temporary
-database), creates a native and a token invoice through the HTTP API, pays the first in full
-and the second in two parts, and prints one line per event, with the time since the start:
+database), creates a native invoice at an address derived from an xpub and a token invoice
+through the HTTP API, pays the first in full and the second in two parts, and prints one
+line per event, with the time since the start:
 what it does on chain, each status change (read back from the API) and each callback the
 receiver gets (with its signature checked by `watcher.signing.verify_signature`).
 
@@ -57,6 +58,10 @@ EUR_USD: Final = "1.08"
 FULL: Final = (NATIVE_SYMBOL, "0.5")
 SPLIT: Final = (TOKEN_SYMBOL, "25", ("10", "15"))
 INVOICE_TTL: Final = 3600
+#: Deposit addresses are derived from the account xpub of anvil's well-known test mnemonic,
+#: from an index clear of anvil's own funded accounts (indexes 0..9).
+DEMO_MNEMONIC: Final = "test test test test test test test test test test test junk"
+DERIVE_FROM: Final = 1000
 DEFAULT_TIMEOUT: Final = 90.0
 STOP_GRACE: Final = 8.0
 
@@ -416,6 +421,7 @@ class Demo:
             database=database,
             api={"listen": "127.0.0.1:0", "api_keys": [self.api_key]},
             checkout={"enabled": True, "listen": "127.0.0.1:0", "redirect_delay": 5},
+            addresses={"xpub": _demo_xpub(), "start_index": DERIVE_FROM},
             rates={"pairs": {
                 "ETH/USD": [{"chainlink": NETWORK, "feed": feed}],
                 "EUR/USD": [{"fixed": EUR_USD}],
@@ -458,12 +464,11 @@ class Demo:
         self._step("the invoices to be created")
         full_asset, full_amount = FULL
         split_asset, split_amount, parts = SPLIT
-        full_to = DevChain.new_account()
-        split_to = DevChain.new_account()
-        full = await self._create(api, full_asset, full_amount, full_to, "demo-order-1",
-                                  "paid in full")
-        split = await self._create(api, split_asset, split_amount, split_to, "demo-order-2",
-                                   f"paid in two parts: {' + '.join(parts)}")
+        full, full_to = await self._create(api, full_asset, full_amount, "derive",
+                                           "demo-order-1", "paid in full")
+        split, split_to = await self._create(api, split_asset, split_amount,
+                                             DevChain.new_account(), "demo-order-2",
+                                             f"paid in two parts: {' + '.join(parts)}")
         self.invoice_ids = {"full": full, "split": split}
 
         self._step(f"the {full_asset} payment to be mined")
@@ -491,6 +496,18 @@ class Demo:
             f"scripted part done: both invoices COMPLETED, {count} callbacks received, "
             "every signature ok",
         )
+        await self._show_addresses(api)
+
+    async def _show_addresses(self, api: Api) -> None:
+        """What `addresses list --with-balance` shows: each derived address, its invoices,
+        and what it holds (what the merchant's wallet would sweep)."""
+        page = await api.get("/v1/addresses?withBalance=true")
+        for a in page["data"]:
+            held = ", ".join(f"{v} {k}" for k, v in a["balances"][NETWORK].items())
+            states = ", ".join(i["status"] for i in a["invoices"]) or "no invoice"
+            self.console.line(
+                "address", f"index {a['index']} {a['address']}: {states}; holds {held}"
+            )
 
     def _all_callbacks_received(self) -> bool:
         assert self.watch is not None and self.receiver is not None
@@ -517,7 +534,8 @@ class Demo:
 
     async def _create(
         self, api: Api, asset: str, amount: str, to: str, external_id: str, plan: str
-    ) -> str:
+    ) -> tuple[str, str]:
+        """POST /v1/invoices; (id, address). `to` "derive": the next address from the xpub."""
         body = {
             "network": NETWORK, "asset": asset, "amount": amount, "address": to,
             "ttl": INVOICE_TTL, "externalId": external_id,
@@ -525,13 +543,17 @@ class Demo:
         status, data = await api.call("POST", "/v1/invoices", body)
         if status != 201:
             raise DemoError(f"POST /v1/invoices answered {status}: {data}")
+        derived = (
+            f" (derived from the xpub, index {data['derivationIndex']})"
+            if data["derivationIndex"] is not None else ""
+        )
         self.console.line(
             "api",
             f"POST /v1/invoices -> {status}: invoice {data['id']} {amount} {asset} "
-            f"to {data['to']} (will be {plan})",
+            f"to {data['to']}{derived} (will be {plan})",
         )
         self.console.line("checkout", f"customer's page: {data['url']}")
-        return str(data["id"])
+        return str(data["id"]), str(data["to"])
 
     async def _pay(
         self, sender: str, to: str, asset: str, amount: str, token: str | None
@@ -555,7 +577,7 @@ class Demo:
         assert self.api is not None
         status, data = await self.api.call("POST", "/v1/invoices", {
             "network": NETWORK, "asset": NATIVE_SYMBOL, "price": "25", "currency": "EUR",
-            "address": DevChain.new_account(), "ttl": 600,
+            "address": "derive", "ttl": 600,
             "redirectUrl": "https://shop.example/thank-you",
         })
         if status != 201:
@@ -572,7 +594,7 @@ class Demo:
         pay = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_sendTransaction",
                           "params": [{"from": payer, "to": inv["to"], "value": hex(wei)}]})
         create = json.dumps({"network": NETWORK, "asset": NATIVE_SYMBOL, "amount": "0.25",
-                             "address": DevChain.new_account(), "ttl": 600})
+                             "ttl": 600})
         out = self.console
         out.plain()
         out.plain(f"An invoice priced at {inv['price']} EUR waits for {inv['amount']} ETH (at "
@@ -587,8 +609,10 @@ class Demo:
         out.plain(f"  curl -s -H {auth} {base}/v1/invoices/{split}/events")
         out.plain(f"  curl -s -H {auth} '{base}/v1/invoices?status=COMPLETED'")
         out.plain(f"  curl -s -H {auth} {base}/v1/networks")
+        out.plain(f"  curl -s -H {auth} '{base}/v1/addresses?withBalance=true'")
         out.plain(f"  curl -s {base}/metrics | grep '^payment_watcher_invoice'")
-        out.plain("Another invoice (its \"url\" is its checkout page):")
+        out.plain("Another invoice, at the next address derived from the xpub (its \"url\" is "
+                  "its checkout page):")
         out.plain(f"  curl -s -H {auth} -H 'Content-Type: application/json' "
                   f"-d {shlex.quote(create)} {base}/v1/invoices")
         out.plain("Press Ctrl-C to stop (daemon, receiver and anvil).")
@@ -622,6 +646,16 @@ class Demo:
             stopped.append("temporary database removed")
         if stopped:
             self.console.line("demo", "stopped: " + ", ".join(stopped))
+
+
+def _demo_xpub() -> str:
+    """The account xpub (m/44'/60'/0') of the public test mnemonic: the demo stands in for
+    the merchant's wallet here; a real daemon is only ever given the xpub."""
+    from bip32 import BIP32
+    from eth_account.hdaccount import seed_from_mnemonic
+
+    return str(BIP32.from_seed(seed_from_mnemonic(DEMO_MNEMONIC, "")).get_xpub_from_path(
+        "m/44'/60'/0'"))
 
 
 def main(*, exit_after_script: bool = False, timeout: float = DEFAULT_TIMEOUT) -> int:
