@@ -87,6 +87,11 @@ def test_demo_script_completes_both_invoices(anvil_binary: str) -> None:
     wanted = {"invoice.created", "invoice.waiting_for_confirmations", "invoice.completed"}
     assert wanted <= callbacks[eth[0]], output
     assert wanted | {"invoice.partial"} <= callbacks[usdt[0]], output
+    # the native invoice was paid to the first address derived from the xpub, which the
+    # address list then shows holding the payment
+    assert "(derived from the xpub, index 1000)" in proc.stdout, output
+    assert re.search(r"address\s+index 1000 0x[0-9a-fA-F]{40}: COMPLETED; holds 0.5 ETH",
+                     proc.stdout), output
 
 
 def test_demo_timeout_exits_nonzero_with_the_step(anvil_binary: str) -> None:
