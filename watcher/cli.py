@@ -557,6 +557,26 @@ def addresses_list(
         raise SystemExit(1)
 
 
+@addresses_group.command("preview")
+@config_option
+@click.option("--from", "start", type=click.IntRange(0, 2**31 - 1), default=None,
+              help="First index to show (default: addresses.start_index).")
+@click.option("--count", type=click.IntRange(1, 1000), default=5)
+@handles_errors
+def addresses_preview(config_path: Path | None, start: int | None, count: int) -> None:
+    """Print the addresses the configured xpub derives, without handing any out: compare
+    them with your wallet's before taking payments."""
+    from watcher.errors import ConfigError
+
+    settings = load_config(config_path)
+    deriver = settings.addresses.deriver()
+    if deriver is None:
+        raise ConfigError(["addresses.xpub: not set: there is nothing to derive from"])
+    first = settings.addresses.start_index if start is None else start
+    for index in range(first, min(first + count, deriver.max_index + 1)):
+        click.echo(f"{index:>7}  {deriver.address(index)}  xpub/{deriver.template.render(index)}")
+
+
 @main.command("rates")
 @config_option
 @handles_errors

@@ -18,7 +18,7 @@ from tests.unit.test_ledger import db as db  # the fixture: a started network's 
 from watcher import store
 from watcher.derivation import Deriver
 from watcher.errors import Invalid, Unavailable
-from watcher.ledger import Ledger
+from watcher.ledger import Ledger, NewInvoice
 from watcher.models import Status
 from watcher.requests import parse_create
 from watcher.store import Store
@@ -200,3 +200,66 @@ def test_status_is_unaffected(db: Database, ledger: Ledger) -> None:
     inv = ledger.create(db, new(asset="ETH", amount=10**18, derive=True), NOW)[0]
     pay(db, ledger, inv, 10**18, deep=True, now=NOW)
     assert ledger.get(db, inv.id).status == Status.COMPLETED
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _config(tmp_path: Path, xpub: str | None, start: int = 0) -> Path:
+    text = (f'database = "{tmp_path / "cli.db"}"\n'
+            '[networks.anvil]\nrpc = ["http://127.0.0.1:1"]\n')
+    if xpub is not None:
+        text += f'[addresses]\nxpub = "{xpub}"\nstart_index = {start}\n'
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_cli_preview_shows_the_wallets_addresses(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from watcher.cli import main
+
+    path = _config(tmp_path, hdkeys.xpub(), start=7)
+    result = CliRunner().invoke(main, ["addresses", "preview", "--config", str(path),
+                                       "--count", "3"])
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines()]
+    assert rows == [[str(i), hdkeys.reference_address(f"m/44'/60'/0'/0/{i}"), f"xpub/0/{i}"]
+                    for i in (7, 8, 9)]
+    assert hdkeys.xpub() not in result.output
+    assert not (tmp_path / "cli.db").exists()  # a preview hands nothing out
+
+    plain = _config(tmp_path, None)
+    result = CliRunner().invoke(main, ["addresses", "preview", "--config", str(plain)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: addresses.xpub: not set: there is nothing to derive from"]
+
+
+def test_cli_list_without_balances(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from watcher.cli import main
+    from watcher.config import load_settings
+    from watcher.daemon import build_ledger
+
+    path = _config(tmp_path, hdkeys.xpub(), start=100)
+    led = build_ledger(load_settings(path))
+    database = store.connect(tmp_path / "cli.db")
+    led.start_network(database, "anvil", 1, 0)
+    req = NewInvoice(network="anvil", asset="ETH", amount=1, address=None, expire_at=None,
+                     derive=True)
+    inv = led.create(database, req, NOW)[0]
+    database.close()
+    result = CliRunner().invoke(main, ["addresses", "list", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.split() == ["100", inv.to_addr, inv.id[:8], "PENDING", "(anvil", "ETH)"]
+    result = CliRunner().invoke(main, ["addresses", "list", "--json", "--config", str(path)])
+    assert '"derivationIndex"' not in result.output and '"index": 100' in result.output
+
+    (tmp_path / "fresh").mkdir()
+    plain = _config(tmp_path / "fresh", None)
+    result = CliRunner().invoke(main, ["addresses", "list", "--config", str(plain)])
+    assert result.exit_code == 0
+    assert result.output == "no derived addresses yet (no [addresses] xpub is configured)\n"
