@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,31 @@ ONLINE_TIMEOUT = 10.0
 
 # ---------------------------------------------------------------- shared helpers
 
+#: Colour of each status in listings (on a terminal, unless NO_COLOR is set).
+_STATUS_COLOURS = {
+    "PENDING": "cyan", "WAITING_FOR_CONFIRMATIONS": "yellow", "PARTIAL": "yellow",
+    "COMPLETED": "green", "VOIDED": "red", "REVERSED": "red", "REFUNDED": "magenta",
+}
+
+
+def _colour() -> bool | None:
+    """`color=` for click.echo: off when NO_COLOR is set to anything non-empty
+    (no-color.org), else click's own choice (on for a terminal, off for a pipe)."""
+    return False if os.environ.get("NO_COLOR") else None
+
+
+def say(text: str, *, err: bool = False) -> None:
+    """click.echo honouring NO_COLOR (ANSI styles are stripped when colour is off)."""
+    click.echo(text, err=err, color=_colour())
+
+
+def _error(text: str) -> None:
+    say(click.style("error:", fg="red", bold=True) + " " + text, err=True)
+
+
+def _status(status: str, width: int = 0) -> str:
+    return click.style(status.ljust(width), fg=_STATUS_COLOURS.get(status))
+
 
 @contextmanager
 def report_errors() -> Iterator[None]:
@@ -50,13 +76,13 @@ def report_errors() -> Iterator[None]:
         yield
     except ConfigError as e:
         for problem in e.problems or [str(e)]:
-            click.echo(f"error: {problem}", err=True)
+            _error(problem)
         raise click.exceptions.Exit(EXIT_ERROR) from None
     except ApiError as e:
-        click.echo(f"error: {e.message}", err=True)
+        _error(e.message)
         raise click.exceptions.Exit(EXIT_ERROR) from None
     except StoreError as e:
-        click.echo(f"error: {e}", err=True)
+        _error(str(e))
         raise click.exceptions.Exit(EXIT_STORE) from None
 
 
@@ -121,6 +147,21 @@ def _describe_network(net: NetworkConfig, *, show_rpc: bool = True) -> list[str]
             line += f", shared address {asset.shared_address} (amount step {step})"
         lines.append(line)
     return lines
+
+
+def _network_json(net: NetworkConfig) -> dict[str, Any]:
+    """A network's settings as JSON (no RPC URL: they may carry keys)."""
+    return {
+        "name": net.name, "chainId": net.chain_id, "confirmations": net.confirmations,
+        "blockTime": net.block_time, "maxBlockRange": net.max_block_range,
+        "explorer": net.explorer, "enabled": net.enabled,
+        "assets": [
+            {"symbol": a.symbol, "tokenAddress": a.token, "decimals": a.decimals,
+             "sharedAddress": a.shared_address}
+            for a in net.assets().values()
+        ],
+        "feeds": dict(net.feeds),
+    }
 
 
 def summary(settings: Settings, source: str) -> list[str]:
@@ -224,19 +265,23 @@ def check_config(config_path: Path | None, online: bool) -> None:
             click.echo(line)
         problems += online_problems
     for warning in settings.warnings():
-        click.echo(f"warning: {warning}", err=True)
+        say(click.style("warning:", fg="yellow") + f" {warning}", err=True)
     if problems:
         raise ConfigError(problems)
-    click.echo("ok")
+    say(click.style("ok", fg="green"))
 
 
 @main.command("networks")
+@click.option("--json", "as_json", is_flag=True, help="Print the networks as JSON.")
 @handles_errors
-def networks_command() -> None:
+def networks_command(as_json: bool) -> None:
     """The shipped networks and their assets (no configuration needed)."""
     names = shipped.available()
     if not names:
         raise ConfigError(["networks: no shipped network files found"])
+    if as_json:
+        _echo_json({"data": [_network_json(shipped_network(name)) for name in names]})
+        return
     for name in names:
         for line in _describe_network(shipped_network(name), show_rpc=False):
             click.echo(line)
@@ -382,13 +427,16 @@ def invoices_create(config_path: Path | None, **fields: Any) -> None:
 @click.option("--network", default=None)
 @click.option("--client-id", "client_id", default=None, help="Only this customer's invoices.")
 @click.option("--limit", default="50")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the invoice objects as JSON (as GET /v1/invoices).")
 @handles_errors
 def invoices_list(
     config_path: Path | None, status: str | None, network: str | None, client_id: str | None,
-    limit: str,
+    limit: str, as_json: bool,
 ) -> None:
     """Newest first: id, status, network, asset, amount, paid, to."""
-    from watcher.requests import parse_invoice_query
+    from watcher.daemon import build_ledger
+    from watcher.requests import encode_cursor, parse_invoice_query
     from watcher.web.api import list_invoices
 
     settings = load_config(config_path)
@@ -396,10 +444,21 @@ def invoices_list(
              **({"network": network} if network else {}),
              **({"clientId": client_id} if client_id else {})}
     q = parse_invoice_query(query)
+    if as_json:
+        ledger = build_ledger(settings)
+
+        def rendered(db: Any) -> dict[str, Any]:
+            ledger.load_views(db)
+            found, position = list_invoices(db, q)
+            return {"data": [ledger.render(i) for i in found],
+                    "nextCursor": encode_cursor(position) if position is not None else None}
+
+        _echo_json(_store_call(settings, rendered))
+        return
     invoices, _ = _store_call(settings, list_invoices, q)
     for inv in invoices:
-        click.echo(
-            f"{inv.id}  {inv.status.value:<26} {inv.network:<10} {inv.asset:<6} "
+        say(
+            f"{inv.id}  {_status(inv.status.value, 26)} {inv.network:<10} {inv.asset:<6} "
             f"{format_amount(inv.amount, inv.decimals):>16}  "
             f"paid {format_amount(inv.amount_paid, inv.decimals):<14} {inv.to_addr}"
         )
@@ -422,8 +481,9 @@ def _show(settings: Settings, fn: Callable[..., Any], invoice_id: str, *args: An
 @invoices_group.command("show")
 @config_option
 @click.argument("invoice_id")
+@click.option("--json", "as_json", is_flag=True, help="Accepted for symmetry: always JSON.")
 @handles_errors
-def invoices_show(config_path: Path | None, invoice_id: str) -> None:
+def invoices_show(config_path: Path | None, invoice_id: str, as_json: bool) -> None:
     """The invoice as JSON."""
     from watcher.ledger import Ledger
 
@@ -451,12 +511,28 @@ def callbacks_group() -> None:
 @config_option
 @click.option("--failed", is_flag=True, help="Only deliveries that gave up.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100)
+@click.option("--json", "as_json", is_flag=True, help="Print the deliveries as JSON.")
 @handles_errors
-def callbacks_list(config_path: Path | None, failed: bool, limit: int) -> None:
+def callbacks_list(config_path: Path | None, failed: bool, limit: int, as_json: bool) -> None:
     """Newest first: event id, state, attempts, event, invoice, last error."""
     from watcher.outbox import list_deliveries
 
     rows = _store_call(load_config(config_path), list_deliveries, failed, limit)
+    if as_json:
+        from watcher.timeutil import iso
+
+        def when(value: float | None) -> str | None:
+            return None if value is None else iso(int(value))
+
+        _echo_json({"data": [{
+            "eventId": r["event_id"], "invoiceId": r["invoice_id"], "event": r["event"],
+            "url": redact_url(r["url"]) if r["url"] else None, "state": r["state"],
+            "attempts": r["attempts"],
+            "nextAttemptAt": when(r["next_attempt_at"]) if r["state"] == "pending" else None,
+            "createdAt": when(r["created_at"]), "deliveredAt": when(r["delivered_at"]),
+            "lastError": r["last_error"],
+        } for r in rows]})
+        return
     for r in rows:
         click.echo(
             f"{r['event_id']}  {r['state']:<9} {r['attempts']:>3}  {r['event']:<36} "
@@ -552,7 +628,7 @@ def addresses_list(
                 click.echo(f"{'':>7}  {net_name}: {figures}")
     errors = report.get("balanceErrors") or {}
     for message in errors.values():
-        click.echo(f"error: balances not read: {message}", err=True)
+        _error(f"balances not read: {message}")
     if errors:
         raise SystemExit(1)
 
@@ -604,8 +680,9 @@ def rates_command(config_path: Path | None) -> None:
 
 @main.command("status")
 @config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @handles_errors
-def status_command(config_path: Path | None) -> None:
+def status_command(config_path: Path | None, as_json: bool) -> None:
     """Networks (head, scanned, lag, RPC health), invoices by status, callback queue."""
     from watcher.outbox import queue_depth
     from watcher.store import status_counts
@@ -619,24 +696,35 @@ def status_command(config_path: Path | None) -> None:
     cursors, counts, depth = _store_call(settings, read)
     live = _live_networks(settings)
     by_name = {c["network"]: c for c in cursors}
-    click.echo(f"{'network':<12} {'head':>12} {'scanned':>12} {'lag':>6}  rpc")
+    networks: list[dict[str, Any]] = []
     for name in settings.enabled_networks():
         row = live.get(name) or {}
         c = by_name.get(name, {})
         head = row.get("headBlock", c.get("head_block"))
         scanned = row.get("scannedBlock", c.get("scanned_block"))
         lag = head - scanned if head is not None and scanned is not None else None
-        rpc = row.get("rpc")
-        health = (
-            ", ".join(f"{r['label']} {'ok' if r.get('healthy') else 'DOWN'}" for r in rpc)
-            if rpc else "daemon not reachable"
-        )
-        click.echo(f"{name:<12} {head if head is not None else '-':>12} "
-                   f"{scanned if scanned is not None else '-':>12} "
-                   f"{lag if lag is not None else '-':>6}  {health}")
-    click.echo("")
-    click.echo("invoices: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
-    click.echo(f"callback queue: {depth}")
+        networks.append({"name": name, "headBlock": head, "scannedBlock": scanned,
+                         "lagBlocks": lag, "rpc": row.get("rpc"), "daemonReachable": bool(row)})
+    if as_json:
+        _echo_json({"networks": networks, "invoices": dict(sorted(counts.items())),
+                    "callbackQueue": depth})
+        return
+    say(f"{'network':<12} {'head':>12} {'scanned':>12} {'lag':>6}  rpc")
+    for n in networks:
+        rpc = n["rpc"]
+        health = ", ".join(
+            f"{r['label']} " + (click.style("ok", fg="green") if r.get("healthy")
+                                else click.style("DOWN", fg="red"))
+            for r in rpc
+        ) if rpc else "daemon not reachable"
+        head, scanned, lag = n["headBlock"], n["scannedBlock"], n["lagBlocks"]
+        say(f"{n['name']:<12} {head if head is not None else '-':>12} "
+            f"{scanned if scanned is not None else '-':>12} "
+            f"{lag if lag is not None else '-':>6}  {health}")
+    say("")
+    say("invoices: " + (", ".join(f"{_status(k)} {v}" for k, v in sorted(counts.items()))
+                        or "none"))
+    say(f"callback queue: {depth}")
 
 
 def _live_networks(settings: Settings) -> dict[str, dict[str, Any]]:
