@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 ANVIL_VERSION := 1.7.1
 ANVIL := .tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
 export PAYMENT_WATCHER_ANVIL := $(abspath $(ANVIL))
+STANDARDWEBHOOKS_JS_VERSION := 1.1.1
+STANDARDWEBHOOKS_JS := .tools/node_modules/standardwebhooks/package.json
 
 .PHONY: demo test lint unit integration bench bench-full install clean
 
@@ -22,7 +24,14 @@ $(ANVIL):
 	cd .tools && npm install --no-audit --no-fund --silent @foundry-rs/anvil-linux-amd64@$(ANVIL_VERSION)
 	test -x $(ANVIL)
 
-install: $(VENV)/.installed $(ANVIL)
+# The official Standard Webhooks verifier for Node: the callback tests hand real callbacks to it.
+$(STANDARDWEBHOOKS_JS):
+	mkdir -p .tools
+	test -f .tools/package.json || echo '{"name":"payment-watcher-tools","private":true}' > .tools/package.json
+	cd .tools && npm install --no-audit --no-fund --silent standardwebhooks@$(STANDARDWEBHOOKS_JS_VERSION)
+	test -f $@
+
+install: $(VENV)/.installed $(ANVIL) $(STANDARDWEBHOOKS_JS)
 
 demo: install
 	$(BIN)/payment-watcher demo

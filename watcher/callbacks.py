@@ -5,7 +5,8 @@ One long-running task (`CallbackSender.run`). It talks to the database only thro
 a slow or dead receiver never slows chain scanning.
 
 - Each event's body was frozen at commit: it is POSTed byte for byte, with headers from
-  `signing.headers` (a fresh timestamp and signature per attempt; `X-Watcher-Delivery` is the
+  `signing.headers` (a fresh timestamp and signatures per attempt: `X-Watcher-Signature` and
+  the Standard Webhooks `webhook-signature`; `X-Watcher-Delivery` and `webhook-id` are the
   event id, the same on every retry).
 - Success is any 2xx within `timeout`. Connection errors, timeouts, 408, 425, 429 and 5xx are
   retried on `schedule` (stored as `next_attempt_at`, so a restart keeps it), honouring
@@ -172,6 +173,11 @@ class CallbackSender:
             raise ValueError("concurrency must be at least 1")
         if not schedule:
             raise ValueError("schedule must not be empty")
+        if secret:
+            try:
+                signing.webhook_key(secret)  # fail here, not at every attempt
+            except ValueError as exc:
+                raise ValueError(f"secret {exc}") from None
         self.store = store
         self.secret = secret or None
         self.timeout = timeout

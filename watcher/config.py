@@ -289,6 +289,9 @@ def _split_listen(value: str) -> tuple[str, int]:
 
 
 class CallbacksConfig(_Section):
+    """`secret` is any string, or a Standard Webhooks secret `whsec_<base64 key>`: then the
+    base64 part must decode to a key (it keys `webhook-signature`; see `watcher.signing`)."""
+
     url: HttpUrlStr | None = None
     secret: SecretStr | None = None
     secret_file: Path | None = None
@@ -296,18 +299,31 @@ class CallbacksConfig(_Section):
     max_age: Annotated[Duration, Field(gt=0)] = 86400
     concurrency: Annotated[int, Field(ge=1, le=1000)] = 8
 
+    @staticmethod
+    def _check_webhook_key(secret: SecretStr, where: str) -> None:
+        """ValueError naming `callbacks.secret` (never quoting it) for a bad `whsec_` form."""
+        from watcher.signing import webhook_key
+
+        try:
+            webhook_key(secret.get_secret_value())
+        except ValueError as e:
+            raise ValueError(f"{where}{e}") from None
+
     @field_validator("secret")
     @classmethod
     def _check_secret(cls, secret: SecretStr | None) -> SecretStr | None:
         if secret is not None and not secret.get_secret_value().strip():
             raise ValueError("must not be empty")
+        if secret is not None:
+            cls._check_webhook_key(secret, "")
         return secret
 
     @field_validator("secret_file")
     @classmethod
     def _check_secret_file(cls, path: Path | None) -> Path | None:
         if path is not None:
-            _parse_secret(_read_secret(path), path)
+            secret = _parse_secret(_read_secret(path), path)
+            cls._check_webhook_key(secret, f"{path}: callbacks.secret ")
         return path
 
     @model_validator(mode="after")
@@ -320,6 +336,8 @@ class CallbacksConfig(_Section):
             _parse_secret,
         )
         if found is not None:
+            where = self.secret_file or _credential(CALLBACKS_SECRET_CREDENTIAL)
+            self._check_webhook_key(found, f"{where}: callbacks.secret ")
             self.secret = found
         return self
 

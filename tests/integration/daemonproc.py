@@ -38,7 +38,7 @@ from tests.integration.receiver import Received, Receiver
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "pwk_test_api_key_0123456789abcdef"
-CALLBACK_SECRET = "whsec_daemon_test_secret_abcdef012345"
+CALLBACK_SECRET = "whsec_ZGFlbW9uLXRlc3Qtc2VjcmV0LWFiY2RlZjAxMjM0NQ=="  # Standard Webhooks form
 NETWORK = "anvil"
 _PORT_RE = re.compile(r"API on \S+?:(\d+)")
 
@@ -478,12 +478,14 @@ def events_by_invoice(rx: Receiver) -> dict[str, list[str]]:
 
 
 def check_requests(requests: list[Received]) -> None:
-    """Every callback is signed with the secret, and its headers agree with its body."""
+    """Every callback is signed with the secret (both signatures), and its headers agree
+    with its body."""
     for r in requests:
         assert r.signature_ok is True, r.headers
+        assert r.webhook_ok is True, r.headers
         body = r.json()
         assert r.headers["x-watcher-event"] == body["event"]
-        assert r.headers["x-watcher-delivery"] == body["id"]
+        assert r.headers["x-watcher-delivery"] == body["id"] == r.headers["webhook-id"]
         assert r.headers["content-type"].startswith("application/json")
 
 

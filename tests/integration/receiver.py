@@ -1,9 +1,9 @@
 """A real callback receiver on 127.0.0.1, for tests, the demo and the bench.
 
 `Receiver` is a small aiohttp server that records every request (headers, raw body, whether
-the signature verified) and answers from a script: a queue of `Reply`s consumed one per
-request, or a `responder` function deciding per request (by delivery id, invoice, attempt),
-else `default`.
+the `X-Watcher-Signature` and the Standard Webhooks `webhook-signature` verified) and answers
+from a script: a queue of `Reply`s consumed one per request, or a `responder` function
+deciding per request (by delivery id, invoice, attempt), else `default`.
 
     async with Receiver(secret="s3cret") as rx:
         rx.script(Reply(500), Reply(500))          # then the default 200
@@ -30,7 +30,7 @@ from sqlite_utils import Database
 
 from watcher.ledger import Ledger, NetworkInfo, NewInvoice
 from watcher.models import Asset
-from watcher.signing import HEADER_DELIVERY, verify_signature
+from watcher.signing import HEADER_DELIVERY, verify_signature, verify_webhook
 
 NETWORK = "local"
 ASSET = "ETH"
@@ -55,8 +55,9 @@ class Received:
     path: str
     headers: dict[str, str]  # names lower-cased
     body: bytes
-    signature_ok: bool | None  # None when the receiver has no secret
+    signature_ok: bool | None  # X-Watcher-Signature; None when the receiver has no secret
     status: int = 0  # what was answered (0 while the answer is pending)
+    webhook_ok: bool | None = None  # webhook-signature (Standard Webhooks); None: no secret
 
     @property
     def delivery_id(self) -> str:
@@ -148,7 +149,10 @@ class Receiver:
         body = await request.read()
         headers = {k.lower(): v for k, v in request.headers.items()}
         ok = None if self.secret is None else verify_signature(self.secret, headers, body)
-        rec = Received(time.time(), request.method, request.path, headers, body, ok)
+        webhook_ok = None if self.secret is None else verify_webhook(self.secret, headers, body)
+        rec = Received(
+            time.time(), request.method, request.path, headers, body, ok, webhook_ok=webhook_ok
+        )
         async with self._changed:
             self.requests.append(rec)
             self._changed.notify_all()

@@ -30,10 +30,10 @@ from tests.integration.receiver import (
 from watcher import outbox
 from watcher.callbacks import CallbackSender, parse_retry_after
 from watcher.metrics import Metrics
-from watcher.signing import verify_signature
+from watcher.signing import verify_signature, verify_webhook
 from watcher.store import Store
 
-SECRET = "whsec_integration_secret_value"
+SECRET = "whsec_aW50ZWdyYXRpb24tc2VjcmV0LXZhbHVl"  # a Standard Webhooks secret
 FAST = (0.05, 0.1, 0.2, 0.3)
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,9 +119,11 @@ async def test_signed_body_and_headers(store: Store, rx: Receiver) -> None:
     body = (await store.run(lambda db: db.execute("SELECT body FROM events").fetchone()))[0]
     assert req.method == "POST" and req.path == "/hook"
     assert req.body == body  # the frozen body, byte for byte
-    assert req.signature_ok is True
+    assert req.signature_ok is True and req.webhook_ok is True
     assert verify_signature(SECRET, req.headers, req.body)
-    assert req.headers["x-watcher-delivery"] == evt == req.json()["id"]
+    assert verify_webhook(SECRET, req.headers, req.body)
+    assert req.headers["x-watcher-delivery"] == evt == req.json()["id"] == req.headers["webhook-id"]
+    assert req.headers["webhook-timestamp"] == req.headers["x-watcher-timestamp"]
     assert req.headers["x-watcher-event"] == "invoice.created" == req.event
     assert req.headers["content-type"] == "application/json"
     assert req.headers["user-agent"].startswith("payment-watcher/")
@@ -140,8 +142,8 @@ async def test_no_signature_without_secret(store: Store) -> None:
         async with running(store, secret=None):
             await wait_states(store, all_in("delivered"))
     (req,) = plain.requests
-    assert "x-watcher-signature" not in req.headers
-    assert "x-watcher-timestamp" in req.headers
+    assert "x-watcher-signature" not in req.headers and "webhook-signature" not in req.headers
+    assert "x-watcher-timestamp" in req.headers and "webhook-timestamp" in req.headers
 
 
 # ------------------------------------------------------------------ retries and failures
@@ -162,7 +164,8 @@ async def test_500_twice_then_200(
         assert (registry.get_sample_value("payment_watcher_callbacks_total", labels) or 0) == count
     assert [r.status for r in rx.requests] == [500, 503, 200]
     assert {r.delivery_id for r in rx.requests} == {evt}
-    assert all(r.signature_ok for r in rx.requests)
+    assert {r.headers["webhook-id"] for r in rx.requests} == {evt}  # the same on every retry
+    assert all(r.signature_ok and r.webhook_ok for r in rx.requests)
     tries = await attempts(store, evt)
     assert [t["status_code"] for t in tries] == [500, 503, 200]
     assert tries[1]["error"] == "HTTP 503: down for maintenance"

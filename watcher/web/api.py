@@ -569,10 +569,25 @@ def load_openapi() -> bytes:
     return raw
 
 
+def openapi_document(networks: dict[str, ledger_mod.NetworkInfo]) -> bytes:
+    """`GET /v1/openapi.json`: the shipped document with this daemon's configured networks
+    and their asset symbols as the enums of a create request's `network` and `asset` (a
+    symbol is valid on the networks that list it; another pair is refused with 422)."""
+    doc = json.loads(load_openapi())
+    props = doc["components"]["schemas"]["CreateInvoice"]["properties"]
+    names = sorted(networks)
+    symbols = sorted({symbol for net in networks.values() for symbol in net.assets})
+    if names:
+        props["network"]["enum"] = names
+    if symbols:
+        props["asset"]["enum"] = symbols
+    return json.dumps(doc, indent=2).encode()
+
+
 def create_app(ctx: ApiContext) -> web.Application:
     app = web.Application(middlewares=[_errors, _auth], client_max_size=MAX_BODY)
     app[CTX] = ctx
-    app[OPENAPI] = load_openapi()
+    app[OPENAPI] = openapi_document(ctx.ledger.networks)
     if ctx.sockets is not None:
         app.on_shutdown.append(ctx.sockets.on_shutdown)
     app[CREATES] = GroupCommit(ctx.store, lambda db, items: ctx.ledger.create_many(db, items))
