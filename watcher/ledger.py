@@ -116,9 +116,11 @@ class Outcome:
     recorded: list[Transfer] = field(default_factory=list)  # transfers newly stored
 
 
-def late_event_id(invoice_id: str, tx_hash: str, log_index: int) -> str:
-    """The event id of a late payment: the same for the same transfer to the same invoice."""
-    digest = hashlib.sha256(f"late:{invoice_id}:{tx_hash.lower()}:{log_index}".encode())
+def late_event_id(invoice_id: str, tx_hash: str, log_index: int, trace: str = "") -> str:
+    """The event id of a late payment: the same for the same transfer to the same invoice
+    (an internal transfer's trace address is added, so ids from before traces stay)."""
+    where = f"{log_index}:{trace}" if trace else f"{log_index}"
+    digest = hashlib.sha256(f"late:{invoice_id}:{tx_hash.lower()}:{where}".encode())
     return "evt_" + digest.hexdigest()[:32]
 
 
@@ -626,28 +628,29 @@ class Ledger:
         confirmations) carries the id the receiver already deduped."""
         deep = view.head - view.required + 1
         rows = db.execute(
-            "SELECT tx_hash, log_index, invoice_id, block, timestamp FROM transfers "
-            "WHERE network = ? AND announced = 0 AND block <= ? ORDER BY block, log_index",
+            "SELECT tx_hash, log_index, trace, invoice_id, timestamp FROM transfers "
+            "WHERE network = ? AND announced = 0 AND block <= ? "
+            "ORDER BY block, log_index, trace",
             [network, deep],
         ).fetchall()
         if not rows:
             return
-        missing = {r[2] for r in rows} - known.keys()
+        missing = {r[3] for r in rows} - known.keys()
         if missing:
             for loaded in load_invoices(db, _in_ids(missing), list(missing)):
                 known[loaded.id] = loaded
-        for tx_hash, log_index, invoice_id, _block, timestamp in rows:
+        for tx_hash, log_index, trace, invoice_id, timestamp in rows:
             db.execute(
                 "UPDATE transfers SET announced = 1 WHERE network = ? AND tx_hash = ? "
-                "AND log_index = ?",
-                [network, tx_hash, log_index],
+                "AND log_index = ? AND trace = ?",
+                [network, tx_hash, log_index, trace],
             )
             inv = known.get(invoice_id)
             if inv is None:
                 continue
             inv.updated_at = now
             update_invoice(db, inv)
-            event_id = late_event_id(inv.id, tx_hash, log_index)
+            event_id = late_event_id(inv.id, tx_hash, log_index, trace)
             if self._emit(db, inv, LATE_PAYMENT_EVENT, None, now, event_id=event_id):
                 out.changes.append(Change(inv, LATE_PAYMENT_EVENT, None, timestamp))
             if inv not in out.touched:

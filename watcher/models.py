@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -92,10 +93,27 @@ class Transfer:
     timestamp: int
     invoice_id: str | None = None
     kind: str = "unmatched"  # "payment" | "late" | "unmatched"
+    #: An internal native transfer (a contract's call): its call's `traceAddress`, e.g.
+    #: "0.2"; None for a transaction's own value or a log.
+    trace: str | None = None
+    assigned: bool = False  # made a payment of its invoice by hand
 
     @property
-    def key(self) -> tuple[str, str, int]:
-        return (self.network, self.tx_hash, -1 if self.log_index is None else self.log_index)
+    def key(self) -> tuple[str, str, int, str]:
+        return (self.network, self.tx_hash, -1 if self.log_index is None else self.log_index,
+                self.trace or "")
+
+    @property
+    def id(self) -> str:
+        """A stable id: the same for the same transfer whenever and however it is found."""
+        return transfer_id(*self.key)
+
+
+def transfer_id(network: str, tx_hash: str, log_index: int, trace: str) -> str:
+    """`tr_` + 24 hex digits of SHA-256 over the transfer's identity: (network, tx hash,
+    log index or -1 for native, trace address or "")."""
+    digest = hashlib.sha256(f"{network}:{tx_hash.lower()}:{log_index}:{trace}".encode())
+    return "tr_" + digest.hexdigest()[:24]
 
 
 @dataclass(slots=True)

@@ -20,7 +20,15 @@ def payment_json(p: Transfer, decimals: int, head: int | None) -> dict[str, Any]
         "blockHash": p.block_hash,
         "timestamp": iso(p.timestamp),
         "confirmations": confirmations(p.block, head) if head is not None else 0,
+        "internal": p.trace is not None,
+        "traceAddress": _trace_address(p.trace),
+        "assigned": p.assigned,
     }
+
+
+def _trace_address(trace: str | None) -> list[int] | None:
+    """"0.2" -> [0, 2] (as trace_block writes it); None for a transfer that is no call."""
+    return None if trace is None else [int(i) for i in trace.split(".")]
 
 
 def checkout_url(base: str | None, invoice_id: str) -> str | None:
@@ -78,10 +86,13 @@ def invoice_json(
 
 def transfer_json(t: Transfer, decimals: int) -> dict[str, Any]:
     return {
+        "id": t.id,
         "network": t.network,
         "asset": t.asset,
         "txHash": t.tx_hash,
         "logIndex": t.log_index,
+        "internal": t.trace is not None,
+        "traceAddress": _trace_address(t.trace),
         "from": t.from_addr,
         "to": t.to_addr,
         "amount": format_amount(t.amount, decimals),
@@ -91,6 +102,7 @@ def transfer_json(t: Transfer, decimals: int) -> dict[str, Any]:
         "invoiceId": t.invoice_id,
         "matched": t.invoice_id is not None,
         "kind": t.kind,
+        "assigned": t.assigned,
     }
 
 

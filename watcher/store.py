@@ -22,7 +22,7 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from watcher.errors import StoreError
-from watcher.models import OPEN_STATUSES, Invoice, Status, Transfer
+from watcher.models import OPEN_STATUSES, Invoice, Status, Transfer, transfer_id
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -217,19 +217,75 @@ def _m0008(db: Database) -> None:
     # Addresses derived from the merchant's xpub, one row per index handed out (in the
     # transaction of the invoice that took it, so an index is never handed out twice and a
     # rolled-back create leaves no gap). `key_id` tells which configured key derived it.
-    db.executescript(
+    for statement in (
         """
         CREATE TABLE derived_addresses (
             idx INTEGER PRIMARY KEY,
             address TEXT NOT NULL,
             key_id TEXT NOT NULL,
             created_at INTEGER NOT NULL
-        );
-        ALTER TABLE invoices ADD COLUMN derivation_index INTEGER;
-        CREATE INDEX invoices_derivation ON invoices(derivation_index)
-            WHERE derivation_index IS NOT NULL;
+        )
+        """,
+        "ALTER TABLE invoices ADD COLUMN derivation_index INTEGER",
+        "CREATE INDEX invoices_derivation ON invoices(derivation_index) "
+        "WHERE derivation_index IS NOT NULL",
+    ):
+        db.execute(statement)
+
+
+@migrations(name="0009_transfer_ids_traces")
+def _m0009(db: Database) -> None:
+    # Every transfer gets a stable `id` (API, assign); internal native transfers (a
+    # contract's call, from traces) are keyed by their `trace` address as well, so they can
+    # never collide with the transaction's own value or a log; `assigned` marks a transfer
+    # made a payment by hand; an event may say what caused it (`cause`: "assigned").
+    # One statement at a time: `executescript` would commit the migration's transaction.
+    db.execute(
+        """
+        CREATE TABLE transfers_new (
+            id TEXT NOT NULL UNIQUE,
+            network TEXT NOT NULL,
+            tx_hash TEXT NOT NULL,
+            log_index INTEGER NOT NULL,  -- -1 for a native transfer
+            trace TEXT NOT NULL DEFAULT '',  -- traceAddress of an internal one, e.g. "0.2"
+            asset TEXT NOT NULL,
+            from_addr TEXT NOT NULL,
+            to_addr TEXT NOT NULL,
+            amount TEXT NOT NULL,
+            block INTEGER NOT NULL,
+            block_hash TEXT NOT NULL,
+            timestamp INTEGER NOT NULL,
+            invoice_id TEXT,
+            kind TEXT NOT NULL,  -- payment | late | unmatched
+            seen_at INTEGER NOT NULL,
+            announced INTEGER NOT NULL DEFAULT 1,
+            assigned INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (network, tx_hash, log_index, trace)
+        )
         """
     )
+    rows = db.execute(
+        "SELECT network, tx_hash, log_index, asset, from_addr, to_addr, amount, block, "
+        "block_hash, timestamp, invoice_id, kind, seen_at, announced FROM transfers"
+    ).fetchall()
+    db.conn.executemany(
+        "INSERT INTO transfers_new (id, network, tx_hash, log_index, asset, from_addr, "
+        "to_addr, amount, block, block_hash, timestamp, invoice_id, kind, seen_at, announced) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(transfer_id(r[0], r[1], r[2], ""), *r) for r in rows],
+    )
+    for statement in (
+        "DROP VIEW payments",
+        "DROP TABLE transfers",
+        "ALTER TABLE transfers_new RENAME TO transfers",
+        "CREATE INDEX transfers_invoice ON transfers(invoice_id)",
+        "CREATE INDEX transfers_block ON transfers(network, block)",
+        "CREATE INDEX transfers_kind ON transfers(kind, network)",
+        "CREATE INDEX transfers_unannounced ON transfers(network, block) WHERE announced = 0",
+        "CREATE VIEW payments AS SELECT * FROM transfers WHERE kind = 'payment'",
+        "ALTER TABLE events ADD COLUMN cause TEXT",
+    ):
+        db.execute(statement)
 
 
 def next_derivation_index(db: Database, start: int) -> int:
@@ -460,7 +516,20 @@ def transfer_from_row(row: dict[str, Any]) -> Transfer:
         timestamp=row["timestamp"],
         invoice_id=row["invoice_id"],
         kind=row["kind"],
+        trace=row.get("trace") or None,
+        assigned=bool(row.get("assigned") or 0),
     )
+
+
+def load_transfers_by_id(db: Database, ids: Iterable[str]) -> list[Transfer]:
+    """The stored transfers with these ids (those that exist)."""
+    wanted = list(ids)
+    if not wanted:
+        return []
+    rows = db.query(
+        f"SELECT * FROM transfers WHERE id IN ({','.join('?' * len(wanted))})", wanted
+    )
+    return [transfer_from_row(r) for r in rows]
 
 
 def transfer_row(t: Transfer, seen_at: int) -> dict[str, Any]:
@@ -468,6 +537,9 @@ def transfer_row(t: Transfer, seen_at: int) -> dict[str, Any]:
         "network": t.network,
         "tx_hash": t.tx_hash,
         "log_index": -1 if t.log_index is None else t.log_index,
+        "trace": t.trace or "",
+        "id": t.id,
+        "assigned": int(t.assigned),
         "asset": t.asset,
         "from_addr": t.from_addr,
         "to_addr": t.to_addr,

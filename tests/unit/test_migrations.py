@@ -43,3 +43,39 @@ def test_0007_adds_the_rate_columns(tmp_path: Path) -> None:
     columns = {c.name for c in db["invoices"].columns}
     assert {"rate", "rate_source", "rate_at"} <= columns
     db.close()
+
+
+def test_a_0008_database_keeps_its_transfers_with_ids(tmp_path: Path) -> None:
+    from watcher.models import transfer_id
+    from watcher.store import load_transfers_by_id
+
+    path = tmp_path / "old.db"
+    old = Migrations(store.migrations.name)
+    for m in store.migrations._migrations:
+        if m.name[:4] <= "0008":
+            old(name=m.name)(m.fn)
+    db = Database(path)
+    old.apply(db)
+    for tx, li, kind, announced in (("0xaa", -1, "payment", 1), ("0xbb", 3, "late", 0)):
+        db.execute(
+            "INSERT INTO transfers (network, tx_hash, log_index, asset, from_addr, to_addr, "
+            "amount, block, block_hash, timestamp, invoice_id, kind, seen_at, announced) "
+            "VALUES ('n', ?, ?, 'ETH', '0xF', '0xT', '7', 5, '0xh', 100, 'a', ?, 1, ?)",
+            [tx, li, kind, announced],
+        )
+    db.conn.commit()
+    db.close()
+
+    db = connect(path)
+    rows = {r["tx_hash"]: r for r in db.query("SELECT * FROM transfers")}
+    assert rows["0xaa"]["id"] == transfer_id("n", "0xaa", -1, "")
+    assert (rows["0xbb"]["announced"], rows["0xbb"]["trace"], rows["0xbb"]["assigned"]) == (
+        0, "", 0)
+    assert [r["tx_hash"] for r in db.query("SELECT tx_hash FROM payments")] == ["0xaa"]
+    indexes = {i.name for i in db["transfers"].indexes}
+    assert {"transfers_invoice", "transfers_block", "transfers_kind",
+            "transfers_unannounced"} <= indexes
+    assert "cause" in {c.name for c in db["events"].columns}
+    found = load_transfers_by_id(db, [rows["0xbb"]["id"]])
+    assert [t.tx_hash for t in found] == ["0xbb"]
+    db.close()
