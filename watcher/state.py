@@ -67,7 +67,9 @@ def target_status(
     inv: Invoice, view: ChainView, tolerance: Fraction, *, payments_added: bool
 ) -> Status:
     """Where the invoice must be now, given where it is."""
-    if inv.status in CLOSED_STATUSES:
+    if inv.status in CLOSED_STATUSES and not (inv.status == Status.VOIDED and payments_added):
+        # A voided invoice takes payments again only when one is added to it: a rescan
+        # finding a payment made in time that was missed, or the merchant assigning one.
         return inv.status
     if inv.closed_at is not None and inv.status in (Status.COMPLETED, Status.PARTIAL):
         return inv.status  # accepted by hand, or a remainder took over: no longer collecting

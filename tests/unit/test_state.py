@@ -108,7 +108,9 @@ def test_expired_invoice_losing_its_payment_is_voided_through_pending() -> None:
 @pytest.mark.parametrize("final", [S.VOIDED, S.REFUNDED])
 def test_final_statuses_do_not_move(final: Status) -> None:
     inv = invoice(status=final, payments=[payment(1000, 10)])
-    assert transitions(inv, view(50), ZERO, payments_added=True) == []
+    assert transitions(inv, view(50), ZERO, payments_added=False) == []
+    if final == S.REFUNDED:  # a voided one takes a payment added to it (test below)
+        assert transitions(inv, view(50), ZERO, payments_added=True) == []
 
 
 def test_accepted_partial_stays_completed() -> None:
@@ -154,3 +156,16 @@ def test_shorter_head_after_reorg_does_not_unconfirm_surviving_payments() -> Non
     assert transitions(partial, view(11), ZERO, payments_added=False) == []
     lost = invoice(status=S.COMPLETED, payments=[payment(600, 10)])
     assert transitions(lost, view(12), ZERO, payments_added=False) == [S.REVERSED]
+
+
+def test_a_voided_invoice_takes_a_payment_added_to_it() -> None:
+    # A payment made in time that a rescan found, or one the merchant assigned: an invoice
+    # voided at expiry (or cancelled) goes on as if the payment had been seen.
+    for closed_at in (None, 1800):
+        inv = invoice(status=S.VOIDED, closed_at=closed_at, payments=[payment(1000, 10)])
+        assert transitions(inv, view(20, time=2500), ZERO, payments_added=True) == [
+            S.WAITING_FOR_CONFIRMATIONS, S.COMPLETED]
+        # without a payment added (the head moves on), voided stays voided
+        assert transitions(inv, view(20, time=2500), ZERO, payments_added=False) == []
+    refunded = invoice(status=S.REFUNDED, payments=[payment(1000, 10)])
+    assert transitions(refunded, view(20), ZERO, payments_added=True) == []
