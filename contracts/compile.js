@@ -15,7 +15,7 @@ try {
   solc = require("solc");
 }
 
-const CONTRACTS = ["TestToken", "Reverter", "TestAggregator"];
+const CONTRACTS = ["TestToken", "Reverter", "TestAggregator", "Payout"];
 const sources = {};
 for (const name of CONTRACTS) {
   sources[`${name}.sol`] = { content: fs.readFileSync(path.join(__dirname, `${name}.sol`), "utf8") };

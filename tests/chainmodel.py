@@ -270,7 +270,9 @@ class ChainModel:
     - `log_cap` + `cap_style` ("infura", "alchemy", "geth", "http413"): more matching logs
       than `log_cap` answers that provider's refusal;
     - `max_range`: an eth_getLogs over more blocks answers -32602 "... range too large";
-    - `http_errors`: (status, retry_after) answered to the next HTTP requests, one each.
+    - `http_errors`: (status, retry_after) answered to the next HTTP requests, one each;
+    - `unsupported_tags`: block tags ("safe", "finalized") the node refuses, as a pre-merge
+      geth does.
     """
 
     def __init__(
@@ -294,7 +296,11 @@ class ChainModel:
         self.cap_style = "infura"
         self.max_range: int | None = None
         self.http_errors: collections.deque[tuple[int, float | None]] = collections.deque()
+        self.unsupported_tags: set[str] = set()
         self.calls: collections.Counter[str] = collections.Counter()
+        #: the `topics` of every eth_getLogs, and how many logs they were answered
+        self.log_filters: list[list[Any]] = []
+        self.logs_served = 0
         # state
         self.history: list[ChainVersion] = []
         self.mutations = 0  # total, also counts versions dropped from `history`
@@ -465,6 +471,8 @@ class ChainModel:
 
     def reset_calls(self) -> None:
         self.calls.clear()
+        self.log_filters.clear()
+        self.logs_served = 0
 
     def handle(self, payload: Any) -> Any:
         """The JSON-RPC answer to a decoded payload (one call or a batch). Raises
@@ -664,6 +672,8 @@ class ChainModel:
     def _rpc_block_by_number(self, view: ChainVersion, params: list[Any]) -> Any:
         if not params:
             raise RpcErrorAnswer(-32602, "missing value for required argument 0")
+        if params[0] in self.unsupported_tags:
+            raise RpcErrorAnswer(-32000, f"'{params[0]}' tag not supported on pre-merge network")
         block = self._by_block_arg(view, params[0])
         full = bool(params[1]) if len(params) > 1 else False
         return None if block is None else self._block_json(block, full)
@@ -704,6 +714,7 @@ class ChainModel:
         if not params or not isinstance(params[0], dict):
             raise RpcErrorAnswer(-32602, "invalid argument 0: expected a filter object")
         flt: dict[str, Any] = params[0]
+        self.log_filters.append(list(flt.get("topics") or []))
         addresses = _address_set(flt.get("address"))
         topics = _topic_sets(flt.get("topics"))
         blocks: list[Block]
@@ -737,7 +748,9 @@ class ChainModel:
         total = sum(len(found) for _, found in per_block)
         if self.log_cap is not None and total > self.log_cap:
             raise self._cap_refusal(lo, per_block, self.log_cap)
-        return [self._log_json(b, lg) for b, found in per_block for lg in found]
+        served = [self._log_json(b, lg) for b, found in per_block for lg in found]
+        self.logs_served += len(served)
+        return served
 
     def _cap_refusal(
         self, lo: int, per_block: list[tuple[Block, list[Log]]], cap: int

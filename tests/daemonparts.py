@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from web3 import Web3
@@ -38,9 +39,9 @@ ASSETS = {
 }
 
 
-def make_ledger() -> Ledger:
+def make_ledger(finality: str = "confirmations") -> Ledger:
     return Ledger(
-        {NET: NetworkInfo(NET, 31337, CONF, ASSETS)},
+        {NET: NetworkInfo(NET, 31337, CONF, ASSETS, finality)},
         tolerance=Fraction(0), default_ttl=3600, late_window=LATE, default_callback_url=None,
     )
 
@@ -49,15 +50,20 @@ class Node:
     """Store, ledger, watch index, RPC client and follower of one network, as
     `Daemon.start` builds them (index from `index_invoices`, start block written first)."""
 
-    def __init__(self, db: Path, url: str, *, max_block_range: int = RANGE) -> None:
+    def __init__(
+        self, db: Path, url: str, *, max_block_range: int = RANGE,
+        finality: str = "confirmations", log_topic_chunk: int = 200,
+    ) -> None:
         self.db = db
         self.url = url
         self.max_block_range = max_block_range
+        self.finality = finality
+        self.log_topic_chunk = log_topic_chunk
         self.outcomes: list[Outcome] = []
 
     async def start(self, *, start_block: bool = True) -> Node:
         self.store = await Store(self.db).open()
-        self.ledger = make_ledger()
+        self.ledger = make_ledger(self.finality)
         await self.store.run(self.ledger.load_views)
         self.index = WatchIndex(ASSETS, LATE)
         for inv in await self.store.run(index_invoices, NET, LATE):
@@ -65,7 +71,9 @@ class Node:
         self.rpc = RpcClient(NET, [self.url], timeout=2, max_attempts=2, backoff=0.001,
                              max_backoff=0.005, cooldown=0.001)
         self.follower = Follower(
-            FollowerConfig(NET, CONF, self.max_block_range, 0.01), self.rpc, self.store,
+            FollowerConfig(NET, CONF, self.max_block_range, 0.01, finality=self.finality,
+                           log_topic_chunk=self.log_topic_chunk),
+            self.rpc, self.store,
             self.ledger, self.index, self.on_outcome,
         )
         if start_block:
@@ -127,7 +135,7 @@ class Node:
 
 @asynccontextmanager
 async def running(
-    tmp: Path, model: ChainModel | None = None, **kw: int
+    tmp: Path, model: ChainModel | None = None, **kw: Any
 ) -> AsyncIterator[tuple[ChainModel, ChainServer, Node]]:
     """A model chain (a few blocks mined), its server, and a started node on a new
     database; all stopped after."""

@@ -133,7 +133,12 @@ def _describe_network(net: NetworkConfig, *, show_rpc: bool = True) -> list[str]
     lines = [
         f"network {net.name}: chain id {net.chain_id}, confirmations {net.confirmations}, "
         f"block time {net.block_time:g}s, poll every {net.effective_poll_interval:g}s, "
-        f"max block range {net.max_block_range}, max lag {net.max_lag_blocks} blocks{state}"
+        f"max block range {net.max_block_range}, max lag {net.max_lag_blocks} blocks, "
+        f"finality {net.finality}"
+        + (f", start block {net.start_block}" if net.start_block is not None else "")
+        + (f", internal transfers {net.internal_transfers}"
+           if net.internal_transfers != "off" else "")
+        + state
     ]
     if show_rpc:
         lines.append("  rpc: " + (", ".join(redact_url(u) for u in net.rpc) or "(none)"))
@@ -153,6 +158,7 @@ def _network_json(net: NetworkConfig) -> dict[str, Any]:
     """A network's settings as JSON (no RPC URL: they may carry keys)."""
     return {
         "name": net.name, "chainId": net.chain_id, "confirmations": net.confirmations,
+        "finality": net.finality,
         "blockTime": net.block_time, "maxBlockRange": net.max_block_range,
         "explorer": net.explorer, "enabled": net.enabled,
         "assets": [
@@ -237,6 +243,33 @@ async def check_chain_ids(settings: Settings) -> tuple[list[str], list[str]]:
             problems.append(f"{key}: {shown} answers chain id {got}, configured {expected}")
         else:
             report.append(f"online: {key} {shown} chain id {got} ok")
+    more_report, more_problems = await _check_features(settings)
+    return report + more_report, problems + more_problems
+
+
+async def _check_features(settings: Settings) -> tuple[list[str], list[str]]:
+    """Every RPC URL of every network whose finality or internal_transfers asks something
+    of its nodes: does it serve it?"""
+    from watcher.capabilities import Needs, missing
+    from watcher.rpc import RpcClient
+
+    report: list[str] = []
+    problems: list[str] = []
+    for name, net in settings.enabled_networks().items():
+        needs = Needs(name, net.finality, net.internal_transfers)
+        if needs.finality == "confirmations" and needs.internal_transfers == "off":
+            continue
+        for i, url in enumerate(net.rpc):
+            shown = redact_url(url)
+            async with RpcClient(name, [url], timeout=ONLINE_TIMEOUT, max_attempts=1) as rpc:
+                refused, unknown = await missing(rpc, needs)
+            problems.extend(f"{line} (rpc.{i} {shown})" for line in refused + unknown)
+            if not refused and not unknown:
+                wanted = [f"finality {net.finality}"] * (net.finality != "confirmations")
+                wanted += [f"internal_transfers {net.internal_transfers}"] * (
+                    net.internal_transfers != "off")
+                report.append(f"online: networks.{name}.rpc.{i} {shown} serves "
+                              f"{' and '.join(wanted)}")
     return report, problems
 
 
@@ -411,7 +444,8 @@ def invoices_create(config_path: Path | None, **fields: Any) -> None:
                 quiet.setLevel(logging.ERROR)
                 try:
                     async with RpcClient(req.network, net.rpc, max_attempts=2) as rpc:
-                        await start_network(store, ledger, rpc, req.network, ONLINE_TIMEOUT)
+                        await start_network(store, ledger, rpc, req.network, ONLINE_TIMEOUT,
+                                            net.start_block)
                 finally:
                     quiet.setLevel(level)
             return await store.run(create)
@@ -500,6 +534,55 @@ def invoices_cancel(config_path: Path | None, invoice_id: str) -> None:
     from watcher.ledger import Ledger
 
     _show(load_config(config_path), Ledger.cancel, invoice_id, timeutil.now())
+
+
+@main.group("transfers")
+def transfers_group() -> None:
+    """Transfers seen to watched addresses: list them, assign one to an invoice."""
+
+
+@transfers_group.command("list")
+@config_option
+@click.option("--unmatched", is_flag=True, help="Only transfers that belong to no invoice.")
+@click.option("--network", default=None)
+@click.option("--limit", default="50")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the transfer objects as JSON (as GET /v1/transfers).")
+@handles_errors
+def transfers_list(
+    config_path: Path | None, unmatched: bool, network: str | None, limit: str, as_json: bool
+) -> None:
+    """Newest first: id, kind, network, asset, amount, to, tx, block."""
+    from watcher.daemon import build_ledger
+    from watcher.requests import encode_cursor, parse_transfer_query
+    from watcher.web.api import list_transfers
+
+    settings = load_config(config_path)
+    q = parse_transfer_query({"limit": limit, **({"matched": "false"} if unmatched else {}),
+                              **({"network": network} if network else {})})
+    data, position = _store_call(settings, list_transfers, q, build_ledger(settings).networks)
+    if as_json:
+        _echo_json({"data": data,
+                    "nextCursor": encode_cursor(position) if position is not None else None})
+        return
+    for t in data:
+        say(f"{t['id']}  {t['kind']:<9} {t['network']:<10} {t['asset']:<6} {t['amount']:>16}  "
+            f"{t['to']}  {t['txHash']}  {t['block']}")
+
+
+@transfers_group.command("assign")
+@config_option
+@click.argument("transfer_id")
+@click.argument("invoice_id")
+@handles_errors
+def transfers_assign(config_path: Path | None, transfer_id: str, invoice_id: str) -> None:
+    """Make an unmatched or late transfer a payment of the invoice; the invoice as JSON."""
+    from watcher import timeutil
+    from watcher.ledger import Ledger
+    from watcher.requests import parse_assign
+
+    invoice_id = parse_assign({"invoiceId": invoice_id})
+    _show(load_config(config_path), Ledger.assign, transfer_id, invoice_id, timeutil.now())
 
 
 @main.group("callbacks")

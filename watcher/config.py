@@ -592,6 +592,18 @@ class NetworkConfig(_Section):
     #: Chainlink feeds (AggregatorV3 proxies) on this network by pair, e.g.
     #: {"ETH/USD" = "0x5f4e..."}: `[rates.pairs]` may name a network without a feed.
     feeds: dict[str, Address] = Field(default_factory=dict)
+    #: "confirmations": a payment is final at `confirmations`; "safe" / "finalized": it
+    #: also has to be at or below the node's block of that tag.
+    finality: Literal["confirmations", "safe", "finalized"] = "confirmations"
+    #: The first block a new database scans (default: the head at the first start). Used
+    #: once, when the network starts; later ranges are read again with `rescan`.
+    start_block: Annotated[int, Field(ge=0)] | None = None
+    #: Native value sent by contracts' internal calls, from traces: "off", "trace_block"
+    #: (Erigon, Nethermind, Reth, anvil) or "debug_trace" (geth's callTracer).
+    internal_transfers: Literal["off", "trace_block", "debug_trace"] = "off"
+    #: Watched token recipients per topic-filtered `eth_getLogs`; more recipients are split
+    #: into several queries (providers cap the topic list).
+    log_topic_chunk: Annotated[int, Field(ge=1, le=10_000)] = 200
     enabled: bool = True
     native: NativeConfig
     tokens: list[TokenConfig] = Field(default_factory=list)

@@ -13,8 +13,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from watcher import __version__, timeutil
+from watcher import __version__, capabilities, timeutil
 from watcher.callbacks import CallbackSender
+from watcher.capabilities import Needs
 from watcher.config import NetworkConfig, Settings
 from watcher.errors import ChainIdMismatch, ConfigError, RpcError, StoreError
 from watcher.follower import Follower, FollowerConfig
@@ -50,13 +51,24 @@ def prune_index(index: WatchIndex, ledger: Ledger, network: str) -> int:
 
 
 async def start_network(
-    store: Store, ledger: Ledger, rpc: RpcClient, network: str, timeout: float
+    store: Store,
+    ledger: Ledger,
+    rpc: RpcClient,
+    network: str,
+    timeout: float,
+    start_block: int | None = None,
 ) -> bool:
     """Read the node's head once: its time is the chain's clock for new invoices' windows
-    (`Ledger.note_tip`), and a network that has no start block gets it. Until that is
-    written the ledger refuses invoices for the network, so no invoice can be paid below
-    it. True when the network has a start block (now or before)."""
+    (`Ledger.note_tip`), and a network that has no start block gets it: the configured
+    `start_block`, else that head. Until that is written the ledger refuses invoices for
+    the network, so no invoice can be paid below it. True when the network has a start
+    block (now or before)."""
     started: bool = await store.run(ledger.started, network)
+    if not started and start_block is not None:
+        await store.run(ledger.start_network, network, start_block, timeutil.now())
+        log.info("%s: starting at the configured start_block %d", network, start_block,
+                 extra={"network": network})
+        started = True
     try:
         latest = await asyncio.wait_for(rpc.get_block("latest", False), timeout)
     except (RpcError, aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -78,7 +90,7 @@ async def start_network(
 
 def build_ledger(settings: Settings) -> Ledger:
     nets = {
-        name: NetworkInfo(name, n.chain_id, n.confirmations, n.assets())
+        name: NetworkInfo(name, n.chain_id, n.confirmations, n.assets(), n.finality)
         for name, n in settings.enabled_networks().items()
     }
     return Ledger(
@@ -142,12 +154,15 @@ class Daemon:
         if check_chain_ids:
             await self._check_chain_ids()
         await asyncio.gather(*(
-            start_network(self.store, self.ledger, self.rpcs[name], name, START_BLOCK_TIMEOUT)
+            start_network(self.store, self.ledger, self.rpcs[name], name, START_BLOCK_TIMEOUT,
+                          self.networks[name].start_block)
             for name in self.networks
         ))
         for name, net in self.networks.items():
             cfg = FollowerConfig(
-                name, net.confirmations, net.max_block_range, net.effective_poll_interval, net.ws
+                name, net.confirmations, net.max_block_range, net.effective_poll_interval, net.ws,
+                finality=net.finality, start_block=net.start_block,
+                internal_transfers=net.internal_transfers, log_topic_chunk=net.log_topic_chunk,
             )
             self.followers[name] = Follower(
                 cfg, self.rpcs[name], self.store, self.ledger, self.indexes[name],
@@ -219,6 +234,11 @@ class Daemon:
                         "%s: %s unreachable at start: %s", name, row["label"], row["error"],
                         extra={"network": name},
                     )
+            needs = Needs(name, net.finality, net.internal_transfers)
+            refused, unknown = await capabilities.missing(self.rpcs[name], needs)
+            problems.extend(refused)
+            for line in unknown:
+                log.warning("%s (checked again when it is used)", line, extra={"network": name})
         if problems:
             await self._close_clients()
             await self.store.close()

@@ -349,6 +349,21 @@ class DevChain:
         """Deploy a Reverter (every payment to it reverts); its address."""
         return self._deploy("Reverter", [], sender)
 
+    def deploy_payout(self, sender: str | None = None) -> str:
+        """Deploy a Payout (sends ETH onward by internal calls); its address."""
+        return self._deploy("Payout", [], sender)
+
+    def call_payout(
+        self, payout: str, sender: str, fn: str, args: Sequence[Any], value: int,
+        wait: bool = True,
+    ) -> str:
+        """Call `fn(*args)` of a Payout with `value` wei; the tx hash (a reverting call is
+        mined with status 0)."""
+        contract = self.w3.eth.contract(abi=load_artifact("Payout")["abi"])
+        data = contract.encode_abi(fn, args=list(args))
+        tx = {"from": sender, "to": payout, "data": data, "value": value, "gas": 300_000}
+        return self.send_tx(tx, wait=wait)
+
     def deploy_aggregator(
         self, decimals: int = 8, description: str = "ETH / USD", sender: str | None = None
     ) -> str:

@@ -43,8 +43,8 @@ from eth_bloom.bloom import BloomFilter
 from eth_hash.auto import keccak
 from web3 import Web3
 
-from watcher import timeutil
-from watcher.errors import RangeTooLarge, RpcError, RpcRetryable, StoreError
+from watcher import timeutil, traces
+from watcher.errors import RangeTooLarge, RpcError, RpcFatal, RpcRetryable, StoreError
 from watcher.ledger import Ledger, Outcome, ScanBatch
 from watcher.logs import Throttle
 from watcher.matching import Route, WatchIndex
@@ -56,8 +56,9 @@ from watcher.store import Store, invoices_updated_since
 log = logging.getLogger("watcher.follower")
 
 TRANSFER_TOPIC = Web3.keccak(text="Transfer(address,address,uint256)").to_0x_hex()
-#: Up to this many watched token recipients, `eth_getLogs` filters by recipient topic.
-TOPIC_FILTER_LIMIT = 200
+#: Topic-filtered `eth_getLogs` per range at most (`log_topic_chunk` recipients each); with
+#: more watched recipients than that covers, every Transfer of the tokens is read instead.
+MAX_TOPIC_QUERIES = 50
 NATIVE_RANGE = 100  # blocks per step while full blocks are fetched
 
 
@@ -68,6 +69,10 @@ class FollowerConfig:
     max_block_range: int
     poll_interval: float
     ws: list[str] = field(default_factory=list)
+    finality: str = "confirmations"  # or "safe" / "finalized": that tag is read with the head
+    start_block: int | None = None  # a new database's first block (default: the head)
+    internal_transfers: str = "off"  # or "trace_block" / "debug_trace"
+    log_topic_chunk: int = 200  # watched recipients per topic-filtered eth_getLogs
 
 
 @dataclass(slots=True)
@@ -178,6 +183,10 @@ class Follower:
         self._stopping = False
         self._throttle = Throttle(60)
         self._refreshed = 0
+        #: (final, finalized) block numbers read with the newest head (finality tags)
+        self._tags: tuple[int | None, int | None] = (None, None)
+        #: whether to ask `eth_getBlockReceipts` (until the node refuses it once)
+        self._block_receipts = True
         #: blocks within `track` of the head have their headers read and checked (links,
         #: logsBloom) and their hashes stored: deeper than any reorg the confirmations allow
         #: for, and than a lagging backend lags; hashes are kept for `keep` blocks
@@ -264,20 +273,42 @@ class Follower:
 
     # ------------------------------------------------------------------ one pass
 
+    async def _head(self) -> tuple[Header, int | None, int | None]:
+        """The node's head and, with a finality tag, the blocks of that tag and of
+        `finalized` (None while the node has none), in one request: (tip, final,
+        finalized). A tag is never taken above the head it came with."""
+        if self.cfg.finality == "confirmations":
+            latest = await self.rpc.get_block("latest", False)
+            if latest is None:
+                raise RpcError("node has no latest block")
+            return Header.of(latest), None, None
+        tags = ["finalized"] if self.cfg.finality == "finalized" else ["safe", "finalized"]
+        answers = await self.rpc.batch(
+            [("eth_getBlockByNumber", ["latest", False])]
+            + [("eth_getBlockByNumber", [tag, False]) for tag in tags]
+        )
+        if not isinstance(answers[0], dict):
+            raise RpcError("node has no latest block")
+        tip = Header.of(answers[0])
+        numbers = [
+            min(int(a["number"], 16), tip.number) if isinstance(a, dict) else None
+            for a in answers[1:]
+        ]
+        return tip, numbers[0], numbers[-1]
+
     async def sync_once(self) -> None:
         """Poll the head once and scan up to it (or as far as one pass gets)."""
-        latest = await self.rpc.get_block("latest", False)
-        if latest is None:
-            raise RpcError("node has no latest block")
-        tip = Header.of(latest)
+        tip, final, finalized = await self._head()
+        self._tags = (final, finalized)
         # before any block up to this head is read: the chain's clock for new invoices' windows
         self.ledger.note_tip(self.network, tip.timestamp)
         if self.scanned is None:
             # A fresh database: the start block is written before the API takes an invoice
             # for this network (the ledger refuses creates until then), so nothing that
             # could pay an invoice lies below it.
+            start = tip.number if self.cfg.start_block is None else self.cfg.start_block
             await self.store.run(
-                self.ledger.start_network, self.network, tip.number, timeutil.now()
+                self.ledger.start_network, self.network, start, timeutil.now()
             )
             await self._load()
             log.info("%s: starting at block %s", self.network, (self.scanned or 0) + 1,
@@ -336,6 +367,8 @@ class Follower:
         transfers = self._token_transfers(logs, headers, tip)
         if native:
             transfers += await self._native_transfers(blocks)
+            if self.cfg.internal_transfers != "off":
+                transfers += await self._internal_transfers(blocks)
         transfers.sort(key=lambda t: (t.block, -1 if t.log_index is None else t.log_index))
         last = headers[end]
         stored = [h for h in headers.values() if h.number > tip.number - self.track
@@ -349,6 +382,8 @@ class Follower:
             transfers=transfers,
             blocks=[(h.number, h.hash, h.parent, h.timestamp) for h in stored],
             keep_blocks=self.keep,
+            final_block=self._tags[0],
+            finalized_block=self._tags[1],
         )
         outcome = await self.store.run(self.ledger.apply_scan, batch, timeutil.now())
         for h in stored:
@@ -445,7 +480,7 @@ class Follower:
         tokens = self.index.token_addresses()
         if not tokens:
             return None
-        recipients = self.index.token_recipients(TOPIC_FILTER_LIMIT)
+        recipients = self.index.token_recipients(self.cfg.log_topic_chunk * MAX_TOPIC_QUERIES)
         if recipients is not None and not recipients:
             return None
         topics: tuple[Any, ...] = (TRANSFER_TOPIC,)
@@ -453,18 +488,47 @@ class Follower:
             topics += (None, tuple(sorted(_pad(a) for a in recipients)))
         return tuple(tokens), topics
 
+    def _topic_lists(self, flt: _LogFilter) -> list[list[Any]]:
+        """The `topics` of each query the filter needs: one per `log_topic_chunk` watched
+        recipients (providers cap the list), or one without recipients."""
+        topics = flt[1]
+        if len(topics) < 3:
+            return [[topics[0]]]
+        recipients = list(topics[2])
+        size = self.cfg.log_topic_chunk
+        return [[topics[0], None, recipients[i : i + size]]
+                for i in range(0, len(recipients), size)]
+
     @staticmethod
-    def _topics(flt: _LogFilter) -> list[Any]:
-        return [list(t) if isinstance(t, tuple) else t for t in flt[1]]
+    def _merged(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """The logs of several queries in chain order, each once."""
+        if len(parts) == 1:
+            return parts[0]
+        seen: set[tuple[str, str]] = set()
+        out = []
+        for lg in (lg for part in parts for lg in part):
+            key = (lg["transactionHash"], lg["logIndex"])
+            if key not in seen:
+                seen.add(key)
+                out.append(lg)
+        out.sort(key=lambda lg: (int(lg["blockNumber"], 16), int(lg["logIndex"], 16)))
+        return out
 
     async def _get_logs(
         self, start: int, end: int, flt: _LogFilter | None
     ) -> list[dict[str, Any]]:
         if flt is None:
             return []
-        tokens, _ = flt
+        tokens = list(flt[0])
         try:
-            return await self.rpc.get_logs(start, end, list(tokens), self._topics(flt))
+            parts = await asyncio.gather(*(
+                self.rpc.get_logs(start, end, tokens, topics)
+                for topics in self._topic_lists(flt)
+            ), return_exceptions=True)  # every query ends before one error is raised
+            for part in parts:
+                if isinstance(part, BaseException):
+                    raise part
+            return self._merged([p for p in parts if not isinstance(p, BaseException)])
         except RangeTooLarge:
             if start != end:
                 raise
@@ -555,8 +619,8 @@ class Follower:
         if not suspect:
             return logs
         more = await asyncio.gather(*(
-            self.rpc.get_logs_by_hash(h.hash, list(flt[0]), self._topics(flt))
-            for h in suspect
+            self.rpc.get_logs_by_hash(h.hash, list(flt[0]), topics)
+            for h in suspect for topics in self._topic_lists(flt)
         ))
         found = [lg for part in more for lg in part]
         if not found:
@@ -645,7 +709,7 @@ class Follower:
                     found.append((b, tx))
         if not found:
             return []
-        receipts = await self.rpc.get_receipts([tx["hash"] for _, tx in found])
+        receipts = await self._receipts(found)
         out = []
         for (b, tx), receipt in zip(found, receipts, strict=True):
             if receipt is None or receipt.get("blockHash", b["hash"]) != b["hash"]:
@@ -657,6 +721,67 @@ class Follower:
                 int(b["number"], 16), b["hash"], int(b["timestamp"], 16),
             ))
         return out
+
+    async def _internal_transfers(self, blocks: list[dict[str, Any]]) -> list[Transfer]:
+        """Native value that contracts' calls sent to watched addresses, from the traces of
+        the range's blocks that hold transactions. The traces must be of the blocks read:
+        every traced transaction is one of the block's, and a block with transactions has
+        traces (a backend without the block answers none); else the range is read again."""
+        symbol = self.index.native_symbol
+        assert symbol is not None
+        busy = [b for b in blocks if b.get("transactions")]
+        if not busy:
+            return []
+        mode = self.cfg.internal_transfers
+        answers = await self.rpc.trace_blocks([int(b["number"], 16) for b in busy], mode)
+        out = []
+        for b, answer in zip(busy, answers, strict=True):
+            if not isinstance(answer, list) or not answer:
+                raise ChainMoved(f"no traces of block {int(b['number'], 16)} yet")
+            txs = {str(tx["hash"]).lower() for tx in b["transactions"]}
+            if mode == "trace_block":
+                if any(isinstance(t, dict) and t.get("blockHash") not in (None, b["hash"])
+                       for t in answer):
+                    raise ChainMoved(f"traces of another block {int(b['number'], 16)}")
+                traced = traces.tx_hashes_of_trace_block(answer)
+                found = traces.from_trace_block(answer)
+            else:
+                traced = traces.tx_hashes_of_call_tracer(answer)
+                found = traces.from_call_tracer(answer)
+            if not traced <= txs:
+                raise ChainMoved(f"traces of another block {int(b['number'], 16)}")
+            for v in found:
+                if self.index.is_watched(symbol, v.to):
+                    t = self._route(symbol, v.tx_hash, None, v.sender, v.to, v.value,
+                                    int(b["number"], 16), b["hash"], int(b["timestamp"], 16))
+                    t.trace = v.trace
+                    out.append(t)
+        return out
+
+    async def _receipts(
+        self, found: list[tuple[dict[str, Any], dict[str, Any]]]
+    ) -> list[dict[str, Any] | None]:
+        """The receipts of these (block, tx) pairs: one `eth_getBlockReceipts` per block
+        (by hash: the block the transaction was read in) where the node has the method, else
+        one `eth_getTransactionReceipt` each. A node without the method is asked that way
+        from then on."""
+        if self._block_receipts:
+            hashes = list(dict.fromkeys(b["hash"] for b, _ in found))
+            try:
+                per_block = await self.rpc.get_blocks_receipts(hashes)
+            except RpcFatal as exc:
+                self._block_receipts = False
+                log.info("%s: eth_getBlockReceipts refused (%s): receipts are asked per "
+                         "transaction", self.network, exc, extra={"network": self.network})
+            else:
+                by_tx: dict[str, dict[str, Any]] = {}
+                for block_hash, receipts in zip(hashes, per_block, strict=True):
+                    if receipts is None:
+                        raise ChainMoved(f"the node has no receipts of block {block_hash}")
+                    for r in receipts:
+                        by_tx[str(r.get("transactionHash", "")).lower()] = r
+                return [by_tx.get(tx["hash"].lower()) for _, tx in found]
+        return await self.rpc.get_receipts([tx["hash"] for _, tx in found])
 
     def _route(
         self, symbol: str, tx_hash: str, log_index: int | None, sender: str, to: str,

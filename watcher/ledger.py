@@ -11,7 +11,7 @@ import hashlib
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
@@ -33,10 +33,12 @@ from watcher.models import (
 from watcher.rates import Rate, RateProvider, RateUnavailable, amount_for, format_rate
 from watcher.render import invoice_json
 from watcher.store import (
+    assign_transfer,
     insert_derived_address,
     insert_invoice,
     load_invoice,
     load_invoices,
+    load_transfers_by_id,
     next_derivation_index,
     transaction,
     transfer_row,
@@ -52,6 +54,8 @@ UNKNOWN_CHAIN_TIME_OPENS_EARLY = 3600
 #: How long after `expireAt` a shared-address amount stays reserved for its invoice (while
 #: not closed), so a payment the follower sees late still finds the invoice it was for.
 SHARED_AMOUNT_HOLD = 3600
+#: The `cause` of the events written when the merchant assigns a transfer by hand.
+ASSIGNED_CAUSE = "assigned"
 _OPEN_SQL = ",".join(f"'{s.value}'" for s in OPEN_STATUSES)
 
 
@@ -61,6 +65,12 @@ class NetworkInfo:
     chain_id: int
     confirmations: int
     assets: dict[str, Asset]
+    #: "confirmations" | "safe" | "finalized": with a tag, COMPLETED also waits for it
+    finality: str = "confirmations"
+
+    @property
+    def tagged(self) -> bool:
+        return self.finality != "confirmations"
 
 
 @dataclass(slots=True)
@@ -107,6 +117,10 @@ class ScanBatch:
     # (number, hash, parentHash, timestamp) of blocks to remember for reorg detection
     blocks: list[tuple[int, str, str, int]] = field(default_factory=list)
     keep_blocks: int = 256
+    #: finality "safe"/"finalized": the node's block of that tag, read with the head (None:
+    #: not read, or the node has none yet); and its `finalized` block
+    final_block: int | None = None
+    finalized_block: int | None = None
 
 
 @dataclass(slots=True)
@@ -159,7 +173,9 @@ class Ledger:
         self.start_index = start_index
         #: Newest known head and scanned block time per network (set by the followers).
         self.views: dict[str, state.ChainView] = {
-            n.name: state.ChainView(head=0, scanned_time=None, required=n.confirmations)
+            n.name: state.ChainView(
+                head=0, scanned_time=None, required=n.confirmations, tagged=n.tagged
+            )
             for n in networks.values()
         }
         #: Timestamp of the newest block the follower has read per network: an invoice's
@@ -178,7 +194,8 @@ class Ledger:
         view = self.views.get(inv.network)
         head = view.head if view and view.head else None
         required = view.required if view else 0
-        return invoice_json(inv, head, required, self.checkout_url)
+        final = state.finalized(inv.payments, view) if view else None
+        return invoice_json(inv, head, required, self.checkout_url, final)
 
     def load_views(self, db: Database) -> None:
         for row in db.query(
@@ -187,7 +204,8 @@ class Ledger:
             if row["t"] is not None:
                 self.note_tip(row["network"], row["t"])
         for row in db.query(
-            "SELECT network, head_block, scanned_block, scanned_time FROM cursors"
+            "SELECT network, head_block, scanned_block, scanned_time, final_block, "
+            "finalized_block FROM cursors"
         ):
             view = self.views.get(row["network"])
             if view is not None:
@@ -198,8 +216,10 @@ class Ledger:
                         db, row["network"], row["scanned_block"], row["scanned_time"], head,
                         view.required,
                     )
-                self.views[row["network"]] = state.ChainView(
-                    head=head, scanned_time=confirmed, required=view.required
+                self.views[row["network"]] = replace(
+                    view, head=head, scanned_time=confirmed,
+                    final_block=row["final_block"] if view.tagged else None,
+                    finalized_block=row["finalized_block"] if view.tagged else None,
                 )
 
     # ------------------------------------------------------------------ events + outbox
@@ -213,17 +233,19 @@ class Ledger:
         now: int,
         *,
         event_id: str | None = None,
+        cause: str | None = None,
     ) -> bool:
         """Write the event and its delivery; False when an event with this (derived) id
-        was written before, so nothing is sent twice."""
+        was written before, so nothing is sent twice. `cause` says why it happened when
+        that is not the chain itself (ASSIGNED_CAUSE: the merchant assigned a transfer)."""
         event_id = event_id or "evt_" + uuid.uuid4().hex
         body = orjson.dumps(
             {"id": event_id, "event": event, "createdAt": iso(now), "data": self.render(inv)}
         )
         cur = db.execute(
-            "INSERT OR IGNORE INTO events (id, invoice_id, event, status, created_at, body) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [event_id, inv.id, event, status.value if status else None, now, body],
+            "INSERT OR IGNORE INTO events (id, invoice_id, event, status, created_at, body, "
+            "cause) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [event_id, inv.id, event, status.value if status else None, now, body, cause],
         )
         if not cur.rowcount:
             return False
@@ -244,6 +266,8 @@ class Ledger:
         now: int,
         out: Outcome,
         block_time: int | None = None,
+        *,
+        cause: str | None = None,
     ) -> None:
         moved = False
         for s in statuses:
@@ -251,7 +275,7 @@ class Ledger:
             inv.updated_at = now
             if s == Status.VOIDED and inv.closed_at is None:
                 inv.closed_at = inv.expire_at  # expired: it stopped collecting at expireAt
-            self._emit(db, inv, s.event, s, now)
+            self._emit(db, inv, s.event, s, now, cause=cause)
             out.changes.append(Change(inv, s.event, s, block_time))
             moved = True
         if moved:
@@ -513,6 +537,52 @@ class Ledger:
             out.changes.append(Change(child, CREATED_EVENT, Status.PENDING))
             return child, out
 
+    # ------------------------------------------------------------------ assign by hand
+
+    def assign(
+        self, db: Database, transfer_id: str, invoice_id: str, now: int
+    ) -> tuple[Invoice, Outcome]:
+        """Make a stored unmatched or late transfer a payment of an invoice (the merchant's
+        `POST /v1/transfers/{id}/assign`), in one transaction. The invoice then settles
+        exactly as for a scanned payment (a VOIDED one takes it too); every event written
+        carries cause "assigned". A late payment leaves the late payments of its invoice and
+        is never announced as late. The amount is not checked against the invoice."""
+        with transaction(db):
+            found = load_transfers_by_id(db, [transfer_id])
+            if not found:
+                raise NotFound(f"no transfer {transfer_id}", field="id")
+            t = found[0]
+            inv = load_invoice(db, invoice_id)
+            if inv is None:
+                raise Invalid(f"no invoice {invoice_id}", field="invoiceId")
+            _check_assignable(t, inv)
+            view = self.views.get(inv.network)
+            if view is None:
+                raise Conflict(
+                    f"network {inv.network} is not configured: its payments cannot settle"
+                )
+            out = Outcome()
+            late_of = t.invoice_id if t.kind == "late" else None
+            assign_transfer(db, t.id, inv.id)
+            t.kind, t.invoice_id, t.assigned = "payment", inv.id, True
+            if late_of is not None:
+                owner = inv if late_of == inv.id else load_invoice(db, late_of)
+                if owner is not None:
+                    owner.late_payments = [p for p in owner.late_payments if p.id != t.id]
+                    if owner is not inv:
+                        owner.updated_at = now
+                        update_invoice(db, owner)
+                        out.touched.append(owner)
+            inv.payments.append(t)
+            inv.payments.sort(key=_stored_order)  # as `load_invoices` gives them
+            steps = state.transitions(inv, view, self.tolerance, payments_added=True)
+            self._move(db, inv, steps, now, out, cause=ASSIGNED_CAUSE)
+            if inv not in out.touched:  # no status change (e.g. over-payment): still changed
+                inv.updated_at = now
+                update_invoice(db, inv)
+                out.touched.append(inv)
+            return inv, out
+
     # ------------------------------------------------------------------ chain findings
 
     def _settle(
@@ -585,11 +655,16 @@ class Ledger:
                 if inv not in out.touched:
                     out.touched.append(inv)
         self._advance(db, batch, now)
+        old = self.views[batch.network]
         view = state.ChainView(
             batch.head,
             _confirmed_time(db, batch.network, batch.to_block, batch.to_time, batch.head,
                             net.confirmations),
             net.confirmations,
+            tagged=net.tagged,
+            # a tag read with an older head may lag (another backend): it never goes back
+            final_block=_newest(batch.final_block, old.final_block),
+            finalized_block=_newest(batch.finalized_block, old.finalized_block),
         )
         # Callback bodies are rendered with the head of this range, not the previous one.
         self.views[batch.network] = view
@@ -660,12 +735,15 @@ class Ledger:
         net = self.networks[batch.network]
         db.execute(
             "INSERT INTO cursors (network, chain_id, scanned_block, scanned_hash, scanned_time, "
-            "head_block, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "head_block, updated_at, final_block, finalized_block) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(network) DO UPDATE SET scanned_block = excluded.scanned_block, "
             "scanned_hash = excluded.scanned_hash, scanned_time = excluded.scanned_time, "
-            "head_block = excluded.head_block, updated_at = excluded.updated_at",
+            "head_block = excluded.head_block, updated_at = excluded.updated_at, "
+            "final_block = COALESCE(excluded.final_block, final_block), "
+            "finalized_block = COALESCE(excluded.finalized_block, finalized_block)",
             [batch.network, net.chain_id, batch.to_block, batch.to_hash, batch.to_time,
-             batch.head, now],
+             batch.head, now, batch.final_block, batch.finalized_block],
         )
         if batch.blocks:
             db.conn.executemany(
@@ -718,7 +796,12 @@ class Ledger:
         confirmed = _confirmed_time(
             db, network, ancestor, t[0] if t else None, head, net.confirmations
         )
-        view = state.ChainView(head, confirmed, net.confirmations)
+        old = self.views[network]
+        view = state.ChainView(
+            head, confirmed, net.confirmations, tagged=net.tagged,
+            final_block=_below(old.final_block, ancestor),
+            finalized_block=_below(old.finalized_block, ancestor),
+        )
         self.views[network] = view
         affected = load_invoices(db, _in_ids(ids), ids)
         self._settle(db, affected, view, {}, now, out)
@@ -758,6 +841,18 @@ class Ledger:
         }
 
 
+def _newest(read: int | None, known: int | None) -> int | None:
+    if read is None:
+        return known
+    return read if known is None else max(read, known)
+
+
+def _below(block: int | None, ancestor: int) -> int | None:
+    """A tag's block after a reorg above `ancestor`: blocks above it are gone (a tag that
+    was above them is read again with the next head)."""
+    return None if block is None else min(block, ancestor)
+
+
 def _confirmed_time(
     db: Database, network: str, scanned: int, scanned_time: int | None, head: int, required: int
 ) -> int | None:
@@ -769,6 +864,30 @@ def _confirmed_time(
         "SELECT timestamp FROM blocks WHERE network = ? AND number = ?", [network, deep]
     ).fetchone()
     return row[0] if row else None
+
+
+def _check_assignable(t: Transfer, inv: Invoice) -> None:
+    """The rules of `Ledger.assign` a transfer and an invoice must meet (else ApiError)."""
+    differs = [
+        what for what, mine, theirs in (
+            ("network", t.network, inv.network), ("asset", t.asset, inv.asset)
+        ) if mine != theirs
+    ]
+    if differs:
+        raise Invalid(
+            f"the {' and the '.join(differs)} {'differ' if len(differs) > 1 else 'differs'}: "
+            f"the transfer is {t.asset} on {t.network}, invoice {inv.id} is {inv.asset} on "
+            f"{inv.network}",
+            field="invoiceId",
+        )
+    if t.kind == "payment":
+        raise Conflict(f"the transfer is already a payment of invoice {t.invoice_id}")
+    if inv.status == Status.REFUNDED:
+        raise Conflict(f"invoice {inv.id} is REFUNDED: it takes no payment")
+
+
+def _stored_order(t: Transfer) -> tuple[int, int, str]:
+    return (t.block, -1 if t.log_index is None else t.log_index, t.trace or "")
 
 
 def _in_ids(ids: Iterable[str]) -> str:

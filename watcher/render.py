@@ -37,7 +37,11 @@ def checkout_url(base: str | None, invoice_id: str) -> str | None:
 
 
 def invoice_json(
-    inv: Invoice, head: int | None, required: int, checkout: str | None = None
+    inv: Invoice,
+    head: int | None,
+    required: int,
+    checkout: str | None = None,
+    finalized: bool | None = None,
 ) -> dict[str, Any]:
     """The invoice object; `head` is the network's newest known block (None if unknown),
     `checkout` the checkout's public URL (None when the checkout is off)."""
@@ -64,6 +68,7 @@ def invoice_json(
         "txBlock": latest.block if latest else None,
         "confirmations": confirmations(latest.block, head) if latest and head is not None else 0,
         "requiredConfirmations": required,
+        "finalized": finalized,
         "payments": [payment_json(p, d, head) for p in inv.payments],
         "latePayments": [payment_json(p, d, head) for p in inv.late_payments],
         "price": inv.price,

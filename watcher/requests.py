@@ -343,6 +343,26 @@ def parse_refund(body: object) -> str | None:
     return tx.lower()
 
 
+#: Longest invoice id an assign request may name (the daemon's ids are 36-character UUIDs).
+MAX_INVOICE_ID = 64
+
+
+def parse_assign(body: object) -> str:
+    """The `invoiceId` of a `POST /v1/transfers/{id}/assign` request."""
+    data = require_object(body)
+    _reject_unknown(data, ("invoiceId",))
+    value = data.get("invoiceId")
+    if value is None:
+        raise Invalid("invoiceId is required", field="invoiceId")
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_INVOICE_ID:
+        raise Invalid(
+            f"invoiceId must be an invoice id (a string of at most {MAX_INVOICE_ID} "
+            "characters)",
+            field="invoiceId",
+        )
+    return value
+
+
 # ---------------------------------------------------------------- list queries
 
 

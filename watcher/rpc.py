@@ -559,11 +559,37 @@ class RpcClient:
         result = await self.call("eth_getBlockByHash", [block_hash, full])
         return result if isinstance(result, dict) else None
 
-    async def get_block_receipts(self, number: int) -> list[dict[str, Any]] | None:
-        """Every receipt of a block (`eth_getBlockReceipts`); None if the node has no block
-        with that number."""
-        result = await self.call("eth_getBlockReceipts", [_hex(number)])
+    async def get_block_receipts(self, number: int | str) -> list[dict[str, Any]] | None:
+        """Every receipt of a block (`eth_getBlockReceipts`) by number or by hash; None if
+        the node has no such block."""
+        ref = number if isinstance(number, str) and len(number) == 66 else _hex(number)
+        result = await self.call("eth_getBlockReceipts", [ref])
         return result if isinstance(result, list) else None
+
+    async def trace_blocks(
+        self, numbers: Sequence[int], mode: str, concurrency: int = 4, batch_size: int = 4
+    ) -> list[Any]:
+        """Traces of several blocks, in order: `trace_block` (mode "trace_block") or
+        `debug_traceBlockByNumber` with the callTracer (mode "debug_trace")."""
+        calls: list[tuple[str, list[Any]]]
+        if mode == "trace_block":
+            calls = [("trace_block", [_hex(n)]) for n in numbers]
+        else:
+            calls = [("debug_traceBlockByNumber", [_hex(n), {"tracer": "callTracer"}])
+                     for n in numbers]
+        return await self._chunked(
+            calls, concurrency=concurrency, batch_size=batch_size, allow_null=True
+        )
+
+    async def get_blocks_receipts(
+        self, block_hashes: Sequence[str], concurrency: int = 4, batch_size: int = 4
+    ) -> list[list[dict[str, Any]] | None]:
+        """`eth_getBlockReceipts` of several blocks by hash, in order; None for a block the
+        node does not have."""
+        calls = [("eth_getBlockReceipts", [h]) for h in block_hashes]
+        return await self._chunked(
+            calls, concurrency=concurrency, batch_size=batch_size, allow_null=True
+        )
 
     async def get_logs_by_hash(
         self, block_hash: str, addresses: Sequence[str], topics: Sequence[Any] | None = None

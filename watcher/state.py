@@ -26,6 +26,26 @@ class ChainView:
     #: still bring in a payment made in time
     scanned_time: int | None
     required: int  # confirmations needed
+    #: finality "safe"/"finalized": a payment also has to be at or below the node's block of
+    #: that tag (`final_block`; None while not known yet: nothing completes)
+    tagged: bool = False
+    final_block: int | None = None
+    #: the node's `finalized` block when it is read (for the invoice's `finalized`)
+    finalized_block: int | None = None
+
+    def settled(self, block: int) -> bool:
+        """A payment in `block` is deep enough to count as final for this network."""
+        if confirmations(block, self.head) < self.required:
+            return False
+        return not self.tagged or (self.final_block is not None and block <= self.final_block)
+
+
+def finalized(payments: Sequence[Transfer], view: ChainView) -> bool | None:
+    """Every payment at or below the node's `finalized` block; None when that block is not
+    read for this network (finality "confirmations")."""
+    if view.finalized_block is None:
+        return None
+    return bool(payments) and all(p.block <= view.finalized_block for p in payments)
 
 
 def confirmations(block: int | None, head: int) -> int:
@@ -56,9 +76,8 @@ def chain_status(
         total += p.amount
         if total >= threshold:
             # The payments that reach the amount decide; later ones may still be shallow.
-            deep = confirmations(p.block, view.head) >= view.required
-            return Status.COMPLETED if deep else Status.WAITING_FOR_CONFIRMATIONS
-    if all(confirmations(p.block, view.head) >= view.required for p in payments):
+            return Status.COMPLETED if view.settled(p.block) else Status.WAITING_FOR_CONFIRMATIONS
+    if all(view.settled(p.block) for p in payments):
         return Status.PARTIAL
     return Status.WAITING_FOR_CONFIRMATIONS
 
@@ -83,6 +102,8 @@ def target_status(
             inv.amount, tolerance
         ):
             return Status.COMPLETED
+    if base == Status.PENDING and inv.closed_at is not None:
+        return Status.VOIDED  # cancelled, then a payment assigned to it vanished in a reorg
     was_paid = inv.status in (Status.COMPLETED, Status.REVERSED)
     fresh = payments_added and base == Status.WAITING_FOR_CONFIRMATIONS
     if was_paid and base != Status.COMPLETED and not fresh:

@@ -288,6 +288,33 @@ def _m0009(db: Database) -> None:
         db.execute(statement)
 
 
+@migrations(name="0010_finality_rescans")
+def _m0010(db: Database) -> None:
+    # The node's block of the network's finality tag and its `finalized` block, as read with
+    # the newest head (NULL: not read); and rescans of past ranges, resumable: `next_block`
+    # is the first block not rescanned yet.
+    for statement in (
+        "ALTER TABLE cursors ADD COLUMN final_block INTEGER",
+        "ALTER TABLE cursors ADD COLUMN finalized_block INTEGER",
+        """
+        CREATE TABLE rescans (
+            id INTEGER PRIMARY KEY,
+            network TEXT NOT NULL,
+            from_block INTEGER NOT NULL,
+            to_block INTEGER NOT NULL,
+            next_block INTEGER NOT NULL,
+            state TEXT NOT NULL,  -- running | done | failed
+            added INTEGER NOT NULL DEFAULT 0,  -- transfers it recorded
+            error TEXT,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL
+        )
+        """,
+        "CREATE INDEX rescans_network ON rescans(network, state)",
+    ):
+        db.execute(statement)
+
+
 def next_derivation_index(db: Database, start: int) -> int:
     """The next index to hand out: after the highest taken, and not below `start`."""
     top = db.execute("SELECT MAX(idx) FROM derived_addresses").fetchone()[0]
@@ -530,6 +557,16 @@ def load_transfers_by_id(db: Database, ids: Iterable[str]) -> list[Transfer]:
         f"SELECT * FROM transfers WHERE id IN ({','.join('?' * len(wanted))})", wanted
     )
     return [transfer_from_row(r) for r in rows]
+
+
+def assign_transfer(db: Database, transfer_id: str, invoice_id: str) -> None:
+    """Make a stored transfer a payment of `invoice_id` by hand: kind payment, `assigned`,
+    and `announced`, so no late-payment callback is ever written for it."""
+    db.execute(
+        "UPDATE transfers SET kind = 'payment', invoice_id = ?, assigned = 1, announced = 1 "
+        "WHERE id = ?",
+        [invoice_id, transfer_id],
+    )
 
 
 def transfer_row(t: Transfer, seen_at: int) -> dict[str, Any]:

@@ -29,6 +29,9 @@ Fixtures
                   `fake_rpc.push(...)`; unscripted requests get `fake_rpc.default(request)`.
     anvil_factory factory: `anvil_factory(chain_id=..., block_time=...) -> Anvil`, a
                   separate node for the test, stopped after it.
+    daemons       a `daemonproc.Daemons` pool on `rpc_url` with `token` as USDT; every
+                  daemon started through it is stopped after the test.
+    rx            a callback `Receiver` checking signatures with `CALLBACK_SECRET`.
 
 A reorg deeper than the blocks a test mined removes the session snapshot; `chain` then
 resets anvil and deploys the same contracts again (same addresses), which costs ~0.2 s.
@@ -41,12 +44,15 @@ import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
 
+from tests.integration.daemonproc import CALLBACK_SECRET, Daemons
+from tests.integration.receiver import Receiver
 from watcher.devchain import Anvil, AnvilNotFound, DevChain, DevChainError
 from watcher.rpc import RpcClient
 
@@ -190,6 +196,21 @@ def free_port() -> int:
 def dead_url() -> str:
     """A URL nothing listens on (connection refused at once)."""
     return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+async def daemons(tmp_path: Path, rpc_url: str, token: str) -> AsyncIterator[Daemons]:
+    """Daemons on the session chain with its USDT; every one stopped after the test."""
+    pool = Daemons(tmp_path, [rpc_url], {"USDT": token})
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def rx() -> AsyncIterator[Receiver]:
+    """A callback receiver checking signatures with the daemons' secret."""
+    async with Receiver(secret=CALLBACK_SECRET) as receiver:
+        yield receiver
 
 
 @pytest.fixture

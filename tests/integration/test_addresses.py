@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from eth_account import Account
 
 from tests import hdkeys
@@ -25,13 +23,6 @@ USDT = 10**6
 
 def path_of(index: int) -> str:
     return f"m/44'/60'/0'/0/{index}"
-
-
-@pytest.fixture
-async def daemons(tmp_path: Path, rpc_url: str, token: str) -> AsyncIterator[Daemons]:
-    pool = Daemons(tmp_path, [rpc_url], {"USDT": token})
-    yield pool
-    await pool.close()
 
 
 def xpub_config(start_index: int) -> dict[str, dict[str, Any]]:

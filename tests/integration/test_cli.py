@@ -4,7 +4,6 @@ subprocess), on a real database, next to a real running daemon and a real anvil.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +23,6 @@ from tests.integration.receiver import Received, Receiver, Reply
 from watcher.devchain import DevChain
 
 USDT = 10**6
-
-
-@pytest.fixture
-async def daemons(tmp_path: Path, rpc_url: str, token: str) -> AsyncIterator[Daemons]:
-    pool = Daemons(tmp_path, [rpc_url], {"USDT": token})
-    yield pool
-    await pool.close()
 
 
 def cli_json(*args: str) -> dict[str, object]:

@@ -42,19 +42,6 @@ USDT = 10**6
 ETH = 10**18
 
 
-@pytest.fixture
-async def rx() -> AsyncIterator[Receiver]:
-    async with Receiver(secret=CALLBACK_SECRET) as receiver:
-        yield receiver
-
-
-@pytest.fixture
-async def daemons(tmp_path: Path, rpc_url: str, token: str) -> AsyncIterator[Daemons]:
-    pool = Daemons(tmp_path, [rpc_url], {"USDT": token})
-    yield pool
-    await pool.close()
-
-
 # ---------------------------------------------------------------- 1. every status
 
 

@@ -103,7 +103,7 @@ def _routes(app: web.Application) -> list[tuple[str, str]]:
 
 async def test_every_v1_route_needs_a_valid_key(env: Env) -> None:
     routes = [(m, p) for m, p in _routes(env.client.app) if p.startswith("/v1/")]
-    assert len(routes) == 15
+    assert len(routes) == 16
     bad_headers: list[dict[str, str]] = [
         {},
         {"Authorization": "Bearer wrong"},
@@ -468,7 +468,8 @@ async def test_events_show_history_and_deliveries(env: Env) -> None:
     assert [e["event"] for e in events] == ["invoice.created", "invoice.voided"]
     assert [e["status"] for e in events] == ["PENDING", "VOIDED"]
     first = events[0]
-    assert set(first) == {"id", "event", "status", "createdAt", "delivery"}
+    assert set(first) == {"id", "event", "status", "createdAt", "cause", "delivery"}
+    assert [e["cause"] for e in events] == [None, None]
     assert first["id"] == event_id and first["createdAt"].endswith("Z")
     assert first["delivery"] == {
         "url": HOOK,

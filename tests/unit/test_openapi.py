@@ -34,12 +34,12 @@ from openapi_spec_validator import validate as validate_spec
 from prometheus_client import CollectorRegistry
 
 from tests import hdkeys
-from tests.unit.test_ledger import NET, invoice_in, make_networks
+from tests.unit.test_ledger import NET, OTHER, SHARED, invoice_in, make_networks, tx_hash
 from tests.unit.test_pricing_api import Failing
 from watcher.derivation import Deriver
-from watcher.ledger import Ledger, NetworkInfo
+from watcher.ledger import Ledger, NetworkInfo, ScanBatch
 from watcher.metrics import Metrics
-from watcher.models import Asset, Status
+from watcher.models import Asset, Status, Transfer
 from watcher.pricing.book import RateBook
 from watcher.store import Store
 from watcher.timeutil import now as clock
@@ -291,6 +291,27 @@ async def _trigger_all(env: Env) -> None:
     assert (await send("GET", "/v1/transfers", auth=False)).status == 401
     assert (await send("GET", "/v1/transfers?matched=maybe")).status == 422
 
+    # POST /v1/transfers/{id}/assign: an unmatched transfer (a wrong amount at the shared
+    # address) made a payment of an open invoice
+    assign = "/v1/transfers/{id}/assign"
+    loose = Transfer(NET, "USDT", tx_hash(), 0, OTHER, SHARED, 3_333_333, 10, tx_hash(), now)
+    await env.store.run(
+        lambda db: env.ledger.apply_scan(db, ScanBatch(NET, 10, None, now, 10, [loose]), now)
+    )
+    target = await env.store.run(invoice_in, env.ledger, Status.PENDING, now)
+    url = f"/v1/transfers/{loose.id}/assign"
+    to_target = {"invoiceId": target.id}
+    assigned = await send("POST", url, template=assign, body=to_target)
+    assert assigned.status == 200 and assigned.json()["payments"][0]["assigned"] is True
+    assert (await send("POST", url, template=assign, body=to_target)).status == 409
+    assert (await send("POST", url, template=assign, data=b"{")).status == 400
+    assert (await send("POST", url, template=assign, auth=False, body=to_target)).status == 401
+    missing = f"/v1/transfers/tr_{'0' * 24}/assign"
+    assert (await send("POST", missing, template=assign, body=to_target)).status == 404
+    assert (await send("POST", url, template=assign, data=big)).status == 413
+    no_invoice = await send("POST", url, template=assign, body={"invoiceId": unknown})
+    assert (no_invoice.status, no_invoice.json()["error"]["field"]) == (422, "invoiceId")
+
     # GET /v1/addresses (an invoice at a derived address first: "address": "derive")
     env.ledger.deriver = Deriver(hdkeys.xpub())
     derived = await send("POST", "/v1/invoices", body={
@@ -373,9 +394,9 @@ async def _database_down(env: Env) -> None:
         if "503" not in op["responses"] or template in ("/v1/ws", "/readyz"):
             continue
         path = template.replace("{id}", inv.id).replace("{eventId}", event_id)
-        body = {"network": NET, "asset": "USDT", "amount": "1"} if method == "POST" else None
-        answer = await env.send(method, path, template=template,
-                                body=body if template == "/v1/invoices" else None)
+        bodies = {"/v1/invoices": {"network": NET, "asset": "USDT", "amount": "1"},
+                  "/v1/transfers/{id}/assign": {"invoiceId": inv.id}}
+        answer = await env.send(method, path, template=template, body=bodies.get(template))
         assert (answer.status, answer.json()["error"]["code"]) == (503, "unavailable"), (
             method, template, answer)  # fmt: skip
 

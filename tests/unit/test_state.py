@@ -169,3 +169,10 @@ def test_a_voided_invoice_takes_a_payment_added_to_it() -> None:
         assert transitions(inv, view(20, time=2500), ZERO, payments_added=False) == []
     refunded = invoice(status=S.REFUNDED, payments=[payment(1000, 10)])
     assert transitions(refunded, view(20), ZERO, payments_added=True) == []
+
+
+def test_a_cancelled_invoice_whose_assigned_payment_vanished_is_voided_again() -> None:
+    inv = invoice(status=S.WAITING_FOR_CONFIRMATIONS, closed_at=1800, payments=[])
+    # announced as for an expired invoice whose payment a reorg took: pending, then voided
+    assert transitions(inv, view(20, time=1700), ZERO, payments_added=False) == [
+        S.PENDING, S.VOIDED]

@@ -345,7 +345,8 @@ def invoice_events(db: Database, invoice_id: str) -> list[dict[str, Any]] | None
         return None
     events = list(
         db.query(
-            "SELECT id, event, status, created_at FROM events WHERE invoice_id = ? ORDER BY seq",
+            "SELECT id, event, status, created_at, cause FROM events WHERE invoice_id = ? "
+            "ORDER BY seq",
             [invoice_id],
         )
     )
@@ -386,6 +387,7 @@ def invoice_events(db: Database, invoice_id: str) -> list[dict[str, Any]] | None
                 "event": e["event"],
                 "status": e["status"],
                 "createdAt": iso(e["created_at"]),
+                "cause": e["cause"],
                 "delivery": delivery,
             }
         )
@@ -496,6 +498,18 @@ async def transfers_handler(request: web.Request) -> web.Response:
     )
 
 
+async def assign_handler(request: web.Request) -> web.Response:
+    """`POST /v1/transfers/{id}/assign`: make an unmatched or late transfer a payment."""
+    ctx = _ctx(request)
+    invoice_id = rq.parse_assign(await _body(request, required=False))
+    now = ctx.clock()
+    inv, outcome = await ctx.store.run(
+        ctx.ledger.assign, request.match_info["id"], invoice_id, now
+    )
+    _report(ctx, outcome)
+    return _json(ctx.ledger.render(inv))
+
+
 async def addresses_handler(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     q = rq.parse_address_query(request.query, ctx.ledger.networks)
@@ -599,6 +613,7 @@ def create_app(ctx: ApiContext) -> web.Application:
         r.add_post(f"/v1/invoices/{{id}}/{name}", _action(name))
     r.add_get("/v1/invoices/{id}/events", events_handler, allow_head=False)
     r.add_get("/v1/transfers", transfers_handler, allow_head=False)
+    r.add_post("/v1/transfers/{id}/assign", assign_handler)
     r.add_get("/v1/networks", networks_handler, allow_head=False)
     r.add_get("/v1/addresses", addresses_handler, allow_head=False)
     r.add_post("/v1/callbacks/{eventId}/redeliver", redeliver_handler)

@@ -1,0 +1,83 @@
+"""Finality tags with the real daemon: on an anvil whose epochs are 2 slots (`safe` 2 and
+`finalized` 4 blocks below the head, an anvil's `--slots-in-an-epoch`), a payment with
+enough confirmations waits for the safe block; a node that refuses the tag stops the start
+with the key named, and `check-config --online` says the same."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from tests.chainmodel import ChainModel, ChainServer
+from tests.integration.daemonproc import (
+    NETWORK,
+    DaemonConfig,
+    DaemonProc,
+    Daemons,
+    arun_cli,
+    poll,
+)
+from watcher.devchain import Anvil, DevChain
+
+ETH = 10**18
+
+
+@pytest.fixture
+async def daemons(tmp_path: Path) -> AsyncIterator[Daemons]:
+    pool = Daemons(tmp_path, [], {})
+    yield pool
+    await pool.close()
+
+
+async def test_safe_finality_on_anvil(
+    daemons: Daemons, anvil_factory: Callable[..., Anvil]
+) -> None:
+    node = anvil_factory(extra_args=["--slots-in-an-epoch", "2"])
+    chain = DevChain(node.url)
+    chain.mine(6)
+    d = await daemons.start(rpc=[node.url], confirmations=1,
+                            extra={f"networks.{NETWORK}": {"finality": "safe"}})
+    to = chain.new_account()
+    inv = await d.ok("POST", "/v1/invoices", {"network": NETWORK, "asset": "ETH",
+                                              "amount": "1", "address": to}, expect=201)
+    assert inv["finalized"] is False  # the tags are read: nothing paid is final yet
+    chain.send_native(chain.accounts[1], to, ETH)
+    paid = chain.block_number()
+    got = await d.wait_status(inv["id"], "WAITING_FOR_CONFIRMATIONS")
+    assert got["confirmations"] >= 1  # enough by count; the safe block is below it
+    assert int(chain.get_block("safe")["number"], 16) < paid
+    chain.mine(2)  # safe = head - 2 reaches the payment's block
+    done = await d.wait_status(inv["id"], "COMPLETED")
+    assert int(chain.get_block("safe")["number"], 16) >= paid
+    assert done["finalized"] is False
+    chain.mine(2)  # finalized = head - 4 reaches it
+
+    async def final() -> bool:
+        return bool((await d.invoice(inv["id"]))["finalized"])
+
+    await poll(final, 20, what="finalized")
+    events = await d.ok("GET", f"/v1/invoices/{inv['id']}/events")
+    assert [e["event"] for e in events["data"]] == [
+        "invoice.created", "invoice.waiting_for_confirmations", "invoice.completed"]
+
+
+async def test_a_node_without_the_tag_stops_the_start(tmp_path: Path) -> None:
+    model = ChainModel(chain_id=31337)
+    model.mine_empty(3)
+    model.unsupported_tags = {"safe", "finalized"}
+    async with ChainServer(model) as server:
+        cfg = DaemonConfig(tmp_path, rpc=[server.url],
+                           extra={f"networks.{NETWORK}": {"finality": "finalized"}})
+        d = DaemonProc(cfg)
+        d.spawn()
+        code = await d.wait(20)
+        assert code == 2
+        lines = [ln for ln in d.log_text().splitlines() if ln.startswith("error:")]
+        assert len(lines) == 1, d.log_text()
+        assert lines[0].startswith(f"error: networks.{NETWORK}.finality: the node does not "
+                                   "serve the 'finalized' block tag")
+        check = await arun_cli("check-config", "--online", "--config", str(cfg.path))
+        assert check.returncode == 2
+        assert f"networks.{NETWORK}.finality: the node does not serve" in check.stderr
