@@ -272,7 +272,9 @@ class ChainModel:
     - `max_range`: an eth_getLogs over more blocks answers -32602 "... range too large";
     - `http_errors`: (status, retry_after) answered to the next HTTP requests, one each;
     - `unsupported_tags`: block tags ("safe", "finalized") the node refuses, as a pre-merge
-      geth does.
+      geth does;
+    - `lost_logs`: every eth_getLogs answers `[]` (a node that lost its log index);
+    - `history_from`: blocks below it are gone (history expiry): asked by number, null.
     """
 
     def __init__(
@@ -297,6 +299,8 @@ class ChainModel:
         self.max_range: int | None = None
         self.http_errors: collections.deque[tuple[int, float | None]] = collections.deque()
         self.unsupported_tags: set[str] = set()
+        self.lost_logs = False
+        self.history_from = 0
         self.calls: collections.Counter[str] = collections.Counter()
         #: the `topics` of every eth_getLogs, and how many logs they were answered
         self.log_filters: list[list[Any]] = []
@@ -675,6 +679,8 @@ class ChainModel:
         if params[0] in self.unsupported_tags:
             raise RpcErrorAnswer(-32000, f"'{params[0]}' tag not supported on pre-merge network")
         block = self._by_block_arg(view, params[0])
+        if block is not None and block.number < self.history_from:
+            return None
         full = bool(params[1]) if len(params) > 1 else False
         return None if block is None else self._block_json(block, full)
 
@@ -715,6 +721,8 @@ class ChainModel:
             raise RpcErrorAnswer(-32602, "invalid argument 0: expected a filter object")
         flt: dict[str, Any] = params[0]
         self.log_filters.append(list(flt.get("topics") or []))
+        if self.lost_logs:
+            return []
         addresses = _address_set(flt.get("address"))
         topics = _topic_sets(flt.get("topics"))
         blocks: list[Block]

@@ -736,6 +736,88 @@ def addresses_preview(config_path: Path | None, start: int | None, count: int) -
         click.echo(f"{index:>7}  {deriver.address(index)}  xpub/{deriver.template.render(index)}")
 
 
+@main.command("rescan")
+@config_option
+@click.option("--network", required=True, help="The network to read again.")
+@click.option("--from", "start", type=int, required=True, help="First block.")
+@click.option("--to", "end", type=int, default=None,
+              help="Last block (default: the newest block the daemon has scanned).")
+@handles_errors
+def rescan_command(config_path: Path | None, network: str, start: int, end: int | None) -> None:
+    """Read a past range of blocks again beside the running daemon: add what was missed,
+    never count a transfer twice, send the callbacks of what changed. Interrupted, the same
+    command goes on where it stopped."""
+    import sys
+
+    from watcher.daemon import build_ledger, follower_config
+    from watcher.errors import ConfigError
+    from watcher.rescan import Progress, RescanError, Rescanner
+    from watcher.rpc import RpcClient
+    from watcher.store import Store
+
+    settings = load_config(config_path)
+    net = settings.enabled_networks().get(network)
+    if net is None:
+        known = ", ".join(settings.enabled_networks()) or "none"
+        raise ConfigError([f"--network: {network!r} is not an enabled network ({known})"])
+    ledger = build_ledger(settings)
+    terminal = sys.stdout.isatty()
+
+    async def go() -> Progress:
+        store = await Store(settings.database).open()
+        try:
+            await store.run(ledger.load_views)
+            async with RpcClient(network, net.rpc, max_attempts=3) as rpc:
+                scanner = Rescanner(follower_config(network, net), net.assets(), rpc, store,
+                                    ledger, settings.invoices.late_payment_window)
+                try:
+                    first, last = await scanner.check(start, end)
+                except RescanError as exc:
+                    raise ConfigError([str(exc)]) from None
+                if not terminal:
+                    return await scanner.run(first, last, _progress_lines(first, last))
+                with click.progressbar(length=last - first + 1,
+                                       label=f"rescan {network} {first}..{last}") as bar:
+                    seen = [first]
+
+                    def advance(p: Progress) -> None:
+                        bar.update(p.next_block - seen[0])
+                        seen[0] = p.next_block
+
+                    return await scanner.run(first, last, advance)
+        finally:
+            await store.close()
+
+    from watcher.errors import RpcError
+    from watcher.follower import ChainMoved
+
+    try:
+        done = asyncio.run(go())
+    except (RpcError, ChainMoved) as exc:
+        _error(f"rescan stopped: {exc}; run the same command again to go on")
+        raise click.exceptions.Exit(1) from None
+    except KeyboardInterrupt:
+        say("interrupted: run the same command again to go on where it stopped", err=True)
+        raise click.exceptions.Exit(130) from None
+    say(f"rescan {done.rescan_id} of {network}: blocks {done.start}..{done.end} done, "
+        f"{done.added} transfer(s) added")
+
+
+def _progress_lines(first: int, last: int) -> Callable[[Any], None]:
+    """Progress for a pipe or a log: a line at every tenth of the range."""
+    total = last - first + 1
+    shown = [-1]
+
+    def show(p: Any) -> None:
+        tenth = (p.next_block - first) * 10 // total
+        if tenth > shown[0]:
+            shown[0] = tenth
+            say(f"rescan {p.rescan_id}: block {min(p.next_block, last)} of {first}..{last} "
+                f"({tenth * 10}%), {p.added} transfer(s) added")
+
+    return show
+
+
 @main.command("rates")
 @config_option
 @handles_errors

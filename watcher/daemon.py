@@ -17,16 +17,31 @@ from watcher import __version__, capabilities, timeutil
 from watcher.callbacks import CallbackSender
 from watcher.capabilities import Needs
 from watcher.config import NetworkConfig, Settings
-from watcher.errors import ChainIdMismatch, ConfigError, RpcError, StoreError
+from watcher.errors import (
+    ChainIdMismatch,
+    ConfigError,
+    Conflict,
+    Invalid,
+    RpcError,
+    StoreError,
+    WatcherError,
+)
 from watcher.follower import Follower, FollowerConfig
 from watcher.ledger import Ledger, NetworkInfo, Outcome
 from watcher.matching import WatchIndex
 from watcher.metrics import Metrics
 from watcher.outbox import queue_depth
 from watcher.pricing.book import RateBook, build_sources
+from watcher.rescan import RescanError, Rescanner
 from watcher.rpc import RpcClient
 from watcher.sdnotify import Notifier
-from watcher.store import Store, index_invoices, newest_derived_address, status_counts
+from watcher.store import (
+    Store,
+    index_invoices,
+    newest_derived_address,
+    rescan_json,
+    status_counts,
+)
 from watcher.web.api import ApiContext, create_app
 from watcher.web.channels import Limits, Sockets
 from watcher.web.checkout import CheckoutContext, create_checkout_app
@@ -88,6 +103,15 @@ async def start_network(
     return True
 
 
+def follower_config(name: str, net: NetworkConfig) -> FollowerConfig:
+    """How a network is read (by its follower and by rescans)."""
+    return FollowerConfig(
+        name, net.confirmations, net.max_block_range, net.effective_poll_interval, net.ws,
+        finality=net.finality, start_block=net.start_block,
+        internal_transfers=net.internal_transfers, log_topic_chunk=net.log_topic_chunk,
+    )
+
+
 def build_ledger(settings: Settings) -> Ledger:
     nets = {
         name: NetworkInfo(name, n.chain_id, n.confirmations, n.assets(), n.finality)
@@ -120,6 +144,7 @@ class Daemon:
         }
         self.rpcs: dict[str, RpcClient] = {}
         self.followers: dict[str, Follower] = {}
+        self._rescans: dict[str, asyncio.Task[Any]] = {}
         self.sender: CallbackSender | None = None
         self.notifier = Notifier()
         self.runner: web.AppRunner | None = None
@@ -159,11 +184,7 @@ class Daemon:
             for name in self.networks
         ))
         for name, net in self.networks.items():
-            cfg = FollowerConfig(
-                name, net.confirmations, net.max_block_range, net.effective_poll_interval, net.ws,
-                finality=net.finality, start_block=net.start_block,
-                internal_transfers=net.internal_transfers, log_topic_chunk=net.log_topic_chunk,
-            )
+            cfg = follower_config(name, net)
             self.followers[name] = Follower(
                 cfg, self.rpcs[name], self.store, self.ledger, self.indexes[name],
                 self.on_outcome, self.metrics,
@@ -258,6 +279,7 @@ class Daemon:
             sockets=self.api_sockets,
             rates=self.rates,
             rpcs=self.rpcs,
+            rescan=self.start_rescan,
         )
         api = self.settings.api
         self.runner, self.port = await self._listen(create_app(ctx), api.host, api.port,
@@ -324,10 +346,11 @@ class Daemon:
         if self.sender is not None:
             self.sender.wake()
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._task_done)
         self._tasks.append(task)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
@@ -369,6 +392,40 @@ class Daemon:
         self.hub.wake()  # new events to publish, or at least a new head
 
     # ------------------------------------------------------------------ status
+
+    async def start_rescan(self, network: str, start: int, end: int | None) -> dict[str, Any]:
+        """Check a rescan of `network` (API errors for a range it cannot do) and run it as a
+        task beside the follower: its row as JSON (`state` "running")."""
+        running = self._rescans.get(network)
+        if running is not None and not running.done():
+            raise Conflict(f"a rescan of {network} is running; wait for it or stop the daemon",
+                           field="name")
+        net = self.networks[network]
+        scanner = Rescanner(
+            follower_config(network, net), net.assets(), self.rpcs[network], self.store,
+            self.ledger, self.settings.invoices.late_payment_window, self.on_outcome,
+        )
+        try:
+            first, last = await scanner.check(start, end)
+        except RescanError as exc:
+            raise Invalid(str(exc), field="to" if end is not None and "above" in str(exc)
+                          else "from") from None
+        row = await self.store.run(
+            self.ledger.start_rescan, network, first, last, timeutil.now()
+        )
+
+        async def run() -> None:
+            try:
+                await scanner.run(first, last)
+            except (RpcError, StoreError, WatcherError) as exc:
+                log.error("%s: rescan %d..%d stopped: %s", network, first, last, exc,
+                          extra={"network": network})
+            except Exception as exc:  # a bug in a rescan must not stop the service
+                log.exception("%s: rescan %d..%d failed: %r", network, first, last, exc,
+                              extra={"network": network})
+
+        self._rescans[network] = self._spawn(run(), f"rescan-{network}")
+        return rescan_json(row)
 
     def networks_status(self) -> list[dict[str, Any]]:
         out = []

@@ -363,13 +363,7 @@ class Follower:
             nspan = min(self._grown(), NATIVE_RANGE) if native else self._grown()
             self._start_prefetch(end + 1, min(tip.number, end + nspan), tip, native)
         self._check_chain(start, headers)
-        logs = await self._complete(start, end, tip, logs, headers, flt)
-        transfers = self._token_transfers(logs, headers, tip)
-        if native:
-            transfers += await self._native_transfers(blocks)
-            if self.cfg.internal_transfers != "off":
-                transfers += await self._internal_transfers(blocks)
-        transfers.sort(key=lambda t: (t.block, -1 if t.log_index is None else t.log_index))
+        transfers = await self._transfers(start, end, tip, flt, logs, headers, blocks)
         last = headers[end]
         stored = [h for h in headers.values() if h.number > tip.number - self.track
                   or h.number == end]
@@ -394,6 +388,36 @@ class Follower:
         self._grow()
         self.on_outcome(outcome)
         self._count(start, end, outcome)
+
+    async def _transfers(
+        self,
+        start: int,
+        end: int,
+        tip: Header,
+        flt: _LogFilter | None,
+        logs: list[dict[str, Any]],
+        headers: dict[int, Header],
+        blocks: list[dict[str, Any]],
+    ) -> list[Transfer]:
+        """The transfers to watched addresses in what one range read, in chain order."""
+        logs = await self._complete(start, end, tip, logs, headers, flt)
+        transfers = self._token_transfers(logs, headers, tip)
+        if blocks:
+            transfers += await self._native_transfers(blocks)
+            if self.cfg.internal_transfers != "off":
+                transfers += await self._internal_transfers(blocks)
+        transfers.sort(key=lambda t: (t.block, -1 if t.log_index is None else t.log_index,
+                                      t.trace or ""))
+        return transfers
+
+    async def read_range(self, start: int, end: int, tip: Header) -> list[Transfer]:
+        """The transfers to this follower's watched addresses in blocks `start..end`, read
+        and checked as a live range is, but not committed (a rescan's reading)."""
+        native = self.index.native_symbol is not None and self.index.watches_native()
+        flt = self._log_filter()
+        logs, headers, blocks = await self._read(start, end, tip, native, flt)
+        self._check_chain(start, headers)
+        return await self._transfers(start, end, tip, flt, logs, headers, blocks)
 
     # ------------------------------------------------------------------ read-ahead
 

@@ -29,6 +29,7 @@ from watcher.models import (
     Invoice,
     Status,
     Transfer,
+    window_route,
 )
 from watcher.rates import Rate, RateProvider, RateUnavailable, amount_for, format_rate
 from watcher.render import invoice_json
@@ -619,18 +620,28 @@ class Ledger:
                 self.views[network] = before
             raise
 
-    def _apply_scan(
-        self, db: Database, batch: ScanBatch, net: NetworkInfo, now: int, out: Outcome
-    ) -> None:
+    def _record(
+        self, db: Database, transfers: list[Transfer], now: int, out: Outcome,
+        *, in_time_after_expiry: bool = False,
+    ) -> tuple[dict[str, Invoice], dict[str, int]]:
+        """Store the transfers not stored before (a transfer is never counted twice), each as
+        a payment, a late payment or unmatched by its block time against its invoice's
+        window: (the invoices they were routed to, the newest block time of the payments
+        added per invoice id). `in_time_after_expiry` (rescans): an invoice voided at its
+        expiry still takes a payment made in its window."""
         added: dict[str, int] = {}
-        routed = {t.invoice_id for t in batch.transfers if t.invoice_id}
+        routed = {t.invoice_id for t in transfers if t.invoice_id}
         owners = {i.id: i for i in load_invoices(db, _in_ids(routed), list(routed))}
-        for t in batch.transfers:
+        for t in transfers:
             if t.amount <= 0:
                 continue  # zero transfers never count and are not kept (address poisoning)
             inv = owners.get(t.invoice_id) if t.invoice_id else None
             # The same window rule the index routed by, on the committed invoice.
             kind = inv.route(t.timestamp, self.late_window) if inv is not None else "unmatched"
+            if in_time_after_expiry and inv is not None and inv.voided_at_expiry and (
+                window_route(inv.opens_at, inv.expire_at, None, t.timestamp, 0) == "payment"
+            ):
+                kind = "payment"
             if kind == "late" and inv is not None and inv.shared:
                 kind = "unmatched"
             t.kind = kind
@@ -654,6 +665,12 @@ class Ledger:
                 update_invoice(db, inv)
                 if inv not in out.touched:
                     out.touched.append(inv)
+        return owners, added
+
+    def _apply_scan(
+        self, db: Database, batch: ScanBatch, net: NetworkInfo, now: int, out: Outcome
+    ) -> None:
+        owners, added = self._record(db, batch.transfers, now, out)
         self._advance(db, batch, now)
         old = self.views[batch.network]
         view = state.ChainView(
@@ -686,6 +703,84 @@ class Ledger:
         for inv in pending:
             candidates.setdefault(inv.id, inv)
         self._settle(db, candidates.values(), view, added, now, out)
+
+    def apply_rescan(
+        self, db: Database, rescan_id: int, batch: ScanBatch, now: int
+    ) -> Outcome:
+        """Record what a rescan of blocks up to `batch.to_block` found, in one transaction
+        with the rescan's progress: only transfers not stored before are added (so nothing
+        is counted twice), the invoices they pay settle with the network's current view and
+        send their callbacks; late payments are announced by the follower once deep. The
+        live follower's cursor is not touched. A transfer in a block the follower has
+        stored under another hash (replaced since the rescan read it) is left out."""
+        out = Outcome()
+        with transaction(db):
+            row = db.execute(
+                "SELECT state, to_block FROM rescans WHERE id = ?", [rescan_id]
+            ).fetchone()
+            if row is None or row[0] != "running":
+                raise Conflict(f"rescan {rescan_id} is not running")
+            stored = {
+                n: h for n, h in db.execute(
+                    "SELECT number, hash FROM blocks WHERE network = ? AND number BETWEEN ? "
+                    "AND ?", [batch.network, min((t.block for t in batch.transfers),
+                                                 default=0), batch.to_block],
+                ).fetchall()
+            }
+            fresh = [t for t in batch.transfers if stored.get(t.block, t.block_hash)
+                     == t.block_hash]
+            owners, added = self._record(db, fresh, now, out, in_time_after_expiry=True)
+            view = self.views[batch.network]
+            for inv_id in added:
+                inv = owners[inv_id]
+                steps = state.transitions(inv, view, self.tolerance, payments_added=True)
+                # no block time: the detection-latency metric is about live payments
+                self._move(db, inv, steps, now, out, cause="rescan")
+                inv.updated_at = now
+                update_invoice(db, inv)
+                if inv not in out.touched:
+                    out.touched.append(inv)
+            done = batch.to_block >= row[1]
+            db.execute(
+                "UPDATE rescans SET next_block = ?, added = added + ?, state = ?, "
+                "updated_at = ? WHERE id = ?",
+                [batch.to_block + 1, len(out.recorded), "done" if done else "running", now,
+                 rescan_id],
+            )
+        return out
+
+    def start_rescan(
+        self, db: Database, network: str, start: int, end: int, now: int
+    ) -> dict[str, Any]:
+        """The rescan of `start..end` of a network: an unfinished one of the same range goes
+        on where it stopped (resumed), else a new one starts. Its row as a dict."""
+        with transaction(db):
+            rows = list(db.query(
+                "SELECT * FROM rescans WHERE network = ? AND from_block = ? AND to_block = ? "
+                "AND state != 'done' ORDER BY id DESC LIMIT 1", [network, start, end]))
+            if rows:
+                db.execute("UPDATE rescans SET state = 'running', error = NULL, updated_at = ? "
+                           "WHERE id = ?", [now, rows[0]["id"]])
+                rescan_id = rows[0]["id"]
+            else:
+                cur = db.execute(
+                    "INSERT INTO rescans (network, from_block, to_block, next_block, state, "
+                    "created_at, updated_at) VALUES (?, ?, ?, ?, 'running', ?, ?)",
+                    [network, start, end, start, now, now],
+                )
+                rescan_id = cur.lastrowid
+        return dict(next(iter(db.query("SELECT * FROM rescans WHERE id = ?", [rescan_id]))))
+
+    def stop_rescan(
+        self, db: Database, rescan_id: int, now: int, error: str | None = None
+    ) -> None:
+        """Mark a rescan interrupted ("stopped", resumable) or failed (with its error)."""
+        with transaction(db):
+            db.execute(
+                "UPDATE rescans SET state = ?, error = ?, updated_at = ? WHERE id = ? "
+                "AND state = 'running'",
+                ["failed" if error else "stopped", error, now, rescan_id],
+            )
 
     def _announce_late(
         self,

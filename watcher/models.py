@@ -188,6 +188,12 @@ class Invoice:
             return None
         return self.closed_at if self.closed_at is not None else self.expire_at
 
+    @property
+    def voided_at_expiry(self) -> bool:
+        """Voided because nothing was seen by `expireAt` (not cancelled before it): a
+        payment made in time that a rescan finds later is still a payment."""
+        return self.status == Status.VOIDED and self.closed_at == self.expire_at
+
     def route(self, at: int, late_window: int) -> str:
         """"payment", "late" or "unmatched" for a transfer in a block with timestamp `at`."""
         return window_route(

@@ -477,3 +477,23 @@ def parse_address_query(query: Mapping[str, str], networks: Iterable[str]) -> Ad
     if raw not in ("true", "false"):
         raise Invalid("withBalance must be true or false", field="withBalance")
     return AddressQuery(network=network, with_balance=raw == "true", page=_page(query))
+
+
+def parse_rescan(body: object) -> tuple[int, int | None]:
+    """`{"from": block, "to": block?}` of a rescan request."""
+    data = require_object(body)
+    _reject_unknown(data, ("from", "to"))
+    out: list[int | None] = []
+    for key in ("from", "to"):
+        value = data.get(key)
+        if value is None and key == "to":
+            out.append(None)
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise Invalid(f"{key} must be a block number (an integer >= 0)", field=key)
+        out.append(value)
+    start, end = out
+    assert start is not None
+    if end is not None and end < start:
+        raise Invalid("to must not be below from", field="to")
+    return start, end

@@ -303,7 +303,7 @@ def _m0010(db: Database) -> None:
             from_block INTEGER NOT NULL,
             to_block INTEGER NOT NULL,
             next_block INTEGER NOT NULL,
-            state TEXT NOT NULL,  -- running | done | failed
+            state TEXT NOT NULL,  -- running | stopped | done | failed
             added INTEGER NOT NULL DEFAULT 0,  -- transfers it recorded
             error TEXT,
             created_at INTEGER NOT NULL,
@@ -313,6 +313,25 @@ def _m0010(db: Database) -> None:
         "CREATE INDEX rescans_network ON rescans(network, state)",
     ):
         db.execute(statement)
+
+
+def rescan_json(row: dict[str, Any]) -> dict[str, Any]:
+    from watcher.timeutil import iso
+
+    return {
+        "id": row["id"], "network": row["network"], "from": row["from_block"],
+        "to": row["to_block"], "nextBlock": row["next_block"], "state": row["state"],
+        "added": row["added"], "error": row["error"], "createdAt": iso(row["created_at"]),
+        "updatedAt": iso(row["updated_at"]),
+    }
+
+
+def latest_rescans(db: Database) -> dict[str, dict[str, Any]]:
+    """The newest rescan of each network, as JSON."""
+    rows = db.query(
+        "SELECT * FROM rescans WHERE id IN (SELECT MAX(id) FROM rescans GROUP BY network)"
+    )
+    return {r["network"]: rescan_json(r) for r in rows}
 
 
 def next_derivation_index(db: Database, start: int) -> int:

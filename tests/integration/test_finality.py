@@ -63,21 +63,27 @@ async def test_safe_finality_on_anvil(
         "invoice.created", "invoice.waiting_for_confirmations", "invoice.completed"]
 
 
-async def test_a_node_without_the_tag_stops_the_start(tmp_path: Path) -> None:
-    model = ChainModel(chain_id=31337)
+@pytest.mark.parametrize(("key", "value", "refused"), [
+    ("finality", "finalized", "the 'finalized' block tag"),
+    ("internal_transfers", "trace_block", "trace_block"),
+    ("internal_transfers", "debug_trace", "debug_traceBlockByNumber"),
+])
+async def test_a_node_without_what_the_network_asks_stops_the_start(
+    tmp_path: Path, key: str, value: str, refused: str
+) -> None:
+    model = ChainModel(chain_id=31337)  # serves no traces, and (here) no finality tags
     model.mine_empty(3)
     model.unsupported_tags = {"safe", "finalized"}
     async with ChainServer(model) as server:
-        cfg = DaemonConfig(tmp_path, rpc=[server.url],
-                           extra={f"networks.{NETWORK}": {"finality": "finalized"}})
+        cfg = DaemonConfig(tmp_path, rpc=[server.url], extra={f"networks.{NETWORK}": {key: value}})
         d = DaemonProc(cfg)
         d.spawn()
         code = await d.wait(20)
         assert code == 2
         lines = [ln for ln in d.log_text().splitlines() if ln.startswith("error:")]
         assert len(lines) == 1, d.log_text()
-        assert lines[0].startswith(f"error: networks.{NETWORK}.finality: the node does not "
-                                   "serve the 'finalized' block tag")
+        assert lines[0].startswith(f"error: networks.{NETWORK}.{key}: the node does not "
+                                   f"serve {refused}")
         check = await arun_cli("check-config", "--online", "--config", str(cfg.path))
         assert check.returncode == 2
-        assert f"networks.{NETWORK}.finality: the node does not serve" in check.stderr
+        assert f"networks.{NETWORK}.{key}: the node does not serve {refused}" in check.stderr

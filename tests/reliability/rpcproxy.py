@@ -18,6 +18,8 @@ and, independently of `rate`:
     range_limit   `eth_getLogs` over more than `range_limit` blocks is refused with
                   -32005 "block range is too large (max N)" (counted as `range`)
     chain_id      `eth_chainId` answers `chain_id` instead of the node's
+    lost_logs     while set, every `eth_getLogs` answers `[]` (a node that lost its log
+                  index): transfers are missed, to be found by a rescan later
 
 `kinds` may repeat a kind to weight it. `counts` tallies what was injected (and
 `forwarded`), so a test can show its figures.
@@ -78,6 +80,7 @@ class RpcProxy:
         self.range_limit = range_limit
         self.lag_blocks = lag_blocks
         self.chain_id = chain_id
+        self.lost_logs = False
         self.counts: Counter[str] = Counter()
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -171,6 +174,14 @@ class RpcProxy:
             self.counts["chain_id"] += 1
             return self._json({"jsonrpc": "2.0", "id": calls[0].get("id"),
                                "result": hex(self.chain_id)})
+
+        if self.lost_logs and any(c.get("method") == "eth_getLogs" for c in calls):
+            self.counts["lost_logs"] += 1
+            answers = [{"jsonrpc": "2.0", "id": c.get("id"), "result": []}
+                       if c.get("method") == "eth_getLogs"
+                       else orjson.loads(await self._upstream(orjson.dumps(c)))
+                       for c in calls]
+            return self._json(answers if batch else answers[0])
 
         kind = self.rng.choice(self.kinds) if self.rng.random() < self.rate else None
         if kind == "lag" and not (not batch and calls and _is_head_call(calls[0])):

@@ -37,6 +37,7 @@ from tests import hdkeys
 from tests.unit.test_ledger import NET, OTHER, SHARED, invoice_in, make_networks, tx_hash
 from tests.unit.test_pricing_api import Failing
 from watcher.derivation import Deriver
+from watcher.errors import Conflict
 from watcher.ledger import Ledger, NetworkInfo, ScanBatch
 from watcher.metrics import Metrics
 from watcher.models import Asset, Status, Transfer
@@ -325,6 +326,32 @@ async def _trigger_all(env: Env) -> None:
     assert (await send("GET", "/v1/addresses", auth=False)).status == 401
     assert (await send("GET", "/v1/addresses?withBalance=maybe")).status == 422
 
+    # POST /v1/networks/{name}/rescan: the route's own checks here; the daemon's rescan (a
+    # stand-in of the callable it passes) answers the rest, as it does for real in
+    # tests/integration/test_rescan.py
+    rescan, at = "/v1/networks/{name}/rescan", f"/v1/networks/{NET}/rescan"
+    assert (await send("POST", at, template=rescan, body={"from": 1})).status == 503
+
+    async def daemon_rescan(network: str, start: int, end: int | None) -> dict[str, Any]:
+        if start == 2:
+            raise Conflict(f"a rescan of {network} is running", field="name")
+        stamp = "2026-11-30T00:00:00Z"
+        return {"id": 1, "network": network, "from": start, "to": end or 9, "nextBlock": start,
+                "state": "running", "added": 0, "error": None, "createdAt": stamp,
+                "updatedAt": stamp}
+
+    env.ctx.rescan = daemon_rescan
+    assert (await send("POST", at, template=rescan, body={"from": 1})).status == 202
+    assert (await send("POST", at, template=rescan, body={"from": 2})).status == 409
+    assert (await send("POST", at, template=rescan, body={"from": 5, "to": 4})).status == 422
+    assert (await send("POST", at, template=rescan, data=b"{")).status == 400
+    assert (await send("POST", at, template=rescan, data=big)).status == 413
+    assert (await send("POST", at, template=rescan, auth=False, body={"from": 1})).status == 401
+    nowhere = await send("POST", "/v1/networks/nowhere/rescan", template=rescan,
+                         body={"from": 1})
+    assert nowhere.status == 404
+    env.ctx.rescan = None
+
     # GET /v1/networks: 500 when the daemon's status callable fails
     assert (await send("GET", "/v1/networks")).status == 200
     assert (await send("GET", "/v1/networks", auth=False)).status == 401
@@ -394,8 +421,10 @@ async def _database_down(env: Env) -> None:
         if "503" not in op["responses"] or template in ("/v1/ws", "/readyz"):
             continue
         path = template.replace("{id}", inv.id).replace("{eventId}", event_id)
+        path = path.replace("{name}", NET)
         bodies = {"/v1/invoices": {"network": NET, "asset": "USDT", "amount": "1"},
-                  "/v1/transfers/{id}/assign": {"invoiceId": inv.id}}
+                  "/v1/transfers/{id}/assign": {"invoiceId": inv.id},
+                  "/v1/networks/{name}/rescan": {"from": 1}}
         answer = await env.send(method, path, template=template, body=bodies.get(template))
         assert (answer.status, answer.json()["error"]["code"]) == (503, "unavailable"), (
             method, template, answer)  # fmt: skip

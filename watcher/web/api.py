@@ -24,7 +24,14 @@ from sqlite_utils import Database
 from watcher import ledger as ledger_mod
 from watcher import requests as rq
 from watcher.balances import balances_by_network
-from watcher.errors import ApiError, NotFound, PayloadTooLarge, StoreError, Unauthorized
+from watcher.errors import (
+    ApiError,
+    NotFound,
+    PayloadTooLarge,
+    StoreError,
+    Unauthorized,
+    Unavailable,
+)
 from watcher.models import Invoice
 from watcher.outbox import redeliver
 from watcher.pricing.book import RateBook
@@ -34,6 +41,7 @@ from watcher.store import (
     GroupCommit,
     Store,
     derived_addresses,
+    latest_rescans,
     load_invoice,
     load_invoices,
     transfer_from_row,
@@ -90,6 +98,9 @@ class ApiContext:
     rates: RateBook | None = None
     #: RPC clients per network (balances of derived addresses).
     rpcs: dict[str, RpcClient] = field(default_factory=dict)
+    #: Starts a rescan of (network, from, to or None) in the daemon: its row as JSON;
+    #: None: the route answers 503 (no daemon to run it).
+    rescan: Callable[[str, int, int | None], Awaitable[dict[str, Any]]] | None = None
 
 
 CTX: web.AppKey[ApiContext] = web.AppKey("ctx", ApiContext)
@@ -521,7 +532,26 @@ async def networks_handler(request: web.Request) -> web.Response:
     status = ctx.networks_status()
     if not status:
         status = await ctx.store.run(fallback_networks, ctx.ledger.networks)
+    rescans = await ctx.store.run(latest_rescans)
+    for net in status:
+        info = ctx.ledger.networks.get(net["name"])
+        view = ctx.ledger.views.get(net["name"])
+        net["finality"] = info.finality if info else None
+        net["finalizedBlock"] = view.finalized_block if view else None
+        net["rescan"] = rescans.get(net["name"])
     return _json({"data": status, "nextCursor": None})
+
+
+async def rescan_handler(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    network = request.match_info["name"]
+    if network not in ctx.ledger.networks:
+        raise NotFound(f"no network {network}", field="name")
+    start, end = rq.parse_rescan(await _body(request, required=True))
+    if ctx.rescan is None:
+        raise Unavailable("rescans run in the daemon: use `payment-watcher rescan`",
+                          field=None)
+    return _json(await ctx.rescan(network, start, end), 202)
 
 
 async def redeliver_handler(request: web.Request) -> web.Response:
@@ -616,6 +646,7 @@ def create_app(ctx: ApiContext) -> web.Application:
     r.add_post("/v1/transfers/{id}/assign", assign_handler)
     r.add_get("/v1/networks", networks_handler, allow_head=False)
     r.add_get("/v1/addresses", addresses_handler, allow_head=False)
+    r.add_post("/v1/networks/{name}/rescan", rescan_handler)
     r.add_post("/v1/callbacks/{eventId}/redeliver", redeliver_handler)
     r.add_get("/v1/rates", rates_handler, allow_head=False)
     r.add_get("/v1/ws", ws_handler, allow_head=False)
