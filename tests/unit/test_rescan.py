@@ -14,7 +14,7 @@ import pytest
 from tests.chainmodel import ChainModel, TokenTx
 from tests.daemonparts import ADDRS, ASSETS, CONF, LATE, PAYER, TOKEN, Node, running
 from watcher.models import OPENS_EARLY, Status
-from watcher.rescan import Progress, Rescanner, RescanError
+from watcher.rescan import Progress, RescanError, Rescanner
 
 
 def scanner(node: Node) -> Rescanner:
