@@ -918,7 +918,7 @@ def _live_networks(settings: Settings) -> dict[str, dict[str, Any]]:
 @click.option(
     "--exit-after-script",
     is_flag=True,
-    help="Exit 0 once both invoices are COMPLETED and their callbacks received (no prompt).",
+    help="Exit 0 once every invoice is COMPLETED and its callbacks received (no prompt).",
 )
 @click.option(
     "--timeout",

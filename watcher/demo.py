@@ -1,16 +1,17 @@
 """`payment-watcher demo`: the whole flow on a local dev chain, live.
 
-It starts anvil (a block every second), deploys a test USDT token, starts a callback
-receiver and the daemon in this process (API on 127.0.0.1 with a generated key, a temporary
-database), creates a native invoice at an address derived from an xpub and a token invoice
-through the HTTP API, pays the first in full and the second in two parts, and prints one
-line per event, with the time since the start:
-what it does on chain, each status change (read back from the API) and each callback the
-receiver gets (with its signature checked by `watcher.signing.verify_signature`).
+It starts anvil (a block every second), deploys a test USDT token and a withdrawal contract,
+starts a callback receiver and the daemon in this process (API on 127.0.0.1 with a generated
+key, a temporary database), creates three invoices through the HTTP API (a native one at an
+address derived from an xpub, a token one, and a native one the withdrawal contract pays by
+an internal call, found in traces), pays them (the token one in two parts), and prints one
+line per event, with the time since the start: what it does on chain, each status change
+(read back from the API) and each callback the receiver gets (with both its signatures
+checked: `X-Watcher-Signature` and the Standard Webhooks `webhook-signature`).
 
 Then it keeps everything running and prints curl lines to try, until Ctrl-C (or SIGTERM),
 which stops what it started: daemon, receiver, anvil. `--exit-after-script` exits 0 as soon
-as both invoices are COMPLETED and every callback of theirs has arrived; `--timeout` bounds
+as every invoice is COMPLETED and every callback of theirs has arrived; `--timeout` bounds
 the scripted part (exit 1 with the step it was waiting for).
 
 Exit codes: 0 done (or stopped during the interactive part), 1 failed or timed out, 2 no
@@ -20,6 +21,7 @@ anvil, 130 interrupted before the scripted part was done.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -42,7 +44,7 @@ from watcher.amounts import parse_amount
 from watcher.config import Settings
 from watcher.daemon import Daemon
 from watcher.devchain import Anvil, AnvilNotFound, DevChain, find_anvil
-from watcher.signing import HEADER_DELIVERY, verify_signature
+from watcher.signing import HEADER_DELIVERY, verify_signature, verify_webhook
 
 NETWORK: Final = "anvil"
 CONFIRMATIONS: Final = 2
@@ -57,6 +59,8 @@ EUR_USD: Final = "1.08"
 #: (asset, amount) of the invoice paid in full, and of the one paid in two parts.
 FULL: Final = (NATIVE_SYMBOL, "0.5")
 SPLIT: Final = (TOKEN_SYMBOL, "25", ("10", "15"))
+#: (asset, amount) of the invoice an exchange's withdrawal contract pays by an internal call.
+INTERNAL: Final = (NATIVE_SYMBOL, "0.2")
 INVOICE_TTL: Final = 3600
 #: Deposit addresses are derived from the account xpub of anvil's well-known test mnemonic,
 #: from an index clear of anvil's own funded accounts (indexes 0..9).
@@ -153,7 +157,9 @@ class CallbackReceiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        ok = verify_signature(self.secret, request.headers, body)
+        # both signatures: X-Watcher-Signature and the Standard Webhooks webhook-signature
+        ok = verify_signature(self.secret, request.headers, body) and verify_webhook(
+            self.secret, request.headers, body)
         delivery = request.headers.get(HEADER_DELIVERY, "")
         try:
             payload = json.loads(body)
@@ -283,7 +289,8 @@ class Demo:
         self.anvil_binary = anvil_binary
         self.console = Console()
         self.api_key = "demo_" + secrets.token_urlsafe(24)
-        self.callback_secret = secrets.token_urlsafe(32)
+        # the Standard Webhooks form: `whsec_` + base64 key (keys both signatures)
+        self.callback_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
         self.waiting_for = "start"
         self.stop_requested = asyncio.Event()
         self.signals = 0
@@ -403,6 +410,9 @@ class Demo:
         feed = await chain.aio.deploy_aggregator(8, "ETH / USD")
         await chain.aio.set_round(feed, ETH_USD * 10**8)
         out.line("chain", f"deployed a Chainlink-style ETH/USD feed at {feed} answering {ETH_USD}")
+        payout = await chain.aio.deploy_payout()
+        out.line("chain", f"deployed a withdrawal contract (Payout) at {payout}: it pays by "
+                          "internal calls, which leave no log")
         await chain.aio.mint(token, token_payer, 1000 * 10**TOKEN_DECIMALS)
         out.line("chain", f"minted 1000 {TOKEN_SYMBOL} to the customer account {token_payer}")
         await chain.aio.set_block_time(BLOCK_TIME)
@@ -412,7 +422,8 @@ class Demo:
         receiver = CallbackReceiver(self.callback_secret, out)
         self.receiver = receiver
         await receiver.start()
-        out.line("receiver", f"listening on {receiver.url} (verifies every X-Watcher-Signature)")
+        out.line("receiver", f"listening on {receiver.url} (verifies X-Watcher-Signature and "
+                             "the Standard Webhooks webhook-signature of every callback)")
 
         self._step("the daemon to start")
         self.tmp = tempfile.TemporaryDirectory(prefix="payment-watcher-demo-")
@@ -433,6 +444,7 @@ class Demo:
                     "confirmations": CONFIRMATIONS,
                     "block_time": BLOCK_TIME,
                     "poll_interval": POLL_INTERVAL,
+                    "internal_transfers": "trace_block",
                     "tokens": [
                         {"symbol": TOKEN_SYMBOL, "address": token, "decimals": TOKEN_DECIMALS}
                     ],
@@ -469,15 +481,26 @@ class Demo:
         split, split_to = await self._create(api, split_asset, split_amount,
                                              DevChain.new_account(), "demo-order-2",
                                              f"paid in two parts: {' + '.join(parts)}")
-        self.invoice_ids = {"full": full, "split": split}
+        internal_asset, internal_amount = INTERNAL
+        internal, internal_to = await self._create(
+            api, internal_asset, internal_amount, "derive", "demo-order-3",
+            "paid by an exchange's withdrawal contract, an internal transfer")
+        self.invoice_ids = {"full": full, "split": split, "internal": internal}
 
         self._step(f"the {full_asset} payment to be mined")
         await self._pay(native_payer, full_to, full_asset, full_amount, None)
         self._step(f"the first {split_asset} payment to be mined")
         await self._pay(token_payer, split_to, split_asset, parts[0], token)
+        self._step("the withdrawal contract's payment to be mined")
+        value = parse_amount(internal_amount, 18)
+        tx = await chain.aio.call_payout(payout, native_payer, "pay", [internal_to], value)
+        out.line("pay", f"the withdrawal contract sends {internal_amount} {internal_asset} to "
+                        f"{internal_to} by an internal call: tx {tx}")
 
-        self._step(f"invoice {full[:8]} COMPLETED and invoice {split[:8]} PARTIAL")
+        self._step(f"invoices {full[:8]} and {internal[:8]} COMPLETED and invoice {split[:8]} "
+                   "PARTIAL")
         await self._until(lambda: watch.status(full) == "COMPLETED"
+                          and watch.status(internal) == "COMPLETED"
                           and watch.status(split) == "PARTIAL")
 
         self._step(f"the second {split_asset} payment to be mined")
@@ -485,15 +508,15 @@ class Demo:
         self._step(f"invoice {split[:8]} COMPLETED")
         await self._until(lambda: watch.status(split) == "COMPLETED")
 
-        self._step("every callback of both invoices")
+        self._step("every callback of the invoices")
         await self._until(self._all_callbacks_received)
         bad = [c for c in receiver.received.values() if not c.signature_ok]
         if bad:
             raise DemoError(f"{len(bad)} callback(s) with a bad signature")
-        count = sum(len(watch.event_ids(i)) for i in (full, split))
+        count = sum(len(watch.event_ids(i)) for i in self.invoice_ids.values())
         out.line(
             "demo",
-            f"scripted part done: both invoices COMPLETED, {count} callbacks received, "
+            f"scripted part done: all three invoices COMPLETED, {count} callbacks received, "
             "every signature ok",
         )
         await self._show_addresses(api)
@@ -610,6 +633,10 @@ class Demo:
         out.plain(f"  curl -s -H {auth} '{base}/v1/invoices?status=COMPLETED'")
         out.plain(f"  curl -s -H {auth} {base}/v1/networks")
         out.plain(f"  curl -s -H {auth} '{base}/v1/addresses?withBalance=true'")
+        out.plain(f"  curl -s -H {auth} '{base}/v1/transfers?matched=true'   "
+                  "# the internal transfer: \"internal\": true, its traceAddress")
+        out.plain(f"  curl -s -H {auth} -H 'Content-Type: application/json' -d '{{\"from\": 1}}' "
+                  f"{base}/v1/networks/{NETWORK}/rescan   # read the chain again: adds nothing")
         out.plain(f"  curl -s {base}/metrics | grep '^payment_watcher_invoice'")
         out.plain("Another invoice, at the next address derived from the xpub (its \"url\" is "
                   "its checkout page):")
