@@ -572,9 +572,8 @@ def load_transfers_by_id(db: Database, ids: Iterable[str]) -> list[Transfer]:
     wanted = list(ids)
     if not wanted:
         return []
-    rows = db.query(
-        f"SELECT * FROM transfers WHERE id IN ({','.join('?' * len(wanted))})", wanted
-    )
+    marks = ",".join("?" * len(wanted))
+    rows = db.query(f"SELECT * FROM transfers WHERE id IN ({marks})", wanted)
     return [transfer_from_row(r) for r in rows]
 
 

@@ -72,3 +72,26 @@ async def test_a_rescan_finds_what_a_lossy_node_hid(
         assert bad.returncode == 2
         assert bad.stderr.startswith(f"error: block {head + 100} is above the node's head")
         assert len(bad.stderr.strip().splitlines()) == 1
+
+
+async def test_start_block_is_where_a_new_database_starts(
+    daemons: Daemons, chain: DevChain
+) -> None:
+    chain.mine(30)
+    head = chain.block_number()
+    start = head - 20
+    d = await daemons.start(extra={f"networks.{NETWORK}": {"start_block": start}})
+    await d.wait_scanned(head)
+    assert f"starting at the configured start_block {start}" in d.log_text()
+
+    async def scanned_from_start() -> bool:
+        _, text = await d.request("GET", "/metrics")
+        for line in str(text).splitlines():
+            if line.startswith(f'payment_watcher_blocks_scanned_total{{network="{NETWORK}"}}'):
+                return float(line.split()[-1]) >= head - start + 1  # every block from start
+        return False
+
+    await poll(scanned_from_start, 10, what="every block from start_block scanned")
+    # a rescan cannot go below what the node keeps, but may go below start_block
+    status, _ = await d.request("POST", f"/v1/networks/{NETWORK}/rescan", {"from": start - 5})
+    assert status == 202
