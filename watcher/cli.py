@@ -14,23 +14,19 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-import aiohttp
 import click
 
-from watcher import __version__
+from watcher import CONFIG_ENV, __version__
 from watcher import networks as shipped
 from watcher.amounts import format_amount
-from watcher.config import (
-    CONFIG_ENV,
-    NetworkConfig,
-    Settings,
-    load_settings,
-    redact_url,
-    shipped_network,
-)
 from watcher.errors import ApiError, ConfigError, StoreError
+
+if TYPE_CHECKING:  # imported where used: `--help` and light commands start fast
+    import aiohttp
+
+    from watcher.config import NetworkConfig, Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -118,7 +114,21 @@ config_option = click.option(
 
 def load_config(config_path: Path | None) -> Settings:
     """`load_settings` for commands: ConfigError reaches `report_errors`."""
+    from watcher.config import load_settings
+
     return load_settings(config_path)
+
+
+def redact_url(url: str) -> str:
+    from watcher.config import redact_url as redact
+
+    return redact(url)
+
+
+def shipped_network(name: str) -> NetworkConfig:
+    from watcher.config import shipped_network as load
+
+    return load(name)
 
 
 def _duration(seconds: float) -> str:
@@ -227,6 +237,8 @@ async def check_chain_ids(settings: Settings) -> tuple[list[str], list[str]]:
         for name, net in settings.enabled_networks().items()
         for i, url in enumerate(net.rpc)
     ]
+    import aiohttp
+
     timeout = aiohttp.ClientTimeout(total=ONLINE_TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         answers = await asyncio.gather(
@@ -894,6 +906,8 @@ def status_command(config_path: Path | None, as_json: bool) -> None:
 
 def _live_networks(settings: Settings) -> dict[str, dict[str, Any]]:
     """`/v1/networks` of the running daemon, if it answers."""
+    import aiohttp
+
     if not settings.api.api_keys:
         return {}
     key = settings.api.api_keys[0].get_secret_value()

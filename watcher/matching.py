@@ -16,6 +16,7 @@ routed invoice inside its transaction with the same rule (`models.window_route`)
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -83,6 +84,12 @@ class WatchIndex:
         self._token_symbols = frozenset(s for s, a in assets.items() if a.token)
         self._where: set[str] = set()  # ids of the invoices held
         self._native = next((s for s, a in assets.items() if a.is_native), None)
+        #: where each held invoice sits: its key, and its amount at a shared address
+        self._at: dict[str, tuple[Key, int | None]] = {}
+        #: (time after which no transfer can reach it, invoice id), one item per `put`:
+        #: `prune` pops what is due instead of walking every invoice; items that a later
+        #: `put` superseded are recognised by their time and dropped
+        self._deadlines: list[tuple[int, str]] = []
 
     def __len__(self) -> int:
         return len(self._where)
@@ -94,10 +101,17 @@ class WatchIndex:
     def native_symbol(self) -> str | None:
         return self._native
 
+    def _deadline(self, entry: Entry, shared: bool) -> int:
+        """The time after which no transfer reaches the entry: the end of its collecting
+        window at a shared address, of its late-payment window at a dedicated one."""
+        return entry.stopped_at() + (0 if shared else self.late_window)
+
     def put(self, inv: Invoice) -> None:
         """Record the invoice's current state (collecting or not); it stays until pruned."""
         key = (inv.asset, inv.to_addr.lower())
         entry = _entry(inv)
+        heapq.heappush(self._deadlines, (self._deadline(entry, inv.shared), inv.id))
+        self._at[inv.id] = (key, inv.amount if inv.shared else None)
         if inv.shared:
             _replace(self._shared.setdefault(key, {}).setdefault(inv.amount, []), entry)
             self._where.add(inv.id)
@@ -117,31 +131,37 @@ class WatchIndex:
         the follower has scanned the blocks of the outage."""
         if confirmed_time is None:
             return 0
-        before = len(self._where)
-        for key, entries in list(self._dedicated.items()):
-            keep = self._forget(entries, confirmed_time - self.late_window)
-            if keep:
-                self._dedicated[key] = keep
-            else:
-                del self._dedicated[key]
-                self._dedicated_count[key[0]] -= 1
-        for by_amount in self._shared.values():
-            for amount, entries in list(by_amount.items()):
-                keep = self._forget(entries, confirmed_time)
-                if keep:
-                    by_amount[amount] = keep
-                else:
-                    del by_amount[amount]
-        return before - len(self._where)
+        forgotten = 0
+        heap = self._deadlines
+        while heap and heap[0][0] < confirmed_time:
+            deadline, invoice_id = heapq.heappop(heap)
+            at = self._at.get(invoice_id)
+            if at is None:
+                continue  # forgotten already
+            key, amount = at
+            entries = self._dedicated.get(key) if amount is None else (
+                self._shared.get(key, {}).get(amount))
+            entry = next((e for e in entries or () if e.invoice_id == invoice_id), None)
+            if entry is None or self._deadline(entry, amount is not None) != deadline:
+                continue  # a later put moved its deadline: that item decides
+            self._forget(invoice_id, key, amount, entries or [])
+            forgotten += 1
+        return forgotten
 
-    def _forget(self, entries: list[Entry], stopped_before: int) -> list[Entry]:
-        """The entries that stopped collecting at or after `stopped_before`; the others
-        leave the index."""
-        keep = [e for e in entries if e.stopped_at() >= stopped_before]
-        for e in entries:
-            if e not in keep:
-                self._where.discard(e.invoice_id)
-        return keep
+    def _forget(
+        self, invoice_id: str, key: Key, amount: int | None, entries: list[Entry]
+    ) -> None:
+        """Take one invoice out of the index."""
+        entries[:] = [e for e in entries if e.invoice_id != invoice_id]
+        self._where.discard(invoice_id)
+        del self._at[invoice_id]
+        if entries:
+            return
+        if amount is not None:
+            del self._shared[key][amount]
+        else:
+            del self._dedicated[key]
+            self._dedicated_count[key[0]] -= 1
 
     def is_watched(self, symbol: str, address: str) -> bool:
         key = (symbol, address.lower())

@@ -115,3 +115,17 @@ def test_colour_on_a_terminal_and_none_with_no_color(config: Path) -> None:
                            color=True)
     # an empty NO_COLOR does not count (no-color.org)
     assert ANSI in run(*args, env={"NO_COLOR": ""}, color=True)
+
+
+def test_the_cli_starts_without_the_heavy_libraries() -> None:
+    """`--help` (and a command before it needs them) imports neither web3, aiohttp nor
+    pydantic: they are imported where used, so the command line starts fast. Checked by
+    module, not by time."""
+    code = ("import sys, watcher.cli; heavy = [m for m in ('web3', 'aiohttp', 'pydantic', "
+            "'eth_utils', 'sqlite_utils') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+    help_text = subprocess.run([str(ENTRY), "--help"], capture_output=True, text=True,
+                               check=True).stdout
+    assert "rescan" in help_text and "addresses" in help_text

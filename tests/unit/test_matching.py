@@ -4,7 +4,7 @@ import pytest
 
 from tests.unit.factories import invoice
 from watcher.matching import Route, WatchIndex
-from watcher.models import Asset, Status
+from watcher.models import Asset, Invoice, Status
 
 SHARED = "0x" + "aa" * 20
 TOKEN = "0x" + "bb" * 20
@@ -129,3 +129,48 @@ def test_holds_100k_open_invoices() -> None:
     assert len(ix) == 100_000
     assert ix.route("ETH", f"0x{99_999:040x}", 1, 1500) == (Route.PAYMENT, "i99999")
     assert size < 100 * 2**20  # the index itself, not the invoices that built it
+
+
+def _reference_prune(held: dict[str, tuple[bool, int]], confirmed: int, late: int) -> set[str]:
+    """The rule `prune` follows, as a plain walk: (shared, stopped_at) per invoice id; the
+    ids that stay."""
+    return {i for i, (shared, stopped) in held.items()
+            if stopped >= (confirmed if shared else confirmed - late)}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_prune_pops_what_a_full_walk_would_forget(seed: int) -> None:
+    """Random puts (new invoices, the same invoice again after a cancel) and prunes: the
+    index keeps exactly the invoices the walk over every invoice would keep."""
+    import dataclasses
+    import random
+
+    rng = random.Random(seed)
+    ix = index()
+    made: dict[str, Invoice] = {}
+    held: dict[str, tuple[bool, int]] = {}
+    kept: set[str] = set()
+    confirmed = 1000
+    for step in range(400):
+        roll = rng.random()
+        if roll < 0.5 or not kept:
+            shared = rng.random() < 0.4
+            inv = invoice(id=f"inv-{step}", seq=step, shared=shared,
+                          amount=rng.randrange(1, 20),
+                          to_addr=SHARED if shared else f"0x{rng.randrange(1, 30):040x}",
+                          asset="USDT" if shared else "ETH",
+                          expire_at=confirmed + rng.randrange(0, 300))
+            ix.put(inv)
+            made[inv.id], held[inv.id] = inv, (shared, inv.expire_at)
+            kept.add(inv.id)
+        elif roll < 0.7:
+            inv = made[rng.choice(sorted(kept))]  # cancelled now: stops collecting earlier
+            closed = min(inv.expire_at, confirmed + rng.randrange(0, 50))
+            ix.put(dataclasses.replace(inv, status=Status.VOIDED, closed_at=closed))
+            held[inv.id] = (inv.shared, closed)
+        else:
+            confirmed += rng.randrange(0, 120)
+            ix.prune(confirmed)
+            kept = _reference_prune({i: held[i] for i in kept}, confirmed, ix.late_window)
+            assert len(ix) == len(kept)
+            assert set(ix._at) == kept
