@@ -47,6 +47,7 @@ from pydantic_settings import (
 )
 from web3 import Web3
 
+from watcher import CONFIG_ENV
 from watcher import networks as shipped
 from watcher.amounts import default_step, parse_amount, parse_fraction
 from watcher.errors import AmountError, ConfigError
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
     from watcher.derivation import Deriver
 
 ENV_PREFIX = "PAYMENT_WATCHER_"
-CONFIG_ENV = "PAYMENT_WATCHER_CONFIG"
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 API_KEYS_CREDENTIAL = "api_keys"
 CALLBACKS_SECRET_CREDENTIAL = "callbacks_secret"
@@ -405,6 +405,36 @@ class CheckoutConfig(_Listening):
         return f"http://{host}:{self.port}"
 
 
+class DashboardConfig(_Section):
+    """The merchant dashboard (contract section 12): `/dashboard` on the API listener, or
+    on a listener of its own when `listen` is set. Signed in with an API key."""
+
+    enabled: bool = True
+    #: A listener of its own ("host:port"); unset: the API's listener serves it.
+    listen: Listen | None = None
+    #: Where the merchant's browser reaches it (behind a proxy): `https://` makes the
+    #: session cookie `Secure` and adds HSTS; its origin is accepted on forms and sockets.
+    public_url: HttpUrlStr | None = None
+    #: A session unused for this long is over (sign in again).
+    session_idle: Annotated[Duration, Field(ge=60, le=7 * 86400)] = 1800
+    #: A session is over this long after sign-in, however busy.
+    session_lifetime: Annotated[Duration, Field(ge=60, le=30 * 86400)] = 43200
+    #: Failed sign-ins allowed per client IP address and minute; more: 429 until it passes.
+    signin_attempts: Annotated[int, Field(ge=1, le=1000)] = 5
+
+    @property
+    def host(self) -> str | None:
+        return None if self.listen is None else _split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int | None:
+        return None if self.listen is None else _split_listen(self.listen)[1]
+
+    @property
+    def secure(self) -> bool:
+        return self.public_url is not None and self.public_url.lower().startswith("https://")
+
+
 _POSITIVE_DECIMAL = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)\Z")
 
 
@@ -581,8 +611,9 @@ class NetworkConfig(_Section):
     confirmations: Annotated[int, Field(ge=1)] = 12
     block_time: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 2.0
     max_block_range: Annotated[int, Field(ge=1)] = 1000
-    #: Seconds between head polls; default `block_time / 2` (see `effective_poll_interval`).
-    poll_interval: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] | None = None
+    #: Seconds between head polls, honoured as given (at least 0.01); default
+    #: `block_time / 2`, at least 0.25 (see `effective_poll_interval`).
+    poll_interval: Annotated[float, Field(ge=0.01, le=3600, allow_inf_nan=False)] | None = None
     #: `/readyz` fails when the scan is further behind the head than this. Default: about
     #: LAG_SECONDS of blocks, at least MIN_LAG_BLOCKS.
     max_lag_blocks: Annotated[int, Field(ge=1)] = MIN_LAG_BLOCKS
@@ -638,7 +669,10 @@ class NetworkConfig(_Section):
 
     @property
     def effective_poll_interval(self) -> float:
-        return max(MIN_POLL_INTERVAL, self.poll_interval or self.block_time / 2)
+        """The configured interval as given; without one, half a block, at least 0.25 s."""
+        if self.poll_interval is not None:
+            return self.poll_interval
+        return max(MIN_POLL_INTERVAL, self.block_time / 2)
 
     def assets(self) -> dict[str, Asset]:
         """Every payable asset of this network by symbol, the native coin first."""
@@ -706,6 +740,7 @@ class Settings(BaseSettings):
     invoices: InvoicesConfig = Field(default_factory=InvoicesConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     checkout: CheckoutConfig = Field(default_factory=CheckoutConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
     rates: RatesConfig = Field(default_factory=RatesConfig)
     addresses: AddressesConfig = Field(default_factory=AddressesConfig)
@@ -800,6 +835,34 @@ class Settings(BaseSettings):
                 "checkout.listen: the same address as api.listen; the public checkout "
                 "needs a listener of its own"
             )
+        problems.extend(self._dashboard_problems())
+        return problems
+
+    def _dashboard_problems(self) -> list[str]:
+        """The dashboard's listener is neither the API's (leave `listen` unset for that)
+        nor the public checkout's; a session's idle time fits in its lifetime."""
+        dash = self.dashboard
+        if not dash.enabled:
+            return []
+        problems = []
+        if dash.listen is not None and dash.port != 0:
+            where = (dash.host, dash.port)
+            if where == (self.api.host, self.api.port):
+                problems.append(
+                    "dashboard.listen: the same address as api.listen; leave it unset to "
+                    "serve the dashboard on the API listener"
+                )
+            co = self.checkout
+            if co.enabled and where == (co.host, co.port):
+                problems.append(
+                    "dashboard.listen: the same address as checkout.listen; the public "
+                    "checkout must never serve the dashboard"
+                )
+        if dash.session_idle > dash.session_lifetime:
+            problems.append(
+                f"dashboard.session_idle: {dash.session_idle} s is longer than "
+                f"dashboard.session_lifetime ({dash.session_lifetime} s)"
+            )
         return problems
 
     def require_runnable(self) -> None:
@@ -817,6 +880,13 @@ class Settings(BaseSettings):
             out.append("callbacks.secret: not set: callbacks cannot be signed")
         elif len(self.callbacks.secret.get_secret_value()) < 16:
             out.append("callbacks.secret: shorter than 16 characters")
+        dash = self.dashboard
+        host = dash.host if dash.listen is not None else self.api.host
+        if dash.enabled and not dash.secure and host not in ("127.0.0.1", "::1", "localhost"):
+            out.append(
+                f"dashboard.public_url: the dashboard listens on {host} without an https:// "
+                "public_url: sign-ins and session cookies could cross the network in clear"
+            )
         return out
 
 

@@ -42,10 +42,17 @@ from watcher.store import (
     rescan_json,
     status_counts,
 )
-from watcher.web.api import ApiContext, create_app
+from watcher.web.api import CREATES, ApiContext, create_app
 from watcher.web.channels import Limits, Sockets
 from watcher.web.checkout import CheckoutContext, create_checkout_app
+from watcher.web.dashboard import (
+    DashboardContext,
+    dashboard_root,
+    mount_dashboard,
+    public_origin_of,
+)
 from watcher.web.hub import Hub
+from watcher.web.sessions import Policy, SignInLimiter
 
 log = logging.getLogger("watcher.daemon")
 
@@ -154,6 +161,10 @@ class Daemon:
         limits = Limits(ch.max_connections, ch.max_subscriptions, ch.queue_size, ch.heartbeat)
         self.api_sockets = Sockets("api", self.hub, limits, self.metrics)
         self.checkout_sockets = Sockets("checkout", self.hub, limits, self.metrics)
+        self.dashboard_sockets = Sockets("dashboard", self.hub, limits, self.metrics)
+        self.dashboard_runner: web.AppRunner | None = None
+        #: The dashboard's own listener's port (None: on the API listener, or off).
+        self.dashboard_port: int | None = None
         self.checkout_runner: web.AppRunner | None = None
         self.checkout_port: int | None = None
         self.rates: RateBook | None = None
@@ -217,10 +228,11 @@ class Daemon:
         self.notifier.ready()
         self.notifier.status("started")
         log.info(
-            "payment-watcher %s: API on %s:%s, checkout %s, networks %s",
+            "payment-watcher %s: API on %s:%s, checkout %s, dashboard %s, networks %s",
             __version__, self.settings.api.host, self.port,
             f"on {self.settings.checkout.host}:{self.checkout_port}"
             if self.checkout_port is not None else "off",
+            self._dashboard_where(),
             ", ".join(self.networks) or "none",
         )
 
@@ -282,8 +294,40 @@ class Daemon:
             rescan=self.start_rescan,
         )
         api = self.settings.api
-        self.runner, self.port = await self._listen(create_app(ctx), api.host, api.port,
+        app = create_app(ctx)
+        dash = self.settings.dashboard
+        dashboard = self._dashboard_context(ctx, app) if dash.enabled else None
+        if dashboard is not None and dash.listen is None:
+            mount_dashboard(app, dashboard)
+        self.runner, self.port = await self._listen(app, api.host, api.port,
                                                     "api.listen", api.listen)
+        if dashboard is not None and dash.listen is not None:
+            assert dash.host is not None and dash.port is not None
+            self.dashboard_runner, self.dashboard_port = await self._listen(
+                dashboard_root(dashboard), dash.host, dash.port, "dashboard.listen", dash.listen
+            )
+
+    def _dashboard_context(self, api: ApiContext, app: web.Application) -> DashboardContext:
+        """The dashboard over the API's context and its group commit of creates."""
+        dash = self.settings.dashboard
+        return DashboardContext(
+            api=api,
+            creates=app[CREATES],
+            policy=Policy(dash.session_idle, dash.session_lifetime),
+            limiter=SignInLimiter(dash.signin_attempts),
+            sockets=self.dashboard_sockets,
+            explorers={name: n.explorer for name, n in self.networks.items()},
+            secure=dash.secure,
+            public_origin=public_origin_of(dash.public_url),
+        )
+
+    def _dashboard_where(self) -> str:
+        dash = self.settings.dashboard
+        if not dash.enabled:
+            return "off"
+        if self.dashboard_port is not None:
+            return f"on {dash.host}:{self.dashboard_port}/dashboard"
+        return "at /dashboard"
 
     async def _start_checkout(self) -> None:
         co = self.settings.checkout
@@ -315,8 +359,9 @@ class Daemon:
             await site.start()
         except OSError as exc:  # address in use, not ours: the operator fixes the key
             await runner.cleanup()
-            if self.runner is not None:
-                await self.runner.cleanup()
+            for started in (self.dashboard_runner, self.runner):
+                if started is not None:
+                    await started.cleanup()
             await self._close_clients()
             await self.store.close()
             raise ConfigError(
@@ -501,7 +546,7 @@ class Daemon:
         self.notifier.stopping()
         for f in self.followers.values():
             f.stop()
-        for runner in (self.checkout_runner, self.runner):
+        for runner in (self.checkout_runner, self.dashboard_runner, self.runner):
             if runner is not None:
                 await runner.cleanup()
         if self.sender is not None:

@@ -627,6 +627,9 @@ class Demo:
         out.plain(f"  curl -s -H 'Content-Type: application/json' -d {shlex.quote(pay)} "
                   f"{self.anvil.url}")
         out.plain()
+        out.plain(f"The merchant's dashboard: {base}/dashboard (sign in with the API key "
+                  f"{self.api_key})")
+        out.plain()
         out.plain("The daemon keeps running (a block every second). Try, in another terminal:")
         out.plain(f"  curl -s -H {auth} {base}/v1/invoices/{split}")
         out.plain(f"  curl -s -H {auth} {base}/v1/invoices/{split}/events")

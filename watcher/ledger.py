@@ -179,6 +179,10 @@ class Ledger:
             )
             for n in networks.values()
         }
+        #: Per network, the WAITING invoices and the head at which each can next change
+        #: (see `_waiting_due`); None until the first range since start has loaded them.
+        self._waiting: dict[str, dict[str, int]] = {}
+        self._waiting_seen: dict[str, int] = {}
         #: Timestamp of the newest block the follower has read per network: an invoice's
         #: collecting window opens `OPENS_EARLY` before it (or before the host's clock when
         #: that is earlier), so a host clock ahead of the chain's loses no payment.
@@ -252,10 +256,15 @@ class Ledger:
             return False
         url = inv.callback_url or self.default_callback_url
         if url:
+            # the head (sendable now) unless an earlier event of the invoice still waits
+            waiting = db.execute(
+                "SELECT 1 FROM deliveries WHERE invoice_id = ? AND state = 'pending' LIMIT 1",
+                [inv.id],
+            ).fetchone()
             db.execute(
                 "INSERT INTO deliveries (event_id, event_seq, invoice_id, event, url, state, "
-                "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
-                [event_id, cur.lastrowid, inv.id, event, url, now, now],
+                "next_attempt_at, created_at, head) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                [event_id, cur.lastrowid, inv.id, event, url, now, now, int(waiting is None)],
             )
         return True
 
@@ -274,6 +283,12 @@ class Ledger:
         for s in statuses:
             inv.status = s
             inv.updated_at = now
+            known = self._waiting.get(inv.network)
+            if known is not None:  # checked at the next range (which computes when)
+                if s == Status.WAITING_FOR_CONFIRMATIONS:
+                    known[inv.id] = 0
+                else:
+                    known.pop(inv.id, None)
             if s == Status.VOIDED and inv.closed_at is None:
                 inv.closed_at = inv.expire_at  # expired: it stopped collecting at expireAt
             self._emit(db, inv, s.event, s, now, cause=cause)
@@ -691,18 +706,59 @@ class Ledger:
         # Two index searches, not `status = .. OR (..)`, which SQLite answers by walking
         # every invoice of the network (~15 ms a range with 100,000 open). The order
         # is the one that walk gave: the order of the index (status, expire_at, seq).
-        pending = load_invoices(
-            db,
-            "seq IN (SELECT seq FROM invoices WHERE network = ? AND status = 'PENDING' "
-            "AND expire_at < ? UNION ALL SELECT seq FROM invoices WHERE network = ? "
-            "AND status = 'WAITING_FOR_CONFIRMATIONS') ORDER BY status, expire_at, seq",
-            [batch.network, view.scanned_time if view.scanned_time is not None else -1,
-             batch.network],
-        )
+        # Waiting invoices are reloaded only when their next payment can reach its depth
+        # at this head (`_waiting`), or when another process changed them.
+        expiring = "SELECT seq FROM invoices WHERE network = ? AND status = 'PENDING' " \
+            "AND expire_at < ?"
+        args: list[Any] = [batch.network,
+                           view.scanned_time if view.scanned_time is not None else -1]
+        due = self._waiting_due(db, batch.network, view, old)
+        if due is None:
+            waiting = " UNION ALL SELECT seq FROM invoices WHERE network = ? " \
+                "AND status = 'WAITING_FOR_CONFIRMATIONS'"
+            args.append(batch.network)
+        else:
+            marks = _in_ids(due)
+            waiting = f" UNION ALL SELECT seq FROM invoices WHERE {marks}"
+            args.extend(due)
+        sql = expiring + waiting
+        pending = load_invoices(db, f"seq IN ({sql}) ORDER BY status, expire_at, seq", args)
         candidates = dict(owners)
         for inv in pending:
             candidates.setdefault(inv.id, inv)
         self._settle(db, candidates.values(), view, added, now, out)
+        self._note_waiting(batch.network, candidates.values(), view, now)
+
+    def _waiting_due(
+        self, db: Database, network: str, view: state.ChainView, old: state.ChainView
+    ) -> list[str] | None:
+        """The WAITING invoices of a network whose status may change at this head: those
+        whose next shallow payment reaches its confirmations by now, those another process
+        changed since the last range (by `updated_at`), all of them when the finality tag
+        moved. None: not known yet (the first range since start), load every one."""
+        known = self._waiting.get(network)
+        if known is None:
+            return None
+        if view.tagged and view.final_block != old.final_block:
+            return list(known)
+        ids = [i for i, at in known.items() if at <= view.head]
+        since = self._waiting_seen.get(network, 0) - 1
+        ids.extend(r[0] for r in db.execute(
+            "SELECT id FROM invoices WHERE updated_at >= ? AND network = ? "
+            "AND status = 'WAITING_FOR_CONFIRMATIONS'", [since, network]).fetchall())
+        return list(dict.fromkeys(ids))
+
+    def _note_waiting(
+        self, network: str, invoices: Iterable[Invoice], view: state.ChainView, now: int
+    ) -> None:
+        """Keep, per WAITING invoice, the head at which its status can next change."""
+        known = self._waiting.setdefault(network, {})
+        for inv in invoices:
+            if inv.status == Status.WAITING_FOR_CONFIRMATIONS:
+                known[inv.id] = state.next_check(inv.payments, view)
+            else:
+                known.pop(inv.id, None)
+        self._waiting_seen[network] = now
 
     def apply_rescan(
         self, db: Database, rescan_id: int, batch: ScanBatch, now: int

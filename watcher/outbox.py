@@ -19,17 +19,17 @@ from typing import Any, Literal
 
 from sqlite_utils import Database
 
-from watcher.store import transaction
+from watcher.store import reset_delivery_head, transaction
 
 Outcome = Literal["delivered", "retry", "failed"]
 
 #: Longest `error` text kept per attempt.
 MAX_ERROR = 500
 
-_HEAD = (
-    "d.state = 'pending' AND NOT EXISTS (SELECT 1 FROM deliveries p "
-    "WHERE p.invoice_id = d.invoice_id AND p.state = 'pending' AND p.event_seq < d.event_seq)"
-)
+#: A sendable delivery: pending and its invoice's head (earliest pending event). `head` is
+#: kept with every change of state (see `store.reset_delivery_head`); the partial index
+#: `deliveries_heads` holds exactly these rows, so reading them is O(due).
+_HEAD = "d.state = 'pending' AND d.head = 1"
 _CHUNK = 500
 
 
@@ -54,7 +54,7 @@ def due(db: Database, now: float, limit: int, busy: Collection[str]) -> list[dic
         "SELECT d.event_id, d.event_seq, d.invoice_id, d.event, d.url, d.attempts, "
         "d.window_attempts, COALESCE(d.window_start, d.created_at) AS window_start, "
         "d.created_at, d.next_attempt_at, e.body "
-        "FROM deliveries d JOIN events e ON e.id = d.event_id "
+        "FROM deliveries d INDEXED BY deliveries_heads JOIN events e ON e.id = d.event_id "
         f"WHERE d.next_attempt_at <= ? AND {_HEAD}{skip} "
         # Ties keep insertion (rowid) order, i.e. commit order, straight from the index:
         # adding event_seq here would sort every due row on each poll.
@@ -77,7 +77,8 @@ def next_due_at(db: Database, busy: Collection[str] = ()) -> float | None:
     """
     skip, params = _not_busy(busy)
     row = db.execute(
-        f"SELECT MIN(d.next_attempt_at) FROM deliveries d WHERE {_HEAD}{skip}", params
+        f"SELECT d.next_attempt_at FROM deliveries d INDEXED BY deliveries_heads "
+        f"WHERE {_HEAD}{skip} ORDER BY d.next_attempt_at LIMIT 1", params
     ).fetchone()
     return None if row is None or row[0] is None else float(row[0])
 
@@ -116,6 +117,8 @@ def record_attempt(
             "last_error = ? WHERE event_id = ?",
             [state, next_attempt_at, outcome, int(at), error, event_id],
         )
+        if state != "pending":  # the invoice's next event (if any) may be sent now
+            _reset_head_of(db, event_id)
 
 
 def redeliver(db: Database, event_id: str, now: float) -> bool:
@@ -127,7 +130,17 @@ def redeliver(db: Database, event_id: str, now: float) -> bool:
             "window_attempts = 0 WHERE event_id = ?",
             [now, now, event_id],
         )
+        if cur.rowcount:  # an older event queued again goes before the invoice's later ones
+            _reset_head_of(db, event_id)
         return bool(cur.rowcount)
+
+
+def _reset_head_of(db: Database, event_id: str) -> None:
+    row = db.execute(
+        "SELECT invoice_id FROM deliveries WHERE event_id = ?", [event_id]
+    ).fetchone()
+    if row is not None:
+        reset_delivery_head(db, row[0])
 
 
 def queue_depth(db: Database) -> int:

@@ -54,6 +54,15 @@ def confirmations(block: int | None, head: int) -> int:
     return head - block + 1
 
 
+def next_check(payments: Sequence[Transfer], view: ChainView) -> int:
+    """The head at which a WAITING invoice's status can next change by depth alone: when
+    the first of its payments still short of the confirmations gets them. All deep by count
+    (waiting for a finality tag): the next head."""
+    shallow = [p.block + view.required - 1 for p in payments
+               if confirmations(p.block, view.head) < view.required]
+    return min(shallow) if shallow else view.head + 1
+
+
 def _ordered(payments: Sequence[Transfer]) -> list[Transfer]:
     return sorted(payments, key=lambda p: (p.block, -1 if p.log_index is None else p.log_index))
 

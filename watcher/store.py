@@ -315,6 +315,55 @@ def _m0010(db: Database) -> None:
         db.execute(statement)
 
 
+def reset_delivery_head(db: Database, invoice_id: str) -> None:
+    """Mark the earliest pending delivery of an invoice as its head (and only that one)."""
+    db.execute(
+        "UPDATE deliveries SET head = COALESCE(state = 'pending' AND event_seq = (SELECT "
+        "MIN(event_seq) FROM deliveries WHERE invoice_id = ? AND state = 'pending'), 0) "
+        "WHERE invoice_id = ? "
+        "AND (state = 'pending' OR head = 1)",
+        [invoice_id, invoice_id],
+    )
+
+
+@migrations(name="0011_dashboard_sessions")
+def _m0011(db: Database) -> None:
+    # Sessions of the merchant dashboard: the cookie's random id is stored only as its
+    # SHA-256, the API key only as a fingerprint (a session ends when its key is removed
+    # from the config); `csrf` is the session's form token; `flash` one message (JSON) for
+    # the next page. Times are the host's clock (sessions are not chain decisions).
+    for statement in (
+        """
+        CREATE TABLE dashboard_sessions (
+            id_hash TEXT PRIMARY KEY,
+            csrf TEXT NOT NULL,
+            key_fingerprint TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            last_seen INTEGER NOT NULL,
+            flash TEXT
+        )
+        """,
+        "CREATE INDEX dashboard_sessions_seen ON dashboard_sessions(last_seen)",
+    ):
+        db.execute(statement)
+
+
+@migrations(name="0012_delivery_heads")
+def _m0012(db: Database) -> None:
+    # `head` marks the one pending delivery of each invoice that may be sent (its earliest
+    # pending event); the sender's due query reads only heads through a partial index, so
+    # it costs O(due), not O(pending), while a receiver is down and later events queue up.
+    for statement in (
+        "ALTER TABLE deliveries ADD COLUMN head INTEGER NOT NULL DEFAULT 0",
+        "UPDATE deliveries SET head = 1 WHERE state = 'pending' AND NOT EXISTS (SELECT 1 "
+        "FROM deliveries p WHERE p.invoice_id = deliveries.invoice_id "
+        "AND p.state = 'pending' AND p.event_seq < deliveries.event_seq)",
+        "CREATE INDEX deliveries_heads ON deliveries(next_attempt_at) "
+        "WHERE state = 'pending' AND head = 1",
+    ):
+        db.execute(statement)
+
+
 def rescan_json(row: dict[str, Any]) -> dict[str, Any]:
     from watcher.timeutil import iso
 
@@ -459,23 +508,41 @@ def _store_error(exc: sqlite3.Error) -> StoreError:
 
 
 class Store:
-    """The database and the one thread that owns its connection."""
+    """The database, the one thread that owns its writing connection, and a reading thread
+    with a read-only connection of its own: with WAL, reads (`read`) see the last commit
+    and never wait for a write in progress (a large range commit)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
         self._db: Database | None = None
+        self._rdb: Database | None = None
 
     async def open(self) -> Store:
         self._db = await self._submit(connect, self.path)
+        if str(self.path) != ":memory:":
+            self._rdb = await self._submit(_connect_reader, self.path, executor=self._reader)
         return self
 
-    async def _submit(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _submit(
+        self, fn: Callable[..., T], *args: Any, executor: ThreadPoolExecutor | None = None
+    ) -> T:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, partial(fn, *args))
+            return await loop.run_in_executor(executor or self._executor, partial(fn, *args))
         except sqlite3.Error as exc:
             raise _store_error(exc) from exc
+
+    async def read(
+        self, fn: Callable[Concatenate[Database, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run `fn(db, *args)`, which only reads, on the reading thread (on the writer's when
+        the database is in memory)."""
+        rdb = self._rdb
+        if rdb is None:
+            return await self.run(fn, *args, **kwargs)
+        return await self._submit(lambda: fn(rdb, *args, **kwargs), executor=self._reader)
 
     async def run(
         self, fn: Callable[Concatenate[Database, P], T], *args: P.args, **kwargs: P.kwargs
@@ -487,10 +554,22 @@ class Store:
         return await self._submit(lambda: fn(db, *args, **kwargs))
 
     async def close(self) -> None:
+        if self._rdb is not None:
+            rdb, self._rdb = self._rdb, None
+            await self._submit(rdb.close, executor=self._reader)
         if self._db is not None:
             db, self._db = self._db, None
             await self._submit(db.close)
+        self._reader.shutdown(wait=True)
         self._executor.shutdown(wait=True)
+
+
+def _connect_reader(path: Path) -> Database:
+    """A read-only connection to a migrated database (for `Store.read`)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA query_only=ON")
+    return Database(conn)
 
 
 class GroupCommit(Generic[I, T]):

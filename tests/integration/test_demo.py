@@ -148,6 +148,7 @@ def test_demo_sigint_stops_everything(anvil_binary: str, tmp_path: Path) -> None
         text = log.read_text()
         curl = r"curl -s -H 'Authorization: Bearer \S+' http://127\.0\.0\.1:\d+/v1/invoices/"
         assert re.search(curl, text), text
+        assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/dashboard \(sign in", text), text
         anvils = {p: c for p, c in _children(proc.pid).items() if "anvil" in c}
         assert len(anvils) == 1, _children(proc.pid)
 

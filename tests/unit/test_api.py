@@ -627,6 +627,7 @@ async def test_a_database_failure_is_503_json(env: Env, monkeypatch: pytest.Monk
         raise StoreError("database error: disk I/O error")
 
     monkeypatch.setattr(env.store, "run", down)
+    monkeypatch.setattr(env.store, "read", down)
     status, data = await env.call("GET", "/v1/invoices")
     assert status == 503 and data["error"]["code"] == "unavailable"
     assert "disk" not in data["error"]["message"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from watcher.cli import main
 from watcher.config import (
@@ -288,7 +288,7 @@ def test_custom_network_in_full(write: Write) -> None:
     n = s.networks["local"]
     assert (n.name, n.rpc, n.ws) == ("local", ["http://127.0.0.1:8545"], ["ws://127.0.0.1:8545"])
     assert (n.block_time, n.confirmations, n.max_block_range) == (2, 12, 1000)
-    assert n.effective_poll_interval == 0.25  # floor
+    assert n.effective_poll_interval == 0.1  # as configured (honoured, never raised)
     assert n.max_lag_blocks == 60
     usdt = n.assets()["USDT"]
     assert (usdt.token, usdt.shared_address, usdt.amount_step) == (ADDR, ADDR, 1)
@@ -326,6 +326,11 @@ def test_effective_poll_interval() -> None:
     assert fast.effective_poll_interval == 0.25
     n = NetworkConfig.model_validate({**base, "block_time": 12, "poll_interval": 3})
     assert n.effective_poll_interval == 3
+    # an operator's value is honoured, never raised to the default's floor
+    quick = NetworkConfig.model_validate({**base, "block_time": 12, "poll_interval": 0.05})
+    assert quick.effective_poll_interval == 0.05
+    with pytest.raises(ValidationError, match=r"greater than or equal to 0\.01"):
+        NetworkConfig.model_validate({**base, "poll_interval": 0.001})
     assert NetworkConfig.model_validate({**base, "max_lag_blocks": 5}).max_lag_blocks == 5
 
 

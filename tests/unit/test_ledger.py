@@ -350,3 +350,49 @@ def test_remainder_rolls_back_parent_close_when_the_child_fails(
         ledger.remainder(db, inv.id, NOW)
     assert ledger.get(db, inv.id).closed_at is None
     assert len(rows(db, "SELECT id FROM invoices")) == 1
+
+
+def test_waiting_invoices_are_reloaded_only_when_they_can_move(
+    db: Database, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Work proportional to what changed: a range at whose head no waiting invoice's
+    payment can reach its confirmations reads none of them."""
+    import watcher.ledger as ledger_mod
+
+    invs = [ledger.create(db, new(asset="ETH", address=f"0x{i + 1:040x}", amount=10**18),
+                          NOW)[0] for i in range(20)]
+    block = 2000
+    paid = [Transfer(NET, "ETH", tx_hash(), None, OTHER, inv.to_addr, 10**18, block,
+                     tx_hash(), NOW, invoice_id=inv.id, kind="payment") for inv in invs]
+    ledger.apply_scan(db, ScanBatch(NET, block, None, NOW, block, paid), NOW)
+    assert {ledger.get(db, i.id).status for i in invs} == {Status.WAITING_FOR_CONFIRMATIONS}
+    loaded: list[int] = []
+    real = ledger_mod.load_invoices
+
+    def counting(*args: Any, **kw: Any) -> list[Invoice]:
+        found = real(*args, **kw)
+        loaded.append(len(found))
+        return found
+
+    monkeypatch.setattr(ledger_mod, "load_invoices", counting)
+
+    scans: list[int] = []
+
+    def scan_to(head: int) -> int:
+        """Scan up to `head`, a few seconds later each time (invoices another process
+        changed in the last second would be read again): the invoice rows it read."""
+        loaded.clear()
+        scans.append(head)
+        later = NOW + 10 * len(scans)
+        ledger.apply_scan(db, ScanBatch(NET, head, None, NOW, head, []), later)
+        return sum(loaded)
+
+    # (the first range after the payments also re-reads what changed in its second)
+    scan_to(block)
+    # heads at which no payment gets its confirmations yet: nothing is read
+    assert scan_to(block + CONFIRMATIONS - 2) == 0
+    assert {ledger.get(db, i.id).status for i in invs} == {Status.WAITING_FOR_CONFIRMATIONS}
+    # the head at which they are deep: exactly those, and they complete
+    assert scan_to(block + CONFIRMATIONS - 1) == len(invs)
+    assert {ledger.get(db, i.id).status for i in invs} == {Status.COMPLETED}
+    assert scan_to(block + CONFIRMATIONS + 5) == 0  # nobody waits any more

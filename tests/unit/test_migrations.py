@@ -79,3 +79,27 @@ def test_a_0008_database_keeps_its_transfers_with_ids(tmp_path: Path) -> None:
     found = load_transfers_by_id(db, [rows["0xbb"]["id"]])
     assert [t.tx_hash for t in found] == ["0xbb"]
     db.close()
+
+
+def test_0012_marks_the_head_of_each_invoices_pending_deliveries(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = Migrations(store.migrations.name)
+    for m in store.migrations._migrations:
+        if m.name[:4] <= "0010":
+            old(name=m.name)(m.fn)
+    db = Database(path)
+    old.apply(db)
+    for seq, invoice, state in ((1, "a", "delivered"), (2, "a", "pending"), (3, "a", "pending"),
+                                (4, "b", "failed"), (5, "c", "pending")):
+        db.execute(
+            "INSERT INTO deliveries (event_id, event_seq, invoice_id, event, url, state, "
+            "next_attempt_at, created_at) VALUES (?, ?, ?, 'e', 'http://x', ?, 0, 0)",
+            [f"e{seq}", seq, invoice, state],
+        )
+    db.conn.commit()
+    db.close()
+    db = connect(path)
+    heads = [r[0] for r in db.execute("SELECT event_id FROM deliveries WHERE head = 1 "
+                                      "ORDER BY event_seq")]
+    assert heads == ["e2", "e5"]
+    db.close()

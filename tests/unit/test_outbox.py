@@ -120,3 +120,37 @@ def test_deliveries_only_for_invoices_with_a_url(db: Database) -> None:
     create_invoices(db, make_ledger("http://127.0.0.1:9/default"), 1, None, T0, first=5)
     (row,) = outbox.due(db, T0, 10, set())
     assert row["url"] == "http://127.0.0.1:9/default"
+
+
+def _heads(db: Database) -> set[str]:
+    return {r[0] for r in db.execute("SELECT event_id FROM deliveries WHERE head = 1")}
+
+
+def test_one_head_per_invoice_through_every_change(db: Database) -> None:
+    a, b = create_invoices(db, make_ledger(), 2, URL, T0, cancel=True)
+    a_created, a_voided = event_ids(db, [a])
+    b_created, b_voided = event_ids(db, [b])
+    assert _heads(db) == {a_created, b_created}  # written with the events
+    outbox.record_attempt(db, a_created, T0, 200, None, 3, "delivered", None)
+    assert _heads(db) == {b_created, a_voided}
+    outbox.record_attempt(db, b_created, T0, 500, "HTTP 500", 3, "retry", T0 + 10)
+    assert _heads(db) == {b_created, a_voided}  # a retry keeps its place
+    outbox.record_attempt(db, b_created, T0, 410, "HTTP 410", 3, "failed", None)
+    assert _heads(db) == {a_voided, b_voided}
+    # an older event queued again goes first: the later one waits behind it again
+    assert outbox.redeliver(db, b_created, T0 + 20)
+    assert _heads(db) == {b_created, a_voided}
+    assert set(_due_ids(db, now=T0 + 20)) == {a_voided, b_created}
+    outbox.record_attempt(db, a_voided, T0, 200, None, 3, "delivered", None)
+    assert b_voided not in _due_ids(db, now=T0 + 30)
+
+
+def test_the_due_queries_read_only_heads_from_their_index(db: Database) -> None:
+    """O(due), not O(pending): while a receiver is down, events queued behind a retrying
+    head are never walked (the plan reads the partial index of heads)."""
+    for sql, args in (
+        ("SELECT d.event_id FROM deliveries d INDEXED BY deliveries_heads WHERE "
+         f"d.next_attempt_at <= ? AND {outbox._HEAD} ORDER BY d.next_attempt_at", [T0]),
+    ):
+        plan = " ".join(str(r[3]) for r in db.execute("EXPLAIN QUERY PLAN " + sql, args))
+        assert "deliveries_heads" in plan and "CORRELATED" not in plan, plan

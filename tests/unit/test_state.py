@@ -176,3 +176,10 @@ def test_a_cancelled_invoice_whose_assigned_payment_vanished_is_voided_again() -
     # announced as for an expired invoice whose payment a reorg took: pending, then voided
     assert transitions(inv, view(20, time=1700), ZERO, payments_added=False) == [
         S.PENDING, S.VOIDED]
+
+
+def test_next_check_is_when_the_first_shallow_payment_gets_deep() -> None:
+    v = view(20, required=3)  # block b is deep from head b + 2 on
+    assert state.next_check([payment(1, 19), payment(1, 20)], v) == 21
+    assert state.next_check([payment(1, 10), payment(1, 20)], v) == 22  # 10 is deep already
+    assert state.next_check([payment(1, 10)], v) == 21  # all deep by count: the next head

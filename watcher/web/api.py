@@ -289,7 +289,7 @@ async def address_report(
     """`GET /v1/addresses`: derived addresses in index order with their invoices (of
     `q.network` only, when given) and, with `q.with_balance`, what each holds of every
     configured asset on each network (or `q.network`), read from the chain now."""
-    rows = await store.run(derived_addresses, q.page.before, q.page.limit + 1)
+    rows = await store.read(derived_addresses, q.page.before, q.page.limit + 1)
     more = len(rows) > q.page.limit
     rows = rows[: q.page.limit]
     if q.network is not None:
@@ -456,14 +456,14 @@ async def create_invoice(request: web.Request) -> web.Response:
 
 async def get_invoice(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    inv = await ctx.store.run(_get_invoice, request.match_info["id"])
+    inv = await ctx.store.read(_get_invoice, request.match_info["id"])
     return _json(ctx.ledger.render(inv))
 
 
 async def list_invoices_handler(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     q = rq.parse_invoice_query(request.query)
-    invoices, position = await ctx.store.run(list_invoices, q)
+    invoices, position = await ctx.store.read(list_invoices, q)
     return _json(
         {
             "data": [ctx.ledger.render(i) for i in invoices],
@@ -494,7 +494,7 @@ def _action(name: str) -> Handler:
 async def events_handler(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     invoice_id = request.match_info["id"]
-    events = await ctx.store.run(invoice_events, invoice_id)
+    events = await ctx.store.read(invoice_events, invoice_id)
     if events is None:
         raise NotFound(f"no invoice {invoice_id}", field="id")
     return _json({"data": events, "nextCursor": None})
@@ -503,7 +503,7 @@ async def events_handler(request: web.Request) -> web.Response:
 async def transfers_handler(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     q = rq.parse_transfer_query(request.query)
-    data, position = await ctx.store.run(list_transfers, q, ctx.ledger.networks)
+    data, position = await ctx.store.read(list_transfers, q, ctx.ledger.networks)
     return _json(
         {"data": data, "nextCursor": rq.encode_cursor(position) if position is not None else None}
     )
@@ -531,8 +531,8 @@ async def networks_handler(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     status = ctx.networks_status()
     if not status:
-        status = await ctx.store.run(fallback_networks, ctx.ledger.networks)
-    rescans = await ctx.store.run(latest_rescans)
+        status = await ctx.store.read(fallback_networks, ctx.ledger.networks)
+    rescans = await ctx.store.read(latest_rescans)
     for net in status:
         info = ctx.ledger.networks.get(net["name"])
         view = ctx.ledger.views.get(net["name"])
@@ -655,3 +655,10 @@ def create_app(ctx: ApiContext) -> web.Application:
     r.add_get("/readyz", readyz, allow_head=False)
     r.add_get("/metrics", metrics_handler, allow_head=False)
     return app
+
+
+# ---------------------------------------------------------------- shared with the dashboard
+
+#: The dashboard (`web/dashboard.py`) makes its changes through the same ledger operations
+#: and reports each committed outcome the same way the handlers above do.
+report_outcome = _report

@@ -1,0 +1,51 @@
+"""Reads on their own connection and thread: they see the last commit and do not wait for a
+write in progress."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from watcher.store import Store, transaction
+
+
+async def test_a_read_does_not_wait_for_a_long_write(tmp_path: Path) -> None:
+    store = await Store(tmp_path / "w.db").open()
+    writing, release = threading.Event(), threading.Event()
+
+    def slow_write(db: Database) -> None:
+        with transaction(db):
+            db.execute("INSERT INTO cursors (network, chain_id, updated_at) VALUES ('n', 1, 1)")
+            writing.set()
+            release.wait(10)  # a range commit that takes long
+
+    def count(db: Database) -> int:
+        return int(db.execute("SELECT COUNT(*) FROM cursors").fetchone()[0])
+
+    write = asyncio.ensure_future(store.run(slow_write))
+    await asyncio.to_thread(writing.wait, 10)
+    # the writer thread is busy inside its transaction: a read answers anyway, with the
+    # last committed state (the insert is not committed yet)
+    assert await asyncio.wait_for(store.read(count), 5) == 0
+    release.set()
+    await write
+    assert await store.read(count) == 1  # and sees the commit once it is made
+    await store.close()
+
+
+async def test_the_reading_connection_cannot_write(tmp_path: Path) -> None:
+    store = await Store(tmp_path / "w.db").open()
+
+    def sneak(db: Database) -> None:
+        db.execute("INSERT INTO cursors (network, chain_id, updated_at) VALUES ('n', 1, 1)")
+
+    try:
+        await store.read(sneak)
+    except Exception as exc:  # StoreError: attempt to write a readonly database
+        assert "readonly" in str(exc).replace("-", "").lower() or "read" in str(exc).lower()
+    else:
+        raise AssertionError("a write on the reading connection went through")
+    await store.close()
