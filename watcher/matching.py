@@ -37,6 +37,7 @@ class Entry:
     opens_at: int | None
     expire_at: int
     closed_at: int | None  # None while collecting
+    home: _Entries | None = None  # the list at its key that holds it
 
     def stopped_at(self) -> int:
         return stopped_at(self.expire_at, self.closed_at)
@@ -48,13 +49,25 @@ class Entry:
 Key = tuple[str, str]  # (asset symbol, lower-case address)
 
 
+class _Entries(list[Entry]):
+    """The entries at one key (and, at a shared address, one amount), oldest first; it
+    knows where it sits, so an entry can leave the index without a search."""
+
+    __slots__ = ("amount", "key")
+
+    def __init__(self, key: Key, amount: int | None) -> None:
+        super().__init__()
+        self.key = key
+        self.amount = amount  # None at a dedicated address
+
+
 def _entry(inv: Invoice) -> Entry:
     return Entry(
         inv.id, inv.seq, inv.amount, inv.opens_at, inv.expire_at, inv.closed_for_window
     )
 
 
-def _replace(entries: list[Entry], entry: Entry) -> None:
+def _replace(entries: _Entries, entry: Entry) -> None:
     """Put `entry` into `entries` (ordered by seq), replacing the same invoice's entry."""
     for i, e in enumerate(entries):
         if e.invoice_id == entry.invoice_id:
@@ -73,26 +86,25 @@ class WatchIndex:
         self.late_window = late_window
         self._token_symbol = {a.token.lower(): s for s, a in assets.items() if a.token}
         #: shared address -> amount -> invoices with that amount, oldest first
-        self._shared: dict[Key, dict[int, list[Entry]]] = {
+        self._shared: dict[Key, dict[int, _Entries]] = {
             (s, a.shared_address.lower()): {} for s, a in assets.items() if a.shared_address
         }
         #: dedicated address -> its invoices, oldest first (usually one)
-        self._dedicated: dict[Key, list[Entry]] = {}
+        self._dedicated: dict[Key, _Entries] = {}
         #: dedicated keys per asset symbol: answers `watches_native` and sizes the token
         #: recipients without walking every key on each scanned range
         self._dedicated_count: dict[str, int] = {}
         self._token_symbols = frozenset(s for s, a in assets.items() if a.token)
-        self._where: set[str] = set()  # ids of the invoices held
         self._native = next((s for s, a in assets.items() if a.is_native), None)
-        #: where each held invoice sits: its key, and its amount at a shared address
-        self._at: dict[str, tuple[Key, int | None]] = {}
+        #: the entry of each invoice held, by id
+        self._at: dict[str, Entry] = {}
         #: (time after which no transfer can reach it, invoice id), one item per `put`:
         #: `prune` pops what is due instead of walking every invoice; items that a later
         #: `put` superseded are recognised by their time and dropped
         self._deadlines: list[tuple[int, str]] = []
 
     def __len__(self) -> int:
-        return len(self._where)
+        return len(self._at)
 
     def symbol_for_token(self, address: str) -> str | None:
         return self._token_symbol.get(address.lower())
@@ -110,18 +122,23 @@ class WatchIndex:
         """Record the invoice's current state (collecting or not); it stays until pruned."""
         key = (inv.asset, inv.to_addr.lower())
         entry = _entry(inv)
-        heapq.heappush(self._deadlines, (self._deadline(entry, inv.shared), inv.id))
-        self._at[inv.id] = (key, inv.amount if inv.shared else None)
         if inv.shared:
-            _replace(self._shared.setdefault(key, {}).setdefault(inv.amount, []), entry)
-            self._where.add(inv.id)
-            return
-        entries = self._dedicated.get(key)
-        if entries is None:
-            entries = self._dedicated[key] = []
-            self._dedicated_count[inv.asset] = self._dedicated_count.get(inv.asset, 0) + 1
+            by_amount = self._shared.setdefault(key, {})
+            entries = by_amount.get(inv.amount)
+            if entries is None:
+                entries = by_amount[inv.amount] = _Entries(key, inv.amount)
+        else:
+            entries = self._dedicated.get(key)
+            if entries is None:
+                entries = self._dedicated[key] = _Entries(key, None)
+                self._dedicated_count[inv.asset] = self._dedicated_count.get(inv.asset, 0) + 1
+        before = self._at.get(inv.id)
+        if before is not None and before.home is not entries:
+            self._forget(before)  # held at another key before (not expected): move it
+        entry.home = entries
         _replace(entries, entry)
-        self._where.add(inv.id)
+        self._at[inv.id] = entry
+        heapq.heappush(self._deadlines, (self._deadline(entry, inv.shared), inv.id))
 
     def prune(self, confirmed_time: int | None) -> int:
         """Forget invoices no transfer can reach any more: the newest scanned block with the
@@ -135,33 +152,30 @@ class WatchIndex:
         heap = self._deadlines
         while heap and heap[0][0] < confirmed_time:
             deadline, invoice_id = heapq.heappop(heap)
-            at = self._at.get(invoice_id)
-            if at is None:
+            entry = self._at.get(invoice_id)
+            if entry is None or entry.home is None:
                 continue  # forgotten already
-            key, amount = at
-            entries = self._dedicated.get(key) if amount is None else (
-                self._shared.get(key, {}).get(amount))
-            entry = next((e for e in entries or () if e.invoice_id == invoice_id), None)
-            if entry is None or self._deadline(entry, amount is not None) != deadline:
+            if self._deadline(entry, entry.home.amount is not None) != deadline:
                 continue  # a later put moved its deadline: that item decides
-            self._forget(invoice_id, key, amount, entries or [])
+            self._forget(entry)
             forgotten += 1
         return forgotten
 
-    def _forget(
-        self, invoice_id: str, key: Key, amount: int | None, entries: list[Entry]
-    ) -> None:
+    def _forget(self, entry: Entry) -> None:
         """Take one invoice out of the index."""
-        entries[:] = [e for e in entries if e.invoice_id != invoice_id]
-        self._where.discard(invoice_id)
-        del self._at[invoice_id]
-        if entries:
+        home = entry.home
+        assert home is not None
+        home[:] = [e for e in home if e is not entry]
+        entry.home = None
+        if self._at.get(entry.invoice_id) is entry:
+            del self._at[entry.invoice_id]
+        if home:
             return
-        if amount is not None:
-            del self._shared[key][amount]
+        if home.amount is not None:
+            del self._shared[home.key][home.amount]
         else:
-            del self._dedicated[key]
-            self._dedicated_count[key[0]] -= 1
+            del self._dedicated[home.key]
+            self._dedicated_count[home.key[0]] -= 1
 
     def is_watched(self, symbol: str, address: str) -> bool:
         key = (symbol, address.lower())

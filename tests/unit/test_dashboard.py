@@ -794,8 +794,13 @@ async def test_the_socket_sends_status_changes_and_closes_when_the_session_ends(
                                                           "Sec-WebSocket-Key": "x" * 22 + "=="},
                                 allow_redirects=False)
     assert resp.status == 403
+    before = env.hub.subscriptions
     ws = await env.client.ws_connect("/dashboard/ws", headers={"Origin": origin})
-    await asyncio.sleep(0.1)  # subscribed
+    for _ in range(500):  # until the socket has subscribed (not a fixed sleep: slow runs)
+        if env.hub.subscriptions > before:
+            break
+        await asyncio.sleep(0.01)
+    assert env.hub.subscriptions > before
     await env.store.run(env.ledger.cancel, inv.id, env.clock())
     env.hub.wake()
     msg = await ws.receive(timeout=5)
