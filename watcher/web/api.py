@@ -527,8 +527,9 @@ async def addresses_handler(request: web.Request) -> web.Response:
     return _json(await address_report(ctx.store, ctx.ledger.networks, ctx.rpcs, q))
 
 
-async def networks_handler(request: web.Request) -> web.Response:
-    ctx = _ctx(request)
+async def networks_report(ctx: ApiContext) -> list[dict[str, Any]]:
+    """Per network what `GET /v1/networks` answers (the dashboard shows the same): the
+    daemon's live status (or the database's), its finality and its newest rescan."""
     status = ctx.networks_status()
     if not status:
         status = await ctx.store.read(fallback_networks, ctx.ledger.networks)
@@ -539,7 +540,11 @@ async def networks_handler(request: web.Request) -> web.Response:
         net["finality"] = info.finality if info else None
         net["finalizedBlock"] = view.finalized_block if view else None
         net["rescan"] = rescans.get(net["name"])
-    return _json({"data": status, "nextCursor": None})
+    return status
+
+
+async def networks_handler(request: web.Request) -> web.Response:
+    return _json({"data": await networks_report(_ctx(request)), "nextCursor": None})
 
 
 async def rescan_handler(request: web.Request) -> web.Response:

@@ -39,10 +39,10 @@ from watcher.errors import ApiError, BadRequest, Invalid, StoreError
 from watcher.ledger import Ledger, NewInvoice, Outcome
 from watcher.models import Invoice
 from watcher.outbox import redeliver
-from watcher.store import GroupCommit, Store, latest_rescans, load_invoice
+from watcher.store import GroupCommit, Store, load_invoice
 from watcher.web import dashboard_forms as forms
 from watcher.web import dashboard_queries as queries
-from watcher.web.api import ApiContext, fallback_networks, invoice_events, report_outcome
+from watcher.web.api import ApiContext, invoice_events, networks_report, report_outcome
 from watcher.web.channels import Sockets, serve_socket
 from watcher.web.checkout import qr_svg
 from watcher.web.hub import Message
@@ -643,19 +643,25 @@ async def _new_again(
 # ---------------------------------------------------------------- transfers
 
 
+def _cursor(request: web.Request) -> tuple[str, int | None]:
+    """The page token of a list page and the position it stands for; a token that does
+    not decode is dropped (the first page)."""
+    cursor = request.query.get("cursor", "")
+    if not cursor:
+        return "", None
+    try:
+        return cursor, rq.decode_cursor(cursor)
+    except BadRequest:
+        return "", None
+
+
 async def transfers_page(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     kind = request.query.get("kind", "unmatched")
     if kind not in queries.ASSIGNABLE:
         kind = "unmatched"
     network = request.query.get("network", "") or None
-    cursor = request.query.get("cursor", "")
-    before = None
-    if cursor:
-        try:
-            before = rq.decode_cursor(cursor)
-        except BadRequest:
-            cursor = ""
+    cursor, before = _cursor(request)
     rows, position = await ctx.store.run(
         queries.assignable_transfers, kind, network, before, forms.PAGE_SIZE, ctx.decimals()
     )
@@ -750,13 +756,7 @@ def _wake_sender(ctx: DashboardContext, event_id: str) -> None:
 
 async def callbacks_page(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
-    cursor = request.query.get("cursor", "")
-    before = None
-    if cursor:
-        try:
-            before = rq.decode_cursor(cursor)
-        except BadRequest:
-            cursor = ""
+    cursor, before = _cursor(request)
     rows, position = await ctx.store.run(queries.failed_deliveries, before, forms.PAGE_SIZE)
     counts = await ctx.store.run(queries.delivery_counts)
     return await _render(request, "callbacks.html", {
@@ -801,16 +801,7 @@ async def networks_page(request: web.Request) -> web.StreamResponse:
     """What `GET /v1/networks` and `GET /v1/rates` give, as tables."""
     ctx = request.app[CTX]
     api = ctx.api
-    status = api.networks_status()
-    if not status:
-        status = await ctx.store.run(fallback_networks, ctx.ledger.networks)
-    rescans = await ctx.store.run(latest_rescans)
-    for net in status:
-        info = ctx.ledger.networks.get(net["name"])
-        view = ctx.ledger.views.get(net["name"])
-        net["finality"] = info.finality if info else None
-        net["finalizedBlock"] = view.finalized_block if view else None
-        net["rescan"] = rescans.get(net["name"])
+    status = await networks_report(api)
     rates = api.rates.status(api.clock()) if api.rates is not None else []
     return await _render(request, "networks.html", {
         "nav": "networks", "networks": status, "rates": rates,
