@@ -453,8 +453,7 @@ class Daemon:
         try:
             first, last = await scanner.check(start, end)
         except RescanError as exc:
-            raise Invalid(str(exc), field="to" if end is not None and "above" in str(exc)
-                          else "from") from None
+            raise Invalid(str(exc), field=exc.field) from None
         row = await self.store.run(
             self.ledger.start_rescan, network, first, last, timeutil.now()
         )

@@ -37,7 +37,11 @@ CHUNK_ATTEMPTS = 5
 
 class RescanError(WatcherError):
     """A rescan that cannot run as asked (a range beyond what is scanned, a block the node
-    does not have); the message names the block."""
+    does not have); the message names the block, `field` the end of the range at fault."""
+
+    def __init__(self, message: str, field: str = "from") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +102,11 @@ class Rescanner:
         if start < 0 or last < start:
             raise RescanError(f"--from {start} must be at least 0 and not above --to {last}")
         if last > head:
-            raise RescanError(f"block {last} is above the node's head {head}")
+            raise RescanError(f"block {last} is above the node's head {head}", "to")
         if last > scanned:
             raise RescanError(
                 f"block {last} is not scanned yet (the follower has scanned up to {scanned}): "
-                "newer blocks are read live; rescan up to it"
+                "newer blocks are read live; rescan up to it", "to",
             )
         first = await self.rpc.get_block(start, False)
         if first is None:

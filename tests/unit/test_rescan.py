@@ -102,11 +102,13 @@ async def test_ranges_a_rescan_cannot_do_are_refused_naming_the_block(tmp_path: 
         with pytest.raises(RescanError, match=f"block {head + 5} is above the node's head"):
             await r.check(1, head + 5)
         model.mine_empty(3)  # the node moved on; the follower has not scanned these yet
-        with pytest.raises(RescanError, match=f"block {head + 2} is not scanned yet"):
+        with pytest.raises(RescanError, match=f"block {head + 2} is not scanned yet") as info:
             await r.check(1, head + 2)
+        assert info.value.field == "to"  # the end of the range at fault
         model.history_from = 2
-        with pytest.raises(RescanError, match="the node has no block 1"):
+        with pytest.raises(RescanError, match="the node has no block 1") as info:
             await r.check(1, head)
+        assert info.value.field == "from"
         with pytest.raises(RescanError, match="not above --to"):
             await r.check(head, head - 1)
 
