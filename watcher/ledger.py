@@ -791,10 +791,10 @@ class Ledger:
                 inv = owners[inv_id]
                 steps = state.transitions(inv, view, self.tolerance, payments_added=True)
                 # no block time: the detection-latency metric is about live payments
-                self._move(db, inv, steps, now, out, cause="rescan")
-                inv.updated_at = now
-                update_invoice(db, inv)
-                if inv not in out.touched:
+                self._move(db, inv, steps, now, out, cause="rescan")  # writes it if moved
+                if inv not in out.touched:  # a payment added without a move: written here
+                    inv.updated_at = now
+                    update_invoice(db, inv)
                     out.touched.append(inv)
             done = batch.to_block >= row[1]
             db.execute(
