@@ -40,6 +40,13 @@ async def test_safe_finality_on_anvil(
     d = await daemons.start(rpc=[node.url], confirmations=1,
                             extra={f"networks.{NETWORK}": {"finality": "safe"}})
     to = chain.new_account()
+
+    async def tags_read() -> bool:  # the first range commit writes the tags with the head
+        nets = await d.ok("GET", "/v1/networks")
+        return any(n["name"] == NETWORK and n["finalizedBlock"] is not None
+                   for n in nets["data"])
+
+    await poll(tags_read, 20, what="the finality tags read")
     inv = await d.ok("POST", "/v1/invoices", {"network": NETWORK, "asset": "ETH",
                                               "amount": "1", "address": to}, expect=201)
     assert inv["finalized"] is False  # the tags are read: nothing paid is final yet
