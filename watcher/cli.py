@@ -444,8 +444,8 @@ def invoices_create(config_path: Path | None, **fields: Any) -> None:
 
         store = await Store(settings.database).open()
         try:
-            net = settings.enabled_networks().get(req.network)
-            if net is not None:
+            net = settings.enabled_networks().get(req.network) if req.network else None
+            if net is not None and req.network is not None:
                 # The chain's clock for the window, and the start block if no daemon has run
                 # for this network yet. If the RPC does not answer, the create below opens
                 # the window by the host's clock, or (not started) says so in one line.

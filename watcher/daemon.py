@@ -340,6 +340,7 @@ class Daemon:
             frame_ancestors=co.frame_ancestors,
             redirect_delay=co.redirect_delay,
             hsts=co.base_url.startswith("https://"),
+            on_outcome=self.on_outcome,
         )
         self.checkout_runner, self.checkout_port = await self._listen(
             create_checkout_app(ctx), co.host, co.port, "checkout.listen", co.listen
@@ -411,15 +412,18 @@ class Daemon:
     def on_outcome(self, outcome: Outcome) -> None:
         """After every commit: keep the indexes in step, count, log, wake the sender."""
         for inv in outcome.touched:
-            index = self.indexes.get(inv.network)
-            if index is not None:
-                index.put(inv)
+            for network in inv.networks():  # its method's, and those it switched from
+                index = self.indexes.get(network)
+                if index is not None:
+                    index.put(inv)
         now = timeutil.now()
         for ch in outcome.changes:
             inv = ch.invoice
             latest = inv.latest_payment
             if ch.status is not None:
-                self.metrics.invoice_transitions.labels(inv.network, ch.status.value).inc()
+                # an invoice whose customer has not chosen a method yet has no network
+                self.metrics.invoice_transitions.labels(
+                    inv.network or "unchosen", ch.status.value).inc()
             if ch.block_time is not None:
                 self.metrics.detection_latency.labels(inv.network).observe(
                     max(0, now - ch.block_time)

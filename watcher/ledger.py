@@ -23,20 +23,24 @@ from watcher.errors import ApiError, Conflict, Invalid, NotFound, Unavailable
 from watcher.models import (
     CREATED_EVENT,
     LATE_PAYMENT_EVENT,
+    METHOD_SELECTED_EVENT,
     OPEN_STATUSES,
     OPENS_EARLY,
     Asset,
     Invoice,
+    Leg,
+    Method,
     Status,
     Transfer,
     window_route,
 )
 from watcher.rates import Rate, RateProvider, RateUnavailable, amount_for, format_rate
-from watcher.render import invoice_json
+from watcher.render import Elsewhere, invoice_json, method_json
 from watcher.store import (
     assign_transfer,
     insert_derived_address,
     insert_invoice,
+    insert_leg,
     load_invoice,
     load_invoices,
     load_transfers_by_id,
@@ -44,8 +48,10 @@ from watcher.store import (
     transaction,
     transfer_row,
     update_invoice,
+    update_invoice_method,
 )
 from watcher.timeutil import iso
+from watcher.timeutil import now as clock
 
 if TYPE_CHECKING:
     from watcher.derivation import Deriver
@@ -78,11 +84,14 @@ class NetworkInfo:
 class NewInvoice:
     """A validated create request (see api.py for the parsing)."""
 
-    network: str
-    asset: str
+    network: str | None  # None (and asset None): `methods` lists what the customer may choose
+    asset: str | None
     amount: int | None  # None: priced, `price` in `currency` converted at the current rate
     address: str | None
     expire_at: int | None
+    methods: list[Method] | None = None
+    title: str | None = None
+    description: str | None = None
     derive: bool = False  # take the next address derived from the xpub
     callback_url: str | None = None
     external_id: str | None = None
@@ -196,11 +205,55 @@ class Ledger:
     # ------------------------------------------------------------------ rendering
 
     def render(self, inv: Invoice) -> dict[str, Any]:
-        view = self.views.get(inv.network)
+        view = self.views.get(inv.network) if inv.network is not None else None
         head = view.head if view and view.head else None
         required = view.required if view else 0
         final = state.finalized(inv.payments, view) if view else None
-        return invoice_json(inv, head, required, self.checkout_url, final)
+        if inv.methods is None and not inv.legs:
+            return invoice_json(inv, head, required, self.checkout_url, final)
+        return invoice_json(
+            inv, head, required, self.checkout_url, final,
+            methods=self._methods_json(inv), elsewhere=self._elsewhere(inv),
+        )
+
+    def _methods_json(self, inv: Invoice) -> list[dict[str, Any]] | None:
+        """Each method with its amount: the invoice's locked amount for the chosen one; the
+        amount at the current rate for the others while the customer may still switch;
+        null once the choice is final, or when no rate is usable now."""
+        if inv.methods is None:
+            return None
+        now = clock()
+        open_choice = inv.can_change_method and now < inv.expire_at
+        out = []
+        for m in inv.methods:
+            net = self.networks.get(m.network)
+            asset = net.assets.get(m.asset) if net is not None else None
+            if net is None or asset is None:
+                continue  # no longer configured: it cannot be chosen
+            chosen = (inv.network, inv.asset) == (m.network, m.asset)
+            units = inv.amount if chosen else (
+                self._price_in(asset, inv, now) if open_choice else None)
+            out.append(method_json(m.network, m.asset, net.chain_id, asset.token,
+                                   asset.decimals, units, chosen))
+        return out
+
+    def _price_in(self, asset: Asset, inv: Invoice, now: int) -> int | None:
+        """The invoice's price in `asset` at the current rate; None when none is usable."""
+        if self.rates is None or inv.price is None or inv.currency is None:
+            return None
+        try:
+            rate = self.rates.rate(asset.symbol, inv.currency, now)
+        except RateUnavailable:
+            return None
+        return amount_for(Fraction(inv.price), rate.value, asset.decimals, asset.amount_step)
+
+    def _elsewhere(self, inv: Invoice) -> Elsewhere:
+        """Decimals and head of each method the invoice was switched away from."""
+        out: Elsewhere = {}
+        for leg in inv.legs:
+            view = self.views.get(leg.network)
+            out[(leg.network, leg.asset)] = (leg.decimals, view.head if view else None)
+        return out
 
     def load_views(self, db: Database) -> None:
         for row in db.query(
@@ -283,7 +336,7 @@ class Ledger:
         for s in statuses:
             inv.status = s
             inv.updated_at = now
-            known = self._waiting.get(inv.network)
+            known = self._waiting.get(inv.network) if inv.network is not None else None
             if known is not None:  # checked at the next range (which computes when)
                 if s == Status.WAITING_FOR_CONFIRMATIONS:
                     known[inv.id] = 0
@@ -342,6 +395,9 @@ class Ledger:
     def _new_invoice(
         self, db: Database, req: NewInvoice, now: int, parent: Invoice | None
     ) -> Invoice:
+        if req.methods is not None:
+            return self._new_unchosen(db, req, now)
+        assert req.network is not None and req.asset is not None  # requests.parse_create
         net = self.networks.get(req.network)
         if net is None:
             raise Invalid(f"unknown network {req.network!r}", field="network")
@@ -383,7 +439,7 @@ class Ledger:
             address = asset.shared_address
             amount = self._unique_amount(db, asset, requested, now)
         elif req.derive:
-            derivation_index, address = self._derive(db, req, now)
+            derivation_index, address = self._derive(db, req.network, req.asset, now)
         else:
             assert address is not None
             busy = self._busy(db, req.network, req.asset, address, now)
@@ -420,8 +476,114 @@ class Ledger:
             rate_at=rate.at if rate else None,
             derivation_index=derivation_index,
             fingerprint=req.fingerprint,
+            title=req.title,
+            description=req.description,
         )
         return insert_invoice(db, inv)
+
+    def _new_unchosen(self, db: Database, req: NewInvoice, now: int) -> Invoice:
+        """A method invoice: PENDING with no network, asset, address or amount until the
+        customer chooses one of `methods` (`choose`)."""
+        assert req.methods and req.price is not None and req.currency is not None
+        expire_at = req.expire_at if req.expire_at is not None else now + self.default_ttl
+        if expire_at <= now:
+            raise Invalid("expireAt must be in the future", field="expireAt")
+        inv = Invoice(
+            id=str(uuid.uuid4()), seq=0, status=Status.PENDING, network=None, chain_id=None,
+            asset=None, token_address=None, decimals=None, to_addr=None, shared=False,
+            amount=None, requested_amount=None, created_at=now, updated_at=now,
+            expire_at=expire_at, external_id=req.external_id, price=req.price,
+            currency=req.currency, email=req.email, payload=req.payload,
+            callback_url=req.callback_url, client_id=req.client_id,
+            redirect_url=req.redirect_url, fingerprint=req.fingerprint, title=req.title,
+            description=req.description, methods=list(req.methods),
+        )
+        return insert_invoice(db, inv)
+
+    def choose(
+        self, db: Database, invoice_id: str, network: str, asset_symbol: str, now: int
+    ) -> tuple[Invoice, Outcome]:
+        """The customer (or the merchant) chooses how to pay a method invoice, in one
+        transaction: the rate is locked, the address given (derived, or shared with a
+        unique amount), the invoice filled and `invoice.method_selected` written. Choosing
+        another method while nothing was received switches: the previous address and amount
+        stop collecting now and take only late payments. Choosing the chosen one: no change."""
+        with transaction(db):
+            inv = self.get(db, invoice_id)
+            if inv.methods is None:
+                raise Conflict(
+                    f"invoice {inv.id} was created with its network and asset: it has no "
+                    "payment methods to choose from", field="network")
+            names = sorted({m.network for m in inv.methods})
+            if network not in names:
+                raise Invalid(f"{network!r} is not a network of this invoice's methods "
+                              f"({', '.join(names)})", field="network")
+            if Method(network, asset_symbol) not in inv.methods:
+                offered = sorted(m.asset for m in inv.methods if m.network == network)
+                raise Invalid(f"{asset_symbol!r} is not one of this invoice's assets on "
+                              f"{network} ({', '.join(offered)})", field="asset")
+            if (inv.network, inv.asset) == (network, asset_symbol):
+                return inv, Outcome()
+            if not inv.can_change_method:
+                raise Conflict(
+                    f"the payment method can no longer be changed: the invoice is "
+                    f"{inv.status}" + (", with a payment received" if inv.payments
+                                       or inv.late_payments else ""), field=None)
+            if now >= inv.expire_at:
+                raise Conflict("the invoice has expired: no method can be chosen", field=None)
+            net = self.networks.get(network)
+            asset = net.assets.get(asset_symbol) if net is not None else None
+            if net is None or asset is None:
+                raise Invalid(f"{asset_symbol} on {network} is no longer configured",
+                              field="network" if net is None else "asset")
+            if not self.started(db, network):
+                raise Unavailable(
+                    f"{network} has not started yet: the daemon has not read its first block; "
+                    "try again shortly", field="network", code="network_not_started")
+            rate = self._rate(asset, inv.currency, now)
+            assert inv.price is not None
+            requested = amount_for(Fraction(inv.price), rate.value, asset.decimals,
+                                   asset.amount_step)
+            out = Outcome()
+            if inv.network is not None:
+                self._retire(db, inv, now)
+            index = inv.derivation_index
+            if self.deriver is not None:
+                if index is None:
+                    index, address = self._derive(db, network, asset_symbol, now)
+                else:  # the invoice's own address serves every method it switches to
+                    address = self.deriver.address(index)
+                shared, amount = False, requested
+            elif asset.shared_address is not None:
+                address, shared = asset.shared_address, True
+                amount = self._unique_amount(db, asset, requested, now)
+            else:
+                raise Invalid(f"{asset_symbol} on {network} has neither an xpub to derive an "
+                              "address nor a shared_address", field="asset")
+            inv.network, inv.chain_id, inv.asset = network, net.chain_id, asset.symbol
+            inv.token_address, inv.decimals = asset.token, asset.decimals
+            inv.to_addr, inv.shared, inv.amount, inv.requested_amount = (
+                address, shared, amount, requested)
+            inv.derivation_index = index
+            inv.rate, inv.rate_source, inv.rate_at = format_rate(rate.value), rate.source, rate.at
+            inv.opens_at = self._opens_at(network, now)
+            inv.updated_at = now
+            update_invoice_method(db, inv)
+            self._emit(db, inv, METHOD_SELECTED_EVENT, None, now)
+            out.changes.append(Change(inv, METHOD_SELECTED_EVENT, None))
+            out.touched.append(inv)
+            return inv, out
+
+    def _retire(self, db: Database, inv: Invoice, now: int) -> None:
+        """The invoice's current method stops collecting now (the customer switched)."""
+        assert inv.network is not None and inv.asset is not None and inv.to_addr is not None
+        assert inv.decimals is not None and inv.amount is not None
+        leg = Leg(n=len(inv.legs) + 1, network=inv.network, asset=inv.asset,
+                  decimals=inv.decimals, to_addr=inv.to_addr, shared=inv.shared,
+                  amount=inv.amount, derivation_index=inv.derivation_index,
+                  opens_at=inv.opens_at, closed_at=now)
+        insert_leg(db, inv.id, leg)
+        inv.legs.append(leg)
 
     def _busy(self, db: Database, network: str, asset: str, address: str, now: int) -> str | None:
         """The id of an invoice still collecting `asset` at `address`, if any."""
@@ -432,7 +594,7 @@ class Ledger:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def _derive(self, db: Database, req: NewInvoice, now: int) -> tuple[int, str]:
+    def _derive(self, db: Database, network: str, asset: str, now: int) -> tuple[int, str]:
         """Take the next derivation index in this transaction: committed with the invoice,
         rolled back with it, so indexes are unique and without gaps. An index whose address
         already collects this asset (a hand-given address) is recorded and passed over."""
@@ -450,7 +612,7 @@ class Ledger:
                 )
             address = self.deriver.address(index)
             insert_derived_address(db, index, address, self.deriver.key_id, now)
-            if self._busy(db, req.network, req.asset, address, now) is None:
+            if self._busy(db, network, asset, address, now) is None:
                 return index, address
 
     def _rate(self, asset: Asset, currency: str | None, now: int) -> Rate:
@@ -478,14 +640,17 @@ class Ledger:
 
     def _unique_amount(self, db: Database, asset: Asset, amount: int, now: int) -> int:
         assert asset.shared_address is not None
+        shared = asset.shared_address.lower()
+        # An amount a switched invoice gave up stays its own for the late-payment window.
         taken = {
             int(r[0])
             for r in db.execute(
                 "SELECT amount FROM invoices WHERE network = ? AND asset = ? AND to_lower = ? "
                 "AND status NOT IN ('VOIDED', 'REFUNDED') AND closed_at IS NULL "
-                "AND expire_at > ?",
-                [asset.network, asset.symbol, asset.shared_address.lower(),
-                 now - SHARED_AMOUNT_HOLD],
+                "AND expire_at > ? UNION SELECT amount FROM invoice_legs WHERE network = ? "
+                "AND asset = ? AND to_lower = ? AND closed_at > ?",
+                [asset.network, asset.symbol, shared, now - SHARED_AMOUNT_HOLD,
+                 asset.network, asset.symbol, shared, now - self.late_window],
             ).fetchall()
         }
         while amount in taken:
@@ -534,6 +699,7 @@ class Ledger:
             parent.closed_at = now
             parent.updated_at = now
             update_invoice(db, parent)
+            assert parent.network is not None and parent.asset is not None  # it was paid
             req = NewInvoice(
                 network=parent.network,
                 asset=parent.asset,
@@ -572,6 +738,7 @@ class Ledger:
             if inv is None:
                 raise Invalid(f"no invoice {invoice_id}", field="invoiceId")
             _check_assignable(t, inv)
+            assert inv.network is not None
             view = self.views.get(inv.network)
             if view is None:
                 raise Conflict(
@@ -652,13 +819,18 @@ class Ledger:
                 continue  # zero transfers never count and are not kept (address poisoning)
             inv = owners.get(t.invoice_id) if t.invoice_id else None
             # The same window rule the index routed by, on the committed invoice.
-            kind = inv.route(t.timestamp, self.late_window) if inv is not None else "unmatched"
+            kind = (inv.route_transfer(t, self.late_window) if inv is not None
+                    else "unmatched")
+            leg = inv.leg_for(t) if inv is not None and inv.legs else None
             if in_time_after_expiry and inv is not None and inv.voided_at_expiry and (
-                window_route(inv.opens_at, inv.expire_at, None, t.timestamp, 0) == "payment"
+                leg is None
+                and window_route(inv.opens_at, inv.expire_at, None, t.timestamp, 0)
+                == "payment"
             ):
                 kind = "payment"
-            if kind == "late" and inv is not None and inv.shared:
-                kind = "unmatched"
+            if kind == "late" and inv is not None and inv.shared and leg is None:
+                kind = "unmatched"  # a shared address's late amount: nobody's (a switched
+                # invoice's amount stays its own, see `_unique_amount`)
             t.kind = kind
             if kind == "unmatched":
                 t.invoice_id = None
@@ -708,10 +880,12 @@ class Ledger:
         # is the one that walk gave: the order of the index (status, expire_at, seq).
         # Waiting invoices are reloaded only when their next payment can reach its depth
         # at this head (`_waiting`), or when another process changed them.
+        # Invoices with no method chosen expire on the clock of any network's chain.
         expiring = "SELECT seq FROM invoices WHERE network = ? AND status = 'PENDING' " \
-            "AND expire_at < ?"
-        args: list[Any] = [batch.network,
-                           view.scanned_time if view.scanned_time is not None else -1]
+            "AND expire_at < ? UNION ALL SELECT seq FROM invoices WHERE network IS NULL " \
+            "AND status = 'PENDING' AND expire_at < ?"
+        scanned = view.scanned_time if view.scanned_time is not None else -1
+        args: list[Any] = [batch.network, scanned, scanned]
         due = self._waiting_due(db, batch.network, view, old)
         if due is None:
             waiting = " UNION ALL SELECT seq FROM invoices WHERE network = ? " \
@@ -1019,6 +1193,9 @@ def _confirmed_time(
 
 def _check_assignable(t: Transfer, inv: Invoice) -> None:
     """The rules of `Ledger.assign` a transfer and an invoice must meet (else ApiError)."""
+    if inv.network is None:
+        raise Conflict(f"invoice {inv.id} has no payment method chosen yet: it takes no "
+                       "payment until the customer chooses one", field="invoiceId")
     differs = [
         what for what, mine, theirs in (
             ("network", t.network, inv.network), ("asset", t.asset, inv.asset)

@@ -17,10 +17,11 @@ routed invoice inside its transaction with the same rule (`models.window_route`)
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from watcher.models import Asset, Invoice, stopped_at, window_route
+from watcher.models import Asset, Invoice, Leg, stopped_at, window_route
 
 
 class Route(StrEnum):
@@ -38,11 +39,19 @@ class Entry:
     expire_at: int
     closed_at: int | None  # None while collecting
     home: _Entries | None = None  # the list at its key that holds it
+    #: its key in the index: the invoice id, or "{id}/{n}" for a method chosen before the
+    #: invoice's current one (retired: it only takes late payments)
+    ref: str = ""
+    retired: bool = False
 
     def stopped_at(self) -> int:
         return stopped_at(self.expire_at, self.closed_at)
 
     def route(self, at: int, late_window: int) -> str:
+        if self.retired:
+            if self.opens_at is not None and at < self.opens_at:
+                return Route.UNMATCHED
+            return Route.LATE if at <= self.expire_at + late_window else Route.UNMATCHED
         return window_route(self.opens_at, self.expire_at, self.closed_at, at, late_window)
 
 
@@ -61,16 +70,22 @@ class _Entries(list[Entry]):
         self.amount = amount  # None at a dedicated address
 
 
-def _entry(inv: Invoice) -> Entry:
+def _entry(inv: Invoice, amount: int) -> Entry:
     return Entry(
-        inv.id, inv.seq, inv.amount, inv.opens_at, inv.expire_at, inv.closed_for_window
+        inv.id, inv.seq, amount, inv.opens_at, inv.expire_at, inv.closed_for_window, ref=inv.id
     )
+
+
+def _leg_entry(inv: Invoice, leg: Leg) -> Entry:
+    """A method chosen before the current one: it stopped collecting at the switch."""
+    return Entry(inv.id, inv.seq, leg.amount, leg.opens_at, leg.closed_at, leg.closed_at,
+                 ref=f"{inv.id}/{leg.n}", retired=True)
 
 
 def _replace(entries: _Entries, entry: Entry) -> None:
     """Put `entry` into `entries` (ordered by seq), replacing the same invoice's entry."""
     for i, e in enumerate(entries):
-        if e.invoice_id == entry.invoice_id:
+        if e.ref == entry.ref:
             entries[i] = entry
             return
     entries.append(entry)
@@ -84,6 +99,7 @@ class WatchIndex:
     def __init__(self, assets: dict[str, Asset], late_window: int) -> None:
         self.assets = assets
         self.late_window = late_window
+        self.network = next((a.network for a in assets.values()), None)
         self._token_symbol = {a.token.lower(): s for s, a in assets.items() if a.token}
         #: shared address -> amount -> invoices with that amount, oldest first
         self._shared: dict[Key, dict[int, _Entries]] = {
@@ -115,30 +131,44 @@ class WatchIndex:
 
     def _deadline(self, entry: Entry, shared: bool) -> int:
         """The time after which no transfer reaches the entry: the end of its collecting
-        window at a shared address, of its late-payment window at a dedicated one."""
-        return entry.stopped_at() + (0 if shared else self.late_window)
+        window at a shared address, of its late-payment window at a dedicated one (and at
+        any address a method replaced by another one)."""
+        late = not shared or entry.retired
+        return entry.stopped_at() + (self.late_window if late else 0)
 
     def put(self, inv: Invoice) -> None:
-        """Record the invoice's current state (collecting or not); it stays until pruned."""
-        key = (inv.asset, inv.to_addr.lower())
-        entry = _entry(inv)
-        if inv.shared:
+        """Record the invoice's current state (collecting or not) on this network: its
+        method, and the methods it had before; each stays until pruned."""
+        for leg in inv.legs:
+            if leg.network == self.network:
+                self._put((leg.asset, leg.to_addr.lower()), leg.shared, _leg_entry(inv, leg))
+        if inv.network is None or inv.network != self.network:
+            # unchosen, or chosen on another network (after a switch): no entry as a payee
+            before = self._at.get(inv.id)
+            if before is not None and before.home is not None:
+                self._forget(before)
+            return
+        assert inv.asset is not None and inv.to_addr is not None and inv.amount is not None
+        self._put((inv.asset, inv.to_addr.lower()), inv.shared, _entry(inv, inv.amount))
+
+    def _put(self, key: Key, shared: bool, entry: Entry) -> None:
+        if shared:
             by_amount = self._shared.setdefault(key, {})
-            entries = by_amount.get(inv.amount)
+            entries = by_amount.get(entry.amount)
             if entries is None:
-                entries = by_amount[inv.amount] = _Entries(key, inv.amount)
+                entries = by_amount[entry.amount] = _Entries(key, entry.amount)
         else:
             entries = self._dedicated.get(key)
             if entries is None:
                 entries = self._dedicated[key] = _Entries(key, None)
-                self._dedicated_count[inv.asset] = self._dedicated_count.get(inv.asset, 0) + 1
-        before = self._at.get(inv.id)
+                self._dedicated_count[key[0]] = self._dedicated_count.get(key[0], 0) + 1
+        before = self._at.get(entry.ref)
         if before is not None and before.home is not entries:
-            self._forget(before)  # held at another key before (not expected): move it
+            self._forget(before)  # held at another key before (a switch): move it
         entry.home = entries
         _replace(entries, entry)
-        self._at[inv.id] = entry
-        heapq.heappush(self._deadlines, (self._deadline(entry, inv.shared), inv.id))
+        self._at[entry.ref] = entry
+        heapq.heappush(self._deadlines, (self._deadline(entry, shared), entry.ref))
 
     def prune(self, confirmed_time: int | None) -> int:
         """Forget invoices no transfer can reach any more: the newest scanned block with the
@@ -151,8 +181,8 @@ class WatchIndex:
         forgotten = 0
         heap = self._deadlines
         while heap and heap[0][0] < confirmed_time:
-            deadline, invoice_id = heapq.heappop(heap)
-            entry = self._at.get(invoice_id)
+            deadline, ref = heapq.heappop(heap)
+            entry = self._at.get(ref)
             if entry is None or entry.home is None:
                 continue  # forgotten already
             if self._deadline(entry, entry.home.amount is not None) != deadline:
@@ -167,8 +197,8 @@ class WatchIndex:
         assert home is not None
         home[:] = [e for e in home if e is not entry]
         entry.home = None
-        if self._at.get(entry.invoice_id) is entry:
-            del self._at[entry.invoice_id]
+        if self._at.get(entry.ref) is entry:
+            del self._at[entry.ref]
         if home:
             return
         if home.amount is not None:
@@ -222,9 +252,13 @@ class WatchIndex:
             return Route.UNMATCHED, None  # zero transfers never count (address poisoning)
         by_amount = self._shared.get(key)
         if by_amount is not None:
-            for e in by_amount.get(amount, ()):
-                if e.route(timestamp, self.late_window) == Route.PAYMENT:
+            held: Sequence[Entry] = by_amount.get(amount) or ()
+            for e in held:
+                if not e.retired and e.route(timestamp, self.late_window) == Route.PAYMENT:
                     return Route.PAYMENT, e.invoice_id
+            for e in reversed(held):  # an amount a switched invoice gave up: late
+                if e.retired and e.route(timestamp, self.late_window) == Route.LATE:
+                    return Route.LATE, e.invoice_id
             return Route.UNMATCHED, None
         entries = self._dedicated[key]
         for e in entries:

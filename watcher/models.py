@@ -29,6 +29,7 @@ OPEN_STATUSES = frozenset({Status.PENDING, Status.WAITING_FOR_CONFIRMATIONS, Sta
 CLOSED_STATUSES = frozenset({Status.VOIDED, Status.REFUNDED})
 LATE_PAYMENT_EVENT = "invoice.late_payment"
 CREATED_EVENT = "invoice.created"
+METHOD_SELECTED_EVENT = "invoice.method_selected"
 
 
 def stopped_at(expire_at: int, closed_at: int | None) -> int:
@@ -121,15 +122,16 @@ class Invoice:
     id: str
     seq: int
     status: Status
-    network: str
-    chain_id: int
-    asset: str
+    #: The method's fields: None while the customer has not chosen one of `methods`.
+    network: str | None
+    chain_id: int | None
+    asset: str | None
     token_address: str | None
-    decimals: int
-    to_addr: str
+    decimals: int | None
+    to_addr: str | None
     shared: bool
-    amount: int
-    requested_amount: int
+    amount: int | None
+    requested_amount: int | None
     created_at: int
     updated_at: int
     expire_at: int
@@ -154,8 +156,55 @@ class Invoice:
     opens_at: int | None = None
     refund_tx: str | None = None
     fingerprint: str | None = None
+    title: str | None = None
+    description: str | None = None
+    #: The payment methods the customer may choose from (None: a classic invoice, created
+    #: with its network and asset)
+    methods: list[Method] | None = None
+    #: Methods chosen before the current one, which stopped collecting when it was chosen
+    legs: list[Leg] = field(default_factory=list)
     payments: list[Transfer] = field(default_factory=list)
     late_payments: list[Transfer] = field(default_factory=list)
+
+    @property
+    def chosen(self) -> bool:
+        """It has its network, asset, address and amount (a classic invoice, or a method
+        invoice once the customer chose)."""
+        return self.network is not None
+
+    @property
+    def can_change_method(self) -> bool:
+        """The customer may still choose (or switch) a method: PENDING, collecting and
+        nothing received (the time is checked by the caller against `expire_at`)."""
+        return (
+            self.methods is not None
+            and self.status == Status.PENDING
+            and self.collects
+            and not self.payments
+            and not self.late_payments
+        )
+
+    def networks(self) -> set[str]:
+        """The networks whose watch index holds this invoice: its method's and those of
+        the methods chosen before."""
+        found = {leg.network for leg in self.legs}
+        if self.network is not None:
+            found.add(self.network)
+        return found
+
+    def leg_for(self, t: Transfer) -> Leg | None:
+        """The earlier method a transfer was sent to: same network, asset, address (and,
+        at a shared address, amount); None when it is for the current method or none."""
+        if (
+            self.network == t.network and self.asset == t.asset
+            and self.to_addr is not None and self.to_addr.lower() == t.to_addr.lower()
+            and (not self.shared or self.amount == t.amount)
+        ):
+            return None
+        for leg in reversed(self.legs):
+            if leg.takes(t):
+                return leg
+        return None
 
     @property
     def amount_paid(self) -> int:
@@ -165,7 +214,7 @@ class Invoice:
     def amount_due(self) -> int:
         """What is still missing: 0 once COMPLETED (also when accepted by hand or paid
         within the tolerance), else the amount less what was paid, never below 0."""
-        if self.status == Status.COMPLETED:
+        if self.status == Status.COMPLETED or self.amount is None:
             return 0
         return max(0, self.amount - self.amount_paid)
 
@@ -199,4 +248,54 @@ class Invoice:
         return window_route(
             self.opens_at, self.expire_at, self.closed_for_window, at, late_window
         )
+
+    def route_transfer(self, t: Transfer, late_window: int) -> str:
+        """`route` for a transfer routed to this invoice, which may have been sent to a
+        method chosen before the current one: that is a late payment within the late window
+        after the switch (never a payment: it is another asset or address)."""
+        if self.legs:
+            leg = self.leg_for(t)
+            if leg is not None:
+                return leg.route(t.timestamp, late_window)
+        return self.route(t.timestamp, late_window)
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """One way the customer may pay a method invoice: an asset on a network."""
+
+    network: str
+    asset: str
+
+
+@dataclass(slots=True)
+class Leg:
+    """A method chosen before the invoice's current one: where it collected, from
+    `opens_at` until `closed_at` (when the customer switched). A transfer to it later is a
+    late payment of the invoice, within the late-payment window."""
+
+    n: int  # 1, 2, ... in the order they were replaced
+    network: str
+    asset: str
+    decimals: int
+    to_addr: str
+    shared: bool
+    amount: int
+    derivation_index: int | None
+    opens_at: int | None
+    closed_at: int
+
+    def takes(self, t: Transfer) -> bool:
+        return (
+            self.network == t.network and self.asset == t.asset
+            and self.to_addr.lower() == t.to_addr.lower()
+            and (not self.shared or self.amount == t.amount)
+        )
+
+    def route(self, at: int, late_window: int) -> str:
+        """"late" from when it opened until the late window after the switch, else
+        "unmatched"."""
+        if self.opens_at is not None and at < self.opens_at:
+            return "unmatched"
+        return "late" if at <= self.closed_at + late_window else "unmatched"
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from watcher.amounts import parse_amount
 from watcher.state import confirmations
-from watcher.timeutil import iso
+from watcher.timeutil import iso, parse_iso
 
 #: The invoice object's fields the customer sees, as they are.
 PUBLIC_FIELDS = (
@@ -32,7 +32,12 @@ PUBLIC_FIELDS = (
     "redirectUrl",
     "price",
     "currency",
+    "title",
+    "description",
+    "method",
 )
+#: What the customer sees of each payment method of a method invoice.
+METHOD_FIELDS = ("network", "asset", "chainId", "tokenAddress", "decimals", "amount", "chosen")
 
 
 def payment_uri(chain_id: int, to: str, token: str | None, units: int) -> str:
@@ -85,7 +90,19 @@ def public_view(
         _head_confirmations(latest, invoice["confirmations"], head) if latest is not None else 0
     )
     view["payments"] = payments
-    view["paymentUri"] = invoice_uri(invoice)
-    view["addressExplorer"] = explorer_link(explorer, "address", invoice["to"])
+    chosen = invoice["to"] is not None
+    view["paymentUri"] = invoice_uri(invoice) if chosen else None
+    view["addressExplorer"] = explorer_link(explorer, "address", invoice["to"]) if chosen else None
     view["serverTime"] = iso(now)
+    methods = invoice.get("methods")
+    view["methods"] = (
+        [{k: m[k] for k in METHOD_FIELDS} for m in methods] if methods is not None else None
+    )
+    view["canChangeMethod"] = (
+        methods is not None
+        and invoice["status"] == "PENDING"
+        and not invoice["payments"]
+        and not invoice["latePayments"]
+        and now < parse_iso(invoice["expireAt"])
+    )
     return view

@@ -36,17 +36,43 @@ def checkout_url(base: str | None, invoice_id: str) -> str | None:
     return None if base is None else f"{base.rstrip('/')}/pay/{invoice_id}"
 
 
+def _amount(units: int | None, decimals: int | None) -> str | None:
+    return None if units is None or decimals is None else format_amount(units, decimals)
+
+
+def late_json(p: Transfer, decimals: int, head: int | None) -> dict[str, Any]:
+    """A late payment: a payment object with its network and asset (a late payment to a
+    method the customer switched away from is in another asset than the invoice's)."""
+    return {**payment_json(p, decimals, head), "network": p.network, "asset": p.asset}
+
+
+#: Per (network, asset) of a method switched away from: (decimals, newest head or None)
+Elsewhere = dict[tuple[str, str], tuple[int, int | None]]
+
+
 def invoice_json(
     inv: Invoice,
     head: int | None,
     required: int,
     checkout: str | None = None,
     finalized: bool | None = None,
+    *,
+    methods: list[dict[str, Any]] | None = None,
+    elsewhere: Elsewhere | None = None,
 ) -> dict[str, Any]:
     """The invoice object; `head` is the network's newest known block (None if unknown),
-    `checkout` the checkout's public URL (None when the checkout is off)."""
+    `checkout` the checkout's public URL (None when the checkout is off). `methods`: the
+    method objects of a method invoice (`method_json`); `elsewhere`: how to show late
+    payments to methods it was switched away from."""
     latest = inv.latest_payment
     d = inv.decimals
+    late = []
+    for p in inv.late_payments:
+        if (p.network, p.asset) == (inv.network, inv.asset) and d is not None:
+            late.append(late_json(p, d, head))
+        else:
+            dec, other_head = (elsewhere or {}).get((p.network, p.asset), (0, None))
+            late.append(late_json(p, dec, other_head))
     return {
         "id": inv.id,
         "parentId": inv.parent_id,
@@ -60,17 +86,17 @@ def invoice_json(
         "to": inv.to_addr,
         "derivationIndex": inv.derivation_index,
         "from": latest.from_addr if latest else None,
-        "amount": format_amount(inv.amount, d),
-        "requestedAmount": format_amount(inv.requested_amount, d),
-        "amountPaid": format_amount(inv.amount_paid, d),
-        "amountDue": format_amount(inv.amount_due, d),
+        "amount": _amount(inv.amount, d),
+        "requestedAmount": _amount(inv.requested_amount, d),
+        "amountPaid": _amount(inv.amount_paid, d),
+        "amountDue": _amount(inv.amount_due, d),
         "txHash": latest.tx_hash if latest else None,
         "txBlock": latest.block if latest else None,
         "confirmations": confirmations(latest.block, head) if latest and head is not None else 0,
         "requiredConfirmations": required,
         "finalized": finalized,
-        "payments": [payment_json(p, d, head) for p in inv.payments],
-        "latePayments": [payment_json(p, d, head) for p in inv.late_payments],
+        "payments": [payment_json(p, d, head) for p in inv.payments] if d is not None else [],
+        "latePayments": late,
         "price": inv.price,
         "currency": inv.currency,
         "rate": inv.rate,
@@ -86,6 +112,28 @@ def invoice_json(
         "createdAt": iso(inv.created_at),
         "updatedAt": iso(inv.updated_at),
         "expireAt": iso(inv.expire_at),
+        "title": inv.title,
+        "description": inv.description,
+        "method": (
+            {"network": inv.network, "asset": inv.asset} if inv.network is not None else None
+        ),
+        "methods": methods,
+    }
+
+
+def method_json(
+    network: str, asset: str, chain_id: int, token: str | None, decimals: int,
+    units: int | None, chosen: bool,
+) -> dict[str, Any]:
+    """One method of a method invoice; `units` its amount now (None: no usable rate)."""
+    return {
+        "network": network,
+        "asset": asset,
+        "chainId": chain_id,
+        "tokenAddress": token,
+        "decimals": decimals,
+        "amount": _amount(units, decimals),
+        "chosen": chosen,
     }
 
 

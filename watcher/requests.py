@@ -23,7 +23,7 @@ from web3 import Web3
 from watcher import ledger
 from watcher.amounts import parse_amount
 from watcher.errors import AmountError, BadRequest, Invalid
-from watcher.models import Status
+from watcher.models import Method, Status
 from watcher.rates import RateProvider
 from watcher.timeutil import parse_iso
 
@@ -42,8 +42,15 @@ CREATE_FIELDS = (
     "email",
     "clientId",
     "redirectUrl",
+    "title",
+    "description",
+    "methods",
 )
 MAX_URL = 2048
+MAX_TITLE = 200
+MAX_DESCRIPTION = 1000
+#: Most payment methods one invoice may offer.
+MAX_METHODS = 32
 #: `"address": "derive"`: take the next address derived from the configured xpub.
 DERIVE = "derive"
 MAX_EXTERNAL_ID = 128
@@ -241,6 +248,8 @@ def parse_create(
     shared address) takes the next derived address."""
     data = require_object(body)
     _reject_unknown(data, CREATE_FIELDS)
+    if data.get("methods") is not None:
+        return _parse_methods_create(data, networks, now, rates, derivable=derivable)
 
     network = data.get("network")
     if network is None:
@@ -312,6 +321,11 @@ def parse_create(
         normalized["clientId"] = client_id
     if redirect_url is not None:
         normalized["redirectUrl"] = redirect_url
+    title, description = _texts(data)
+    if title is not None:
+        normalized["title"] = title
+    if description is not None:
+        normalized["description"] = description
     return ledger.NewInvoice(
         network=network,
         asset=symbol,
@@ -327,8 +341,121 @@ def parse_create(
         email=email,
         client_id=client_id,
         redirect_url=redirect_url,
+        title=title,
+        description=description,
         fingerprint=ledger.request_fingerprint(normalized),
     )
+
+
+def _texts(data: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The optional `title` and `description` shown to the customer."""
+    return (_optional_str(data, "title", MAX_TITLE),
+            _optional_str(data, "description", MAX_DESCRIPTION))
+
+
+def _methods(
+    raw: object, networks: Mapping[str, ledger.NetworkInfo], *, derivable: bool
+) -> list[Method]:
+    """The `methods` of a create: a non-empty list of distinct, configured
+    `{"network", "asset"}`, each with a way to give an address (an xpub, or the asset's
+    shared address)."""
+    if not isinstance(raw, list) or not raw:
+        raise Invalid('methods must be a non-empty list of {"network", "asset"}',
+                      field="methods")
+    if len(raw) > MAX_METHODS:
+        raise Invalid(f"methods has more than {MAX_METHODS} entries", field="methods")
+    found: list[Method] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or set(item) != {"network", "asset"} or not all(
+            isinstance(v, str) for v in item.values()
+        ):
+            raise Invalid(f'methods[{i}] must be {{"network": "...", "asset": "..."}}',
+                          field="methods")
+        net = networks.get(item["network"])
+        if net is None:
+            known = ", ".join(sorted(networks)) or "none"
+            raise Invalid(f"methods[{i}]: unknown network {item['network']!r} (known: "
+                          f"{known})", field="methods")
+        asset = net.assets.get(item["asset"])
+        if asset is None:
+            known = ", ".join(sorted(net.assets)) or "none"
+            raise Invalid(f"methods[{i}]: unknown asset {item['asset']!r} on {net.name} "
+                          f"(known: {known})", field="methods")
+        method = Method(net.name, asset.symbol)
+        if method in found:
+            raise Invalid(f"methods[{i}]: {asset.symbol} on {net.name} is listed twice",
+                          field="methods")
+        if not derivable and asset.shared_address is None:
+            raise Invalid(
+                f"methods[{i}]: {asset.symbol} on {net.name} has no shared address and no "
+                "[addresses] xpub is configured: no address could be given", field="methods")
+        found.append(method)
+    return found
+
+
+def _parse_methods_create(
+    data: Mapping[str, Any],
+    networks: Mapping[str, ledger.NetworkInfo],
+    now: int,
+    rates: RateProvider | None,
+    *,
+    derivable: bool,
+) -> ledger.NewInvoice:
+    """A create with `methods`: the customer chooses how to pay a price in a currency."""
+    mixed = [k for k in ("network", "asset", "amount", "address") if data.get(k) is not None]
+    if mixed:
+        raise Invalid(f"methods replaces {', '.join(mixed)}: give either methods or "
+                      "network and asset", field="methods")
+    methods = _methods(data["methods"], networks, derivable=derivable)
+    if data.get("price") is None:
+        raise Invalid("price and currency are required with methods", field="price")
+    wanted = _optional_str(data, "currency", MAX_CURRENCY)
+    # An unknown currency is the currency's problem; one method no rate prices, the methods'
+    probe = next((m.asset for m in methods
+                  if rates is not None and wanted and rates.can_price(m.asset, wanted)),
+                 methods[0].asset)
+    price, currency = _priced(data, probe, rates)
+    assert rates is not None  # `_priced` refuses a create no rate prices
+    for i, m in enumerate(methods):
+        if not rates.can_price(m.asset, currency):
+            raise Invalid(f"methods[{i}]: no rate prices {m.asset} in {currency} "
+                          f"(configured pairs: {', '.join(rates.pair_names) or 'none'})",
+                          field="methods")
+    expire_at, expire_given, ttl = _expiry(data, now)
+    callback_url = _http_url(_optional_str(data, "callbackUrl", MAX_URL), "callbackUrl")
+    redirect_url = _http_url(_optional_str(data, "redirectUrl", MAX_URL), "redirectUrl")
+    client_id = _optional_str(data, "clientId", MAX_CLIENT_ID)
+    external_id = _optional_str(data, "externalId", MAX_EXTERNAL_ID)
+    payload = _payload(data.get("payload"))
+    email = _email(_optional_str(data, "email", MAX_EMAIL))
+    title, description = _texts(data)
+    normalized = {
+        "methods": [[m.network, m.asset] for m in methods], "price": price,
+        "currency": currency, "expireAt": expire_given, "ttl": ttl,
+        "callbackUrl": callback_url, "externalId": external_id, "payload": payload,
+        "email": email, "clientId": client_id, "redirectUrl": redirect_url,
+        "title": title, "description": description,
+    }
+    return ledger.NewInvoice(
+        network=None, asset=None, amount=None, address=None, expire_at=expire_at,
+        methods=methods, title=title, description=description,
+        callback_url=callback_url, external_id=external_id, payload=payload, price=price,
+        currency=currency, email=email, client_id=client_id, redirect_url=redirect_url,
+        fingerprint=ledger.request_fingerprint(normalized),
+    )
+
+
+def parse_method(body: object) -> tuple[str, str]:
+    """`{"network", "asset"}` of a method choice."""
+    data = require_object(body)
+    _reject_unknown(data, ("network", "asset"))
+    found = []
+    for key in ("network", "asset"):
+        value = data.get(key)
+        if not isinstance(value, str) or not value:
+            raise Invalid(f"{key} is required (a string)", field=key)
+        found.append(value)
+    return found[0], found[1]
 
 
 def parse_refund(body: object) -> str | None:

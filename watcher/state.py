@@ -101,6 +101,11 @@ def target_status(
         return inv.status
     if inv.closed_at is not None and inv.status in (Status.COMPLETED, Status.PARTIAL):
         return inv.status  # accepted by hand, or a remainder took over: no longer collecting
+    if inv.amount is None:
+        # No method chosen yet, so nothing can be paid: only the expiry, on the chain's clock
+        # of whichever of its methods' networks scanned past it first.
+        base = chain_status(0, (), inv.expire_at, view, tolerance)
+        return Status.VOIDED if base == Status.VOIDED else inv.status
     base = chain_status(inv.amount, inv.payments, inv.expire_at, view, tolerance)
     if base == Status.WAITING_FOR_CONFIRMATIONS and not payments_added:
         # Confirmations only fall when a reorg shortens the chain; payments that survived it
@@ -176,6 +181,7 @@ def remainder(inv: Invoice, tolerance: Fraction) -> int:
         )
     if inv.closed_at is not None:
         raise ActionRefused("this invoice already stopped collecting")
+    assert inv.amount is not None  # PARTIAL: it was paid, so it has its method
     missing = inv.amount - inv.amount_paid
     if missing <= 0:
         raise ActionRefused("nothing is missing on this invoice")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,15 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from watcher.errors import StoreError
-from watcher.models import OPEN_STATUSES, Invoice, Status, Transfer, transfer_id
+from watcher.models import (
+    OPEN_STATUSES,
+    Invoice,
+    Leg,
+    Method,
+    Status,
+    Transfer,
+    transfer_id,
+)
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -364,6 +373,63 @@ def _m0012(db: Database) -> None:
         db.execute(statement)
 
 
+#: The invoice columns a method invoice leaves empty until the customer chooses a method.
+_METHOD_COLUMNS = ("network TEXT", "chain_id INTEGER", "asset TEXT", "decimals INTEGER",
+                   "to_addr TEXT", "to_lower TEXT", "amount TEXT", "requested_amount TEXT")
+
+
+@migrations(name="0013_payment_methods")
+def _m0013(db: Database) -> None:
+    # Method invoices (the customer chooses how to pay): the method's columns may be NULL
+    # until chosen, so the table is rebuilt from its own definition without those NOT NULLs
+    # (SQLite cannot drop a constraint); `methods` (JSON) lists what may be chosen, and
+    # `invoice_legs` keeps each method the customer switched away from, which still takes
+    # late payments.
+    sql = db.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'invoices'"
+    ).fetchone()[0]
+    indexes = [r[0] for r in db.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'invoices' "
+        "AND sql IS NOT NULL").fetchall()]
+    for column in _METHOD_COLUMNS:
+        sql, n = re.subn(rf"\b{column} NOT NULL", column, sql)
+        if n != 1:
+            raise RuntimeError(f"migration 0013: invoices.{column} is not as expected")
+    sql = sql.replace("CREATE TABLE invoices", "CREATE TABLE invoices_new", 1)
+    db.execute(sql)
+    for statement in (
+        "INSERT INTO invoices_new SELECT * FROM invoices",
+        "DROP TABLE invoices",
+        "ALTER TABLE invoices_new RENAME TO invoices",
+        *indexes,
+        "ALTER TABLE invoices ADD COLUMN title TEXT",
+        "ALTER TABLE invoices ADD COLUMN description TEXT",
+        "ALTER TABLE invoices ADD COLUMN methods TEXT",
+        "CREATE INDEX invoices_unchosen ON invoices(expire_at) "
+        "WHERE network IS NULL AND status = 'PENDING'",
+        """
+        CREATE TABLE invoice_legs (
+            invoice_id TEXT NOT NULL,
+            n INTEGER NOT NULL,
+            network TEXT NOT NULL,
+            asset TEXT NOT NULL,
+            decimals INTEGER NOT NULL,
+            to_addr TEXT NOT NULL,
+            to_lower TEXT NOT NULL,
+            shared INTEGER NOT NULL,
+            amount TEXT NOT NULL,
+            derivation_index INTEGER,
+            opens_at INTEGER,
+            closed_at INTEGER NOT NULL,
+            PRIMARY KEY (invoice_id, n)
+        )
+        """,
+        "CREATE INDEX invoice_legs_address ON invoice_legs(network, asset, to_lower)",
+        "CREATE INDEX invoice_legs_closed ON invoice_legs(network, closed_at)",
+    ):
+        db.execute(statement)
+
+
 def rescan_json(row: dict[str, Any]) -> dict[str, Any]:
     from watcher.timeutil import iso
 
@@ -688,7 +754,19 @@ def transfer_row(t: Transfer, seen_at: int) -> dict[str, Any]:
     }
 
 
-def invoice_from_row(row: dict[str, Any], transfers: Iterable[Transfer] = ()) -> Invoice:
+def _int_or_none(value: str | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _methods(text: str | None) -> list[Method] | None:
+    if text is None:
+        return None
+    return [Method(m["network"], m["asset"]) for m in orjson.loads(text)]
+
+
+def invoice_from_row(
+    row: dict[str, Any], transfers: Iterable[Transfer] = (), legs: Iterable[Leg] = ()
+) -> Invoice:
     inv = Invoice(
         id=row["id"],
         seq=row["seq"],
@@ -700,8 +778,8 @@ def invoice_from_row(row: dict[str, Any], transfers: Iterable[Transfer] = ()) ->
         decimals=row["decimals"],
         to_addr=row["to_addr"],
         shared=bool(row["shared"]),
-        amount=int(row["amount"]),
-        requested_amount=int(row["requested_amount"]),
+        amount=_int_or_none(row["amount"]),
+        requested_amount=_int_or_none(row["requested_amount"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         expire_at=row["expire_at"],
@@ -722,6 +800,10 @@ def invoice_from_row(row: dict[str, Any], transfers: Iterable[Transfer] = ()) ->
         opens_at=row["opens_at"],
         refund_tx=row["refund_tx"],
         fingerprint=row["fingerprint"],
+        title=row["title"],
+        description=row["description"],
+        methods=_methods(row["methods"]),
+        legs=list(legs),
     )
     for t in transfers:
         (inv.payments if t.kind == "payment" else inv.late_payments).append(t)
@@ -741,10 +823,12 @@ def invoice_row(inv: Invoice) -> dict[str, Any]:
         "token_address": inv.token_address,
         "decimals": inv.decimals,
         "to_addr": inv.to_addr,
-        "to_lower": inv.to_addr.lower(),
+        "to_lower": inv.to_addr.lower() if inv.to_addr is not None else None,
         "shared": int(inv.shared),
-        "amount": str(inv.amount),
-        "requested_amount": str(inv.requested_amount),
+        "amount": str(inv.amount) if inv.amount is not None else None,
+        "requested_amount": (
+            str(inv.requested_amount) if inv.requested_amount is not None else None
+        ),
         "price": inv.price,
         "currency": inv.currency,
         "email": inv.email,
@@ -762,6 +846,12 @@ def invoice_row(inv: Invoice) -> dict[str, Any]:
         "closed_at": inv.closed_at,
         "opens_at": inv.opens_at,
         "refund_tx": inv.refund_tx,
+        "title": inv.title,
+        "description": inv.description,
+        "methods": (
+            orjson.dumps([{"network": m.network, "asset": m.asset} for m in inv.methods]).decode()
+            if inv.methods is not None else None
+        ),
     }
 
 
@@ -784,7 +874,39 @@ def load_invoices(db: Database, where: str, params: Iterable[Any] = ()) -> list[
             chunk,
         ):
             by_invoice[t["invoice_id"]].append(transfer_from_row(t))
-    return [invoice_from_row(r, by_invoice[r["id"]]) for r in rows]
+    switched = [r["id"] for r in rows if r["methods"] is not None]
+    legs = load_legs(db, switched) if switched else {}
+    return [invoice_from_row(r, by_invoice[r["id"]], legs.get(r["id"], ())) for r in rows]
+
+
+def load_legs(db: Database, invoice_ids: list[str]) -> dict[str, list[Leg]]:
+    """The methods each invoice was switched away from, oldest first."""
+    found: dict[str, list[Leg]] = {}
+    for start in range(0, len(invoice_ids), 500):
+        chunk = invoice_ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for r in db.query(
+            f"SELECT * FROM invoice_legs WHERE invoice_id IN ({marks}) ORDER BY invoice_id, n",
+            chunk,
+        ):
+            found.setdefault(r["invoice_id"], []).append(Leg(
+                n=r["n"], network=r["network"], asset=r["asset"], decimals=r["decimals"],
+                to_addr=r["to_addr"], shared=bool(r["shared"]), amount=int(r["amount"]),
+                derivation_index=r["derivation_index"], opens_at=r["opens_at"],
+                closed_at=r["closed_at"],
+            ))
+    return found
+
+
+def insert_leg(db: Database, invoice_id: str, leg: Leg) -> None:
+    db.execute(
+        "INSERT INTO invoice_legs (invoice_id, n, network, asset, decimals, to_addr, to_lower, "
+        "shared, amount, derivation_index, opens_at, closed_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [invoice_id, leg.n, leg.network, leg.asset, leg.decimals, leg.to_addr,
+         leg.to_addr.lower(), int(leg.shared), str(leg.amount), leg.derivation_index,
+         leg.opens_at, leg.closed_at],
+    )
 
 
 def load_invoice(db: Database, invoice_id: str) -> Invoice | None:
@@ -802,6 +924,14 @@ def insert_invoice(db: Database, inv: Invoice) -> Invoice:
     return inv
 
 
+def update_invoice_method(db: Database, inv: Invoice) -> None:
+    """Write a chosen method's fields (and everything `update_invoice` writes)."""
+    row = invoice_row(inv)
+    del row["id"]
+    sets = ", ".join(f"{column} = ?" for column in row)  # fixed column names
+    db.execute(f"UPDATE invoices SET {sets} WHERE id = ?", [*row.values(), inv.id])
+
+
 def update_invoice(db: Database, inv: Invoice) -> None:
     db.execute(
         "UPDATE invoices SET status = ?, updated_at = ?, closed_at = ?, refund_tx = ? "
@@ -814,12 +944,21 @@ def watched_invoices(db: Database, network: str, since: int) -> list[Invoice]:
     """Open invoices of a network, and those that stopped collecting at or after `since`
     (still within their late-payment window). Payments are not loaded."""
     statuses = ",".join(f"'{s.value}'" for s in OPEN_STATUSES)
-    rows = db.query(
+    rows = list(db.query(
         f"SELECT * FROM invoices WHERE network = ? AND (status IN ({statuses}) "
-        "OR MIN(COALESCE(closed_at, expire_at), expire_at) >= ?)",
-        [network, since],
-    )
-    return [invoice_from_row(r) for r in rows]
+        "OR MIN(COALESCE(closed_at, expire_at), expire_at) >= ?) UNION "
+        "SELECT * FROM invoices WHERE id IN (SELECT invoice_id FROM invoice_legs "
+        "WHERE network = ? AND closed_at >= ?)",
+        [network, since, network, since],
+    ))
+    return _with_legs(db, rows)
+
+
+def _with_legs(db: Database, rows: list[dict[str, Any]]) -> list[Invoice]:
+    """Invoices from rows, with the methods switched away from (payments not loaded)."""
+    switched = [r["id"] for r in rows if r["methods"] is not None]
+    legs = load_legs(db, switched) if switched else {}
+    return [invoice_from_row(r, (), legs.get(r["id"], ())) for r in rows]
 
 
 def index_invoices(db: Database, network: str, late_window: int) -> list[Invoice]:
@@ -841,13 +980,12 @@ def index_invoices(db: Database, network: str, late_window: int) -> list[Invoice
 
 
 def invoices_updated_since(db: Database, since: int, network: str) -> list[Invoice]:
-    """Invoices of a network changed at or after `since` (payments not loaded)."""
-    return [
-        invoice_from_row(r)
-        for r in db.query(
-            "SELECT * FROM invoices WHERE updated_at >= ? AND network = ?", [since, network]
-        )
-    ]
+    """Invoices of a network changed at or after `since`, and those that left it for
+    another method since then (payments not loaded)."""
+    return _with_legs(db, list(db.query(
+        "SELECT * FROM invoices WHERE updated_at >= ? AND network = ? UNION "
+        "SELECT * FROM invoices WHERE id IN (SELECT invoice_id FROM invoice_legs "
+        "WHERE network = ? AND closed_at >= ?)", [since, network, network, since])))
 
 
 def status_counts(db: Database) -> dict[str, int]:

@@ -103,7 +103,7 @@ def _routes(app: web.Application) -> list[tuple[str, str]]:
 
 async def test_every_v1_route_needs_a_valid_key(env: Env) -> None:
     routes = [(m, p) for m, p in _routes(env.client.app) if p.startswith("/v1/")]
-    assert len(routes) == 17
+    assert len(routes) == 18
     bad_headers: list[dict[str, str]] = [
         {},
         {"Authorization": "Bearer wrong"},

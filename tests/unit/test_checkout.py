@@ -169,7 +169,8 @@ async def test_status_is_the_public_view(env: Env) -> None:
         "id", "status", "network", "chainId", "asset", "tokenAddress", "decimals", "to",
         "amount", "amountPaid", "amountDue", "confirmations", "requiredConfirmations",
         "expireAt", "payments", "redirectUrl", "price", "currency", "paymentUri",
-        "addressExplorer", "serverTime",
+        "addressExplorer", "serverTime", "title", "description", "method", "methods",
+        "canChangeMethod",
     }
     assert view["status"] == "PARTIAL"
     assert view["amountDue"] == "5" and view["amountPaid"] == "5"

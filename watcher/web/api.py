@@ -491,6 +491,17 @@ def _action(name: str) -> Handler:
     return handler
 
 
+async def method_handler(request: web.Request) -> web.Response:
+    """`POST /v1/invoices/{id}/method`: choose (or switch) a method invoice's method."""
+    ctx = _ctx(request)
+    network, asset = rq.parse_method(await _body(request, required=True))
+    inv, outcome = await ctx.store.run(
+        ctx.ledger.choose, request.match_info["id"], network, asset, ctx.clock()
+    )
+    _report(ctx, outcome)
+    return _json(ctx.ledger.render(inv))
+
+
 async def events_handler(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     invoice_id = request.match_info["id"]
@@ -646,6 +657,7 @@ def create_app(ctx: ApiContext) -> web.Application:
     r.add_get("/v1/invoices/{id}", get_invoice, allow_head=False)
     for name in ("cancel", "accept", "remainder", "refund"):
         r.add_post(f"/v1/invoices/{{id}}/{name}", _action(name))
+    r.add_post("/v1/invoices/{id}/method", method_handler)
     r.add_get("/v1/invoices/{id}/events", events_handler, allow_head=False)
     r.add_get("/v1/transfers", transfers_handler, allow_head=False)
     r.add_post("/v1/transfers/{id}/assign", assign_handler)

@@ -27,7 +27,7 @@ from sqlite_utils import Database
 
 from watcher import __version__
 from watcher.errors import ApiError, BadRequest, StoreError
-from watcher.ledger import Ledger
+from watcher.ledger import Ledger, Outcome
 from watcher.models import Invoice
 from watcher.publicview import public_view
 from watcher.store import Store, load_invoice
@@ -39,6 +39,11 @@ from watcher.web.i18n import catalogue, pick
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _ignore_outcome(outcome: Outcome) -> None:
+    del outcome
+
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 #: Statuses after which nothing on the page changes any more.
 FINAL = frozenset({"COMPLETED", "VOIDED", "REFUNDED", "REVERSED"})
@@ -61,6 +66,8 @@ class CheckoutContext:
     redirect_delay: int = 5
     hsts: bool = False
     clock: Callable[[], int] = field(default=_clock)
+    #: Called after a committed ledger write (a method chosen): index, hub, sender.
+    on_outcome: Callable[[Outcome], None] = field(default=_ignore_outcome)
 
     def view(self, invoice: dict[str, Any]) -> dict[str, Any]:
         """The public view of an invoice object, with the network's newest head."""

@@ -495,7 +495,7 @@ async def invoice_page(request: web.Request) -> web.StreamResponse:
         "events": events,
         "actions": allowed_actions(inv, ctx.ledger),
         "children": children,
-        "explorer": ctx.explorers.get(inv.network),
+        "explorer": ctx.explorers.get(inv.network) if inv.network else None,
         "created": request.query.get("created") == "1",
         "live": ctx.sockets is not None,
     })
