@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -64,6 +65,12 @@ STALL_LIMIT = 300.0
 RATES_START_TIMEOUT = 10.0
 #: How long start-up waits for a new network's first head before serving the API anyway.
 START_BLOCK_TIMEOUT = 5.0
+
+
+def origin_of(url: str) -> str:
+    """"https://pay.shop.example/x" -> "https://pay.shop.example" (scheme://host[:port])."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def prune_index(index: WatchIndex, ledger: Ledger, network: str) -> int:
@@ -341,6 +348,7 @@ class Daemon:
             redirect_delay=co.redirect_delay,
             hsts=co.base_url.startswith("https://"),
             on_outcome=self.on_outcome,
+            public_origin=origin_of(co.base_url),
         )
         self.checkout_runner, self.checkout_port = await self._listen(
             create_checkout_app(ctx), co.host, co.port, "checkout.listen", co.listen

@@ -1,10 +1,13 @@
 """The hosted checkout: a public aiohttp application on its own listener.
 
-Only public routes live here (`/pay/{id}`, `/status`, `/qr.svg`, `/ws`, `/static/`), never
-anything of `/v1`. Everything it shows comes through `publicview.public_view`, an
-allow-list of the invoice's fields. Pages are rendered with jinja2 (autoescape on, strict
-undefined) from `templates/`, styled and scripted by files in `static/`; every response
-carries the security headers of `security_headers`.
+Only public routes live here (`/pay/{id}`, `/status`, `/qr.svg`, `/ws`, `/method`,
+`/static/`), never anything of `/v1`. The one write, `POST /pay/{id}/method` (the customer
+chooses how to pay an invoice created with `methods`), takes JSON from the page's script or
+a plain form post, and refuses a browser's post from another origin. Everything it shows
+comes through `publicview.public_view`, an allow-list of the invoice's fields. Pages are
+rendered with jinja2 (autoescape on, strict undefined) from `templates/`, styled and
+scripted by files in `static/`; every response carries the security headers of
+`security_headers`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, quote
 
 import aiohttp_jinja2
 import jinja2
@@ -26,7 +30,7 @@ from aiohttp import web
 from sqlite_utils import Database
 
 from watcher import __version__
-from watcher.errors import ApiError, BadRequest, StoreError
+from watcher.errors import ApiError, BadRequest, Invalid, PayloadTooLarge, StoreError
 from watcher.ledger import Ledger, Outcome
 from watcher.models import Invoice
 from watcher.publicview import public_view
@@ -37,6 +41,17 @@ from watcher.web.hub import Message
 from watcher.web.i18n import catalogue, pick
 
 log = logging.getLogger(__name__)
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = "unsupported_media_type"
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -50,6 +65,12 @@ FINAL = frozenset({"COMPLETED", "VOIDED", "REFUNDED", "REVERSED"})
 #: Queued on a public socket when its network's head moved: send the newest view again
 #: (confirmations count up between events).
 _RECOUNT = "recount"
+_FORM = "application/x-www-form-urlencoded"
+_JSON = "application/json"
+#: Largest body `POST /pay/{id}/method` reads (a network and an asset name fit many times).
+MAX_METHOD_BODY = 1024
+#: Longest network or asset name accepted from a choice (the config's names are shorter).
+MAX_NAME = 64
 STATIC = Path(str(resources.files("watcher.web").joinpath("static")))
 TEMPLATES = Path(str(resources.files("watcher.web").joinpath("templates")))
 
@@ -68,6 +89,9 @@ class CheckoutContext:
     clock: Callable[[], int] = field(default=_clock)
     #: Called after a committed ledger write (a method chosen): index, hub, sender.
     on_outcome: Callable[[Outcome], None] = field(default=_ignore_outcome)
+    #: The origin of `checkout.public_url`: a post from it is the page's own (besides this
+    #: listener's Host).
+    public_origin: str | None = None
 
     def view(self, invoice: dict[str, Any]) -> dict[str, Any]:
         """The public view of an invoice object, with the network's newest head."""
@@ -85,7 +109,7 @@ def security_headers(frame_ancestors: list[str], hsts: bool) -> dict[str, str]:
     frames = " ".join(frame_ancestors) or "'none'"
     csp = (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-        f"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors {frames}"
+        f"connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors {frames}"
     )
     headers = {
         "Content-Security-Policy": csp,
@@ -106,7 +130,11 @@ def security_headers(frame_ancestors: list[str], hsts: bool) -> dict[str, str]:
 
 
 def _wants_json(request: web.Request) -> bool:
-    return request.path.endswith("/status") or request.path.endswith("/ws")
+    return (
+        request.path.endswith("/status")
+        or request.path.endswith("/ws")
+        or (request.method == "POST" and request.content_type != _FORM)
+    )
 
 
 def _json_error(status: int, code: str, message: str) -> web.Response:
@@ -198,18 +226,33 @@ def qr_svg(text: str) -> bytes:
 # ---------------------------------------------------------------- handlers
 
 
-async def page(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    invoice_id = _invoice_id(request)
-    view = ctx.view(await _load(ctx, invoice_id))
+def _lang_query(request: web.Request, ctx: CheckoutContext) -> str:
+    """`lang=xx` when the customer picked a language with `?lang=` (kept across a choice)."""
+    lang = request.query.get("lang")
+    return f"lang={quote(lang)}" if lang is not None and lang in ctx.languages else ""
+
+
+def _render_page(
+    request: web.Request,
+    ctx: CheckoutContext,
+    view: dict[str, Any],
+    *,
+    change: bool = False,
+    error: str | None = None,
+    status: int = 200,
+) -> web.Response:
     lang = _language(request, ctx)
     texts = catalogue(lang)
+    keep = _lang_query(request, ctx)
+    action = f"/pay/{view['id']}/method" + (f"?{keep}" if keep else "")
     data = {
         "view": view,
         "texts": texts,
         "lang": lang,
         "redirectDelay": ctx.redirect_delay,
         "final": sorted(FINAL),
+        "change": change,
+        "action": action,
     }
     context = {
         "v": view,
@@ -217,8 +260,21 @@ async def page(request: web.Request) -> web.Response:
         "lang": lang,
         "languages": ctx.languages,
         "data": data,
+        "change": change,
+        "error": error,
+        "action": action,
+        "lang_query": f"?{keep}" if keep else "",
+        "lang_param": f"&{keep}" if keep else "",
     }
-    return aiohttp_jinja2.render_template("pay.html", request, context)
+    return aiohttp_jinja2.render_template("pay.html", request, context, status=status)
+
+
+async def page(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    invoice_id = _invoice_id(request)
+    view = ctx.view(await _load(ctx, invoice_id))
+    # `?change=1`: the method list again (the "change payment method" link without script)
+    return _render_page(request, ctx, view, change=request.query.get("change") == "1")
 
 
 async def status(request: web.Request) -> web.Response:
@@ -233,7 +289,9 @@ async def qr(request: web.Request) -> web.Response:
     kind = request.query.get("kind", "payment")
     if kind not in ("payment", "address"):
         raise BadRequest("kind must be payment or address", field="kind")
-    text = view["paymentUri"] if kind == "payment" else view["to"]
+    text = view.get("paymentUri") if kind == "payment" else view.get("to")
+    if not text:  # no method chosen yet: nothing to pay to
+        raise web.HTTPNotFound()
     return web.Response(body=qr_svg(text), content_type="image/svg+xml")
 
 
@@ -256,6 +314,7 @@ async def socket(request: web.Request) -> web.WebSocketResponse:
                 return None
         else:
             data = latest["data"] = msg.body["data"]
+            follow(data.get("network"))  # a method chosen or switched: its network's heads
         return orjson.dumps(ctx.view(data))
 
     def head_moved(_head: int) -> None:
@@ -265,6 +324,17 @@ async def socket(request: web.Request) -> web.WebSocketResponse:
         data = latest.get("data")
         if data is not None and data["status"] not in FINAL and data["payments"]:
             conn.push(Message.of_invoice(0, _RECOUNT, None))
+
+    def follow(net: str | None) -> None:
+        """Listen to the heads of the invoice's current network only."""
+        if network == [net] or (net is None and not network):
+            return
+        for old in network:
+            sockets.hub.head_listeners.get(old, set()).discard(head_moved)
+        network.clear()
+        if net is not None:
+            network.append(net)
+            sockets.hub.head_listeners.setdefault(net, set()).add(head_moved)
 
     async def on_open(ws: web.WebSocketResponse) -> bool:
         # Subscribe first (live events wait), then read the invoice with the position of its
@@ -280,8 +350,7 @@ async def socket(request: web.Request) -> web.WebSocketResponse:
         invoice = ctx.ledger.render(inv)
         conn.push(Message.of_invoice(seq, "initial", invoice))
         sockets.hub.release(conn, key, seq)
-        network.append(invoice["network"])
-        sockets.hub.head_listeners.setdefault(invoice["network"], set()).add(head_moved)
+        follow(invoice["network"])
         return True
 
     try:
@@ -289,6 +358,116 @@ async def socket(request: web.Request) -> web.WebSocketResponse:
     finally:
         for net in network:
             sockets.hub.head_listeners.get(net, set()).discard(head_moved)
+
+
+def same_origin(request: web.Request, public_origin: str | None) -> bool:
+    """Whether a browser's post comes from this checkout's own pages. A browser names a
+    cross-site request in `Sec-Fetch-Site` and its page's origin in `Origin`; the page's
+    `no-referrer` policy makes a browser send `Origin: null` on a plain form post, which
+    passes only when `Sec-Fetch-Site` says `same-origin`. A post with neither header (not a
+    browser: curl, a shop's backend) passes: it cannot carry a customer's browser along."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    if origin == "null":
+        return site == "same-origin"
+    allowed = {f"http://{request.host}".lower(), f"https://{request.host}".lower()}
+    if public_origin:
+        allowed.add(public_origin.lower())
+    return origin.lower() in allowed
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    """The body, or 413 when it is longer than `limit` (announced or sent)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the request body must be at most {limit} bytes")
+    body = bytearray()
+    while True:
+        chunk = await request.content.read(limit + 1 - len(body))
+        if not chunk:
+            return bytes(body)
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the request body must be at most {limit} bytes")
+
+
+def _name(value: object, name: str) -> str:
+    if value is None or value == "":
+        raise Invalid(f"{name} is required", field=name)
+    if not isinstance(value, str):
+        raise Invalid(f"{name} must be a string", field=name)
+    if len(value) > MAX_NAME:
+        raise Invalid(f"{name} must be at most {MAX_NAME} characters", field=name)
+    return value
+
+
+def parse_choice(content_type: str, raw: bytes) -> tuple[str, str]:
+    """(network, asset) from a JSON object or a url-encoded form."""
+    if content_type == _FORM:
+        try:
+            fields = parse_qs(raw.decode("utf-8"), keep_blank_values=True,
+                              strict_parsing=False, max_num_fields=16)
+        except (UnicodeDecodeError, ValueError):
+            raise BadRequest("the form could not be read") from None
+        body: dict[str, Any] = {k: v[0] for k, v in fields.items() if v}
+    else:
+        if not raw.strip():
+            raise BadRequest("the request body must be a JSON object")
+        try:
+            loaded = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BadRequest("the request body is not valid JSON") from None
+        if not isinstance(loaded, dict):
+            raise BadRequest("the request body must be a JSON object")
+        body = loaded
+    return _name(body.get("network"), "network"), _name(body.get("asset"), "asset")
+
+
+#: The catalogue's text for an error the customer can meet on the method list.
+_ERROR_TEXTS = {409: "error_method_conflict", 422: "error_method_invalid",
+                503: "error_method_rate"}
+
+
+async def choose_method(request: web.Request) -> web.StreamResponse:
+    """`POST /pay/{id}/method`: the customer chooses (or switches) how to pay. JSON in, the
+    public view out (the page's script); or a form post, answered with 303 to the page (the
+    page again with a message on an error)."""
+    ctx = request.app[CTX]
+    invoice_id = _invoice_id(request)
+    form = request.content_type == _FORM
+    try:
+        if not same_origin(request, ctx.public_origin):
+            log.warning("checkout: a method choice from another origin refused (%r, %r)",
+                        request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"))
+            raise Forbidden("a payment method can only be chosen on the payment page")
+        if not form and request.content_type != _JSON:
+            raise UnsupportedMediaType(f"send {_JSON} or {_FORM}")
+        raw = await _read_limited(request, MAX_METHOD_BODY)
+        network, asset = parse_choice(request.content_type, raw)
+        inv, outcome = await ctx.store.run(
+            ctx.ledger.choose, invoice_id, network, asset, ctx.clock()
+        )
+    except ApiError as exc:
+        if exc.status == 404:
+            raise
+        if not form:
+            return web.json_response(exc.to_json(), status=exc.status)
+        view = ctx.view(await _load(ctx, invoice_id))
+        texts = catalogue(_language(request, ctx))
+        message = texts[_ERROR_TEXTS.get(exc.status, "error_method_other")]
+        return _render_page(request, ctx, view, change=True, error=message, status=exc.status)
+    try:
+        ctx.on_outcome(outcome)
+    except Exception:  # committed: the daemon's bookkeeping must not fail the answer
+        log.exception("on_outcome failed")
+    if form:
+        keep = _lang_query(request, ctx)
+        raise web.HTTPSeeOther(f"/pay/{invoice_id}" + (f"?{keep}" if keep else ""))
+    view = ctx.view(ctx.ledger.render(inv))
+    return web.json_response(view, dumps=lambda o: orjson.dumps(o).decode())
 
 
 def create_checkout_app(ctx: CheckoutContext) -> web.Application:
@@ -309,5 +488,6 @@ def create_checkout_app(ctx: CheckoutContext) -> web.Application:
     r.add_get("/pay/{id}/status", status)
     r.add_get("/pay/{id}/qr.svg", qr)
     r.add_get("/pay/{id}/ws", socket, allow_head=False)
+    r.add_post("/pay/{id}/method", choose_method)
     r.add_static("/static/", STATIC, append_version=False)
     return app
