@@ -2,9 +2,10 @@
 
 It starts anvil (a block every second), deploys a test USDT token and a withdrawal contract,
 starts a callback receiver and the daemon in this process (API on 127.0.0.1 with a generated
-key, a temporary database), creates three invoices through the HTTP API (a native one at an
-address derived from an xpub, a token one, and a native one the withdrawal contract pays by
-an internal call, found in traces), pays them (the token one in two parts), and prints one
+key, a temporary database), creates four invoices through the HTTP API (a native one at an
+address derived from an xpub, a token one, a native one the withdrawal contract pays by
+an internal call, found in traces, and one priced in euros where the customer chooses how
+to pay: USDT first, then switches to ETH), pays them (the token one in two parts), and prints one
 line per event, with the time since the start: what it does on chain, each status change
 (read back from the API) and each callback the receiver gets (with both its signatures
 checked: `X-Watcher-Signature` and the Standard Webhooks `webhook-signature`).
@@ -111,7 +112,8 @@ class _ConsoleLogHandler(logging.Handler):
 
 
 def _label(invoice: dict[str, Any]) -> str:
-    return f"{str(invoice.get('id', '?'))[:8]} {invoice.get('asset', '?')}"
+    """Short id and asset ("choice" while the customer has not chosen a method)."""
+    return f"{str(invoice.get('id', '?'))[:8]} {invoice.get('asset') or 'choice'}"
 
 
 # ---------------------------------------------------------------- callback receiver
@@ -249,10 +251,11 @@ class StatusWatch:
             history = (await self.api.get(f"/v1/invoices/{inv['id']}/events"))["data"]
             tracked = known or Tracked(inv)
             new = history[len(tracked.events) :]
-            previous = tracked.events[-1]["status"] if tracked.events else None
+            previous = next((e["status"] for e in reversed(tracked.events)
+                             if e["status"] is not None), None)
             for n, event in enumerate(new):
                 self._show(inv, event, previous, last=n == len(new) - 1)
-                if event["event"] != "invoice.late_payment":
+                if event["status"] is not None:  # not a late payment or a method choice
                     previous = event["status"]
             tracked.invoice, tracked.events = inv, history
             self.invoices[inv["id"]] = tracked
@@ -264,11 +267,13 @@ class StatusWatch:
         if name == "invoice.created":
             change = f"{event['status']} (created)"
         elif name == "invoice.late_payment":
-            change = f"{event['status']} (late payment recorded)"
+            change = f"{inv['status']} (late payment recorded)"
+        elif name == "invoice.method_selected":
+            change = f"{previous or inv['status']} (a payment method was chosen)"
         else:
             change = f"{previous or '?'} -> {event['status']}"
         detail = ""
-        if last:
+        if last and inv["asset"] is not None:
             unit = inv["asset"]
             detail = f"  paid {inv['amountPaid']} of {inv['amount']} {unit}"
             if inv.get("payments"):
@@ -304,6 +309,8 @@ class Demo:
         self.tasks: list[asyncio.Task[Any]] = []
         self.log_handler = _ConsoleLogHandler(self.console)
         self.invoice_ids: dict[str, str] = {}  # "full" / "split" -> id
+        self.chosen_amount = ""  # what the methods invoice asks once ETH is chosen
+        self.choose_url: str | None = None  # an open methods invoice's checkout page
 
     # ------------------------------------------------------------ entry
 
@@ -436,6 +443,7 @@ class Demo:
             rates={"pairs": {
                 "ETH/USD": [{"chainlink": NETWORK, "feed": feed}],
                 "EUR/USD": [{"fixed": EUR_USD}],
+                f"{TOKEN_SYMBOL}/USD": [{"fixed": "1"}],
             }},
             callbacks={"url": receiver.url, "secret": self.callback_secret, "timeout": 5},
             networks={
@@ -485,7 +493,9 @@ class Demo:
         internal, internal_to = await self._create(
             api, internal_asset, internal_amount, "derive", "demo-order-3",
             "paid by an exchange's withdrawal contract, an internal transfer")
-        self.invoice_ids = {"full": full, "split": split, "internal": internal}
+        chosen, chosen_to = await self._methods_invoice(api)
+        self.invoice_ids = {"full": full, "split": split, "internal": internal,
+                            "methods": chosen}
 
         self._step(f"the {full_asset} payment to be mined")
         await self._pay(native_payer, full_to, full_asset, full_amount, None)
@@ -497,10 +507,14 @@ class Demo:
         out.line("pay", f"the withdrawal contract sends {internal_amount} {internal_asset} to "
                         f"{internal_to} by an internal call: tx {tx}")
 
-        self._step(f"invoices {full[:8]} and {internal[:8]} COMPLETED and invoice {split[:8]} "
-                   "PARTIAL")
+        self._step("the payment of the method the customer chose to be mined")
+        await self._pay(native_payer, chosen_to, NATIVE_SYMBOL, self.chosen_amount, None)
+
+        self._step(f"invoices {full[:8]}, {internal[:8]} and {chosen[:8]} COMPLETED and "
+                   f"invoice {split[:8]} PARTIAL")
         await self._until(lambda: watch.status(full) == "COMPLETED"
                           and watch.status(internal) == "COMPLETED"
+                          and watch.status(chosen) == "COMPLETED"
                           and watch.status(split) == "PARTIAL")
 
         self._step(f"the second {split_asset} payment to be mined")
@@ -516,10 +530,37 @@ class Demo:
         count = sum(len(watch.event_ids(i)) for i in self.invoice_ids.values())
         out.line(
             "demo",
-            f"scripted part done: all three invoices COMPLETED, {count} callbacks received, "
+            f"scripted part done: all four invoices COMPLETED, {count} callbacks received, "
             "every signature ok",
         )
         await self._show_addresses(api)
+
+    async def _methods_invoice(self, api: Api) -> tuple[str, str]:
+        """An invoice priced in euros where the customer chooses how to pay: created with
+        two methods, USDT chosen (as the checkout page's button does), then switched to
+        ETH; (id, address of the chosen method)."""
+        out = self.console
+        status, data = await api.call("POST", "/v1/invoices", {
+            "methods": [{"network": NETWORK, "asset": NATIVE_SYMBOL},
+                        {"network": NETWORK, "asset": TOKEN_SYMBOL}],
+            "price": "20", "currency": "EUR", "title": "Order demo-order-4",
+            "description": "Two mugs", "ttl": INVOICE_TTL, "externalId": "demo-order-4",
+        })
+        if status != 201:
+            raise DemoError(f"POST /v1/invoices answered {status}: {data}")
+        offers = ", ".join(f"{m['amount']} {m['asset']}" for m in data["methods"])
+        out.line("api", f"POST /v1/invoices -> 201: invoice {data['id']} 20 EUR, the customer "
+                        f"chooses: {offers} (no address until then)")
+        out.line("checkout", f"customer's page (the method list): {data['url']}")
+        path = f"/v1/invoices/{data['id']}/method"
+        for asset in (TOKEN_SYMBOL, NATIVE_SYMBOL):
+            status, data = await api.call("POST", path, {"network": NETWORK, "asset": asset})
+            if status != 200:
+                raise DemoError(f"POST {path} answered {status}: {data}")
+            out.line("api", f"POST {path} {asset} -> 200: pay {data['amount']} {asset} to "
+                            f"{data['to']} (rate {data['rate']} EUR/{asset})")
+        self.chosen_amount = str(data["amount"])
+        return str(data["id"]), str(data["to"])
 
     async def _show_addresses(self, api: Api) -> None:
         """What `addresses list --with-balance` shows: each derived address, its invoices,
@@ -605,6 +646,15 @@ class Demo:
         })
         if status != 201:
             raise DemoError(f"POST /v1/invoices answered {status}: {data}")
+        status, choose = await self.api.call("POST", "/v1/invoices", {
+            "methods": [{"network": NETWORK, "asset": NATIVE_SYMBOL},
+                        {"network": NETWORK, "asset": TOKEN_SYMBOL}],
+            "price": "25", "currency": "EUR", "title": "Your order at the demo shop",
+            "ttl": 600, "redirectUrl": "https://shop.example/thank-you",
+        })
+        if status != 201:
+            raise DemoError(f"POST /v1/invoices answered {status}: {choose}")
+        self.choose_url = str(choose["url"])
         return dict(data)
 
     def _print_try_lines(self, inv: dict[str, Any]) -> None:
@@ -626,6 +676,8 @@ class Demo:
         out.plain("then pay it from another terminal and watch the page follow it live:")
         out.plain(f"  curl -s -H 'Content-Type: application/json' -d {shlex.quote(pay)} "
                   f"{self.anvil.url}")
+        out.plain("Or let the customer choose how to pay (ETH or USDT, 25 EUR), switch, pay:")
+        out.plain(f"  {self.choose_url}")
         out.plain()
         out.plain(f"The merchant's dashboard: {base}/dashboard (sign in with the API key "
                   f"{self.api_key})")

@@ -68,7 +68,8 @@ def test_demo_script_completes_every_invoice(anvil_binary: str) -> None:
     statuses = _statuses(proc.stdout)
     eth = [k for k in statuses if k.endswith(" ETH")]
     usdt = [k for k in statuses if k.endswith(" USDT")]
-    assert len(eth) == 2 and len(usdt) == 1, statuses  # paid directly, and by a contract
+    # paid directly, by a contract, and after the customer chose ETH (having chosen USDT)
+    assert len(eth) == 3 and len(usdt) == 1, statuses
     for key in eth:
         assert statuses[key][0] == "PENDING" and statuses[key][-1] == "COMPLETED", output
     two_parts = statuses[usdt[0]]
@@ -82,12 +83,12 @@ def test_demo_script_completes_every_invoice(anvil_binary: str) -> None:
     ], output  # fmt: skip
 
     callbacks: dict[str, set[str]] = defaultdict(set)
-    for event, short, asset, _status, signature in CALLBACK_LINE.findall(proc.stdout):
+    for event, short, _asset, _status, signature in CALLBACK_LINE.findall(proc.stdout):
         assert signature == "ok", output
-        callbacks[f"{short} {asset}"].add(event)
+        callbacks[short].add(event)  # by invoice: one is created with no asset yet
     wanted = {"invoice.created", "invoice.waiting_for_confirmations", "invoice.completed"}
-    assert all(wanted <= callbacks[key] for key in eth), output
-    assert wanted | {"invoice.partial"} <= callbacks[usdt[0]], output
+    assert all(wanted <= callbacks[key.split()[0]] for key in eth), output
+    assert wanted | {"invoice.partial"} <= callbacks[usdt[0].split()[0]], output
     # the native invoice was paid to the first address derived from the xpub, which the
     # address list then shows holding the payment
     assert "(derived from the xpub, index 1000)" in proc.stdout, output
@@ -95,6 +96,11 @@ def test_demo_script_completes_every_invoice(anvil_binary: str) -> None:
     assert "by an internal call" in proc.stdout, output
     assert re.search(r"address\s+index 1000 0x[0-9a-fA-F]{40}: COMPLETED; holds 0.5 ETH",
                      proc.stdout), output
+    # the methods invoice: created with no asset, USDT chosen, then switched to ETH
+    chosen = [m for m in CALLBACK_LINE.findall(proc.stdout) if m[0] == "invoice.method_selected"]
+    assert [asset for _e, _s, asset, _st, _sig in chosen] == ["USDT", "ETH"], output
+    assert re.search(r"invoice.created\s+\w{8} choice PENDING", proc.stdout), output
+    assert "customer's page (the method list): http://127.0.0.1:" in proc.stdout, output
 
 
 def test_demo_timeout_exits_nonzero_with_the_step(anvil_binary: str) -> None:
