@@ -393,8 +393,16 @@ def invoices_group() -> None:
 
 @invoices_group.command("create")
 @config_option
-@click.option("--network", required=True)
-@click.option("--asset", required=True)
+@click.option("--network", default=None, help="The network (or --method, several times).")
+@click.option("--asset", default=None, help="The asset's symbol on --network.")
+@click.option(
+    "--method", "methods", multiple=True, metavar="NETWORK:ASSET",
+    help="Instead of --network and --asset: a method the customer may choose on the checkout "
+         "page (repeat it for each; needs --price and --currency).",
+)
+@click.option("--title", default=None, help="Shown to the customer (at most 200 characters).")
+@click.option("--description", default=None,
+              help="Shown to the customer (at most 1000 characters).")
 @click.option("--amount", default=None,
               help="Decimal string in asset units, e.g. 12.5 (or --price and --currency).")
 @click.option("--price", default=None,
@@ -412,17 +420,26 @@ def invoices_group() -> None:
     help="Where the checkout page sends the customer once the invoice is COMPLETED.",
 )
 @handles_errors
-def invoices_create(config_path: Path | None, **fields: Any) -> None:
-    """Create an invoice and print it as JSON."""
+def invoices_create(
+    config_path: Path | None, methods: tuple[str, ...], **fields: Any
+) -> None:
+    """Create an invoice and print it as JSON.
+
+    One asset on one network (--network, --asset), or several methods the customer chooses
+    from on the checkout page (--method NETWORK:ASSET, repeated, with --price and
+    --currency)."""
     from watcher import timeutil
     from watcher.daemon import build_ledger
     from watcher.requests import parse_create
 
+    body_methods = [_method_arg(m) for m in methods]
     settings = load_config(config_path)
     ledger = build_ledger(settings)
     names = {"expire_at": "expireAt", "callback_url": "callbackUrl", "external_id": "externalId",
              "client_id": "clientId", "redirect_url": "redirectUrl"}
-    body = {names.get(k, k): v for k, v in fields.items() if v is not None}
+    body: dict[str, Any] = {names.get(k, k): v for k, v in fields.items() if v is not None}
+    if body_methods:
+        body["methods"] = body_methods
     now = timeutil.now()
     if "amount" not in body and "price" in body and settings.rates.pairs:
         from watcher.pricing.book import read_once
@@ -467,6 +484,23 @@ def invoices_create(config_path: Path | None, **fields: Any) -> None:
     _echo_json(asyncio.run(go()))
 
 
+def _method_arg(value: str) -> dict[str, str]:
+    """`--method NETWORK:ASSET` as the API's method object (ApiError: one line, exit 2)."""
+    from watcher.errors import Invalid
+    from watcher.web.dashboard_forms import parse_method
+
+    method = parse_method(value)
+    if method is None:
+        raise Invalid(f"--method must be NETWORK:ASSET (e.g. polygon:USDT), not {value!r}",
+                      field="methods")
+    return method
+
+
+def _amount_text(units: int | None, decimals: int | None) -> str:
+    """An amount for a listing; "—" while it is unknown (a method not chosen yet)."""
+    return "—" if units is None or decimals is None else format_amount(units, decimals)
+
+
 @invoices_group.command("list")
 @config_option
 @click.option("--status", default=None, help="One or several statuses, comma separated.")
@@ -503,10 +537,18 @@ def invoices_list(
         return
     invoices, _ = _store_call(settings, list_invoices, q)
     for inv in invoices:
+        if inv.network is None:  # a method invoice whose customer has not chosen yet
+            count = len(inv.methods or [])
+            say(
+                f"{inv.id}  {_status(inv.status.value, 26)} {'—':<10} {'—':<6} "
+                f"{'—':>16}  choice pending ({count} method{'s' if count != 1 else ''}"
+                + (f", {inv.price} {inv.currency})" if inv.price else ")")
+            )
+            continue
         say(
-            f"{inv.id}  {_status(inv.status.value, 26)} {inv.network:<10} {inv.asset:<6} "
-            f"{format_amount(inv.amount, inv.decimals):>16}  "
-            f"paid {format_amount(inv.amount_paid, inv.decimals):<14} {inv.to_addr}"
+            f"{inv.id}  {_status(inv.status.value, 26)} {inv.network:<10} {inv.asset or '—':<6} "
+            f"{_amount_text(inv.amount, inv.decimals):>16}  "
+            f"paid {_amount_text(inv.amount_paid, inv.decimals):<14} {inv.to_addr or '—'}"
         )
 
 

@@ -42,6 +42,7 @@ from watcher.ledger import Ledger, NetworkInfo, ScanBatch
 from watcher.metrics import Metrics
 from watcher.models import Asset, Status, Transfer
 from watcher.pricing.book import RateBook
+from watcher.pricing.sources import FixedSource
 from watcher.store import Store
 from watcher.timeutil import now as clock
 from watcher.web.api import ApiContext, create_app, load_openapi
@@ -326,6 +327,51 @@ async def _trigger_all(env: Env) -> None:
     assert (await send("GET", "/v1/addresses", auth=False)).status == 401
     assert (await send("GET", "/v1/addresses?withBalance=maybe")).status == 422
 
+    # POST /v1/invoices/{id}/method: an invoice created with methods (its method's fields
+    # null: the Invoice schema says they may be), chosen; a rate that cannot be read (503),
+    # a method not offered (422), an invoice created with network + asset (409)
+    choose = "/v1/invoices/{id}/method"
+    rates = env.ledger.rates
+    book = RateBook({"ETH/GBP": [Failing()], "USDT/GBP": [FixedSource("0.8")]}, 3600)
+    await book.refresh(clock())
+    env.ledger.rates = book
+    made = await send("POST", "/v1/invoices", body={
+        "methods": [{"network": NET, "asset": "USDT"}, {"network": NET, "asset": "ETH"}],
+        "price": "8", "currency": "GBP", "title": "Order 7", "description": "Two mugs"})
+    assert made.status == 201, made
+    pending = made.json()
+    assert (pending["method"], pending["network"], pending["amount"], pending["to"]) == (
+        None, None, None, None)
+    assert [(m["asset"], m["amount"]) for m in pending["methods"]] == [
+        ("USDT", "10"), ("ETH", None)]  # no usable ETH/GBP rate now
+    url = f"/v1/invoices/{pending['id']}/method"
+    no_rate = await send("POST", url, template=choose, body={"network": NET, "asset": "ETH"})
+    assert (no_rate.status, no_rate.json()["error"]["code"]) == (503, "rate_unavailable")
+    chosen = await send("POST", url, template=choose, body={"network": NET, "asset": "USDT"})
+    assert chosen.status == 200 and chosen.json()["method"] == {"network": NET, "asset": "USDT"}
+    assert chosen.json()["amount"] == "10" and chosen.json()["to"] is not None
+    same = await send("POST", url, template=choose, body={"network": NET, "asset": "USDT"})
+    assert same.status == 200 and same.json()["updatedAt"] == chosen.json()["updatedAt"]
+    for body, at in (({"network": NET, "asset": "DOGE"}, "asset"),
+                     ({"network": "nowhere", "asset": "USDT"}, "network"),
+                     ({"asset": "USDT"}, "network")):
+        refused = await send("POST", url, template=choose, body=body)
+        assert (refused.status, refused.json()["error"]["field"]) == (422, at), refused
+    classic = await send("POST", f"/v1/invoices/{created['id']}/method", template=choose,
+                         body={"network": NET, "asset": "USDT"})
+    assert classic.status == 409
+    assert (await send("POST", url, template=choose, data=b"{")).status == 400
+    assert (await send("POST", url, template=choose, data=big)).status == 413
+    no_key = await send("POST", url, template=choose, auth=False,
+                        body={"network": NET, "asset": "USDT"})
+    assert no_key.status == 401
+    nobody = await send("POST", f"/v1/invoices/{unknown}/method", template=choose,
+                        body={"network": NET, "asset": "USDT"})
+    assert nobody.status == 404
+    read = await send("GET", f"/v1/invoices/{pending['id']}", template="/v1/invoices/{id}")
+    assert read.json()["methods"][0]["chosen"] is True
+    env.ledger.rates = rates
+
     # POST /v1/networks/{name}/rescan: the route's own checks here; the daemon's rescan (a
     # stand-in of the callable it passes) answers the rest, as it does for real in
     # tests/integration/test_rescan.py
@@ -424,6 +470,7 @@ async def _database_down(env: Env) -> None:
         path = path.replace("{name}", NET)
         bodies = {"/v1/invoices": {"network": NET, "asset": "USDT", "amount": "1"},
                   "/v1/transfers/{id}/assign": {"invoiceId": inv.id},
+                  "/v1/invoices/{id}/method": {"network": NET, "asset": "USDT"},
                   "/v1/networks/{name}/rescan": {"from": 1}}
         answer = await env.send(method, path, template=template, body=bodies.get(template))
         assert (answer.status, answer.json()["error"]["code"]) == (503, "unavailable"), (

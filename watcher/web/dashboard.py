@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from importlib import resources
@@ -84,7 +84,8 @@ CLOSE_SESSION_OVER = 4401
 #: The create form's fields; an API error naming another field is shown above the form.
 FORM_FIELDS = frozenset({
     "network", "asset", "amount", "price", "currency", "address", "ttl", "callbackUrl",
-    "redirectUrl", "externalId", "clientId", "email", "payload",
+    "redirectUrl", "externalId", "clientId", "email", "payload", "methods", "title",
+    "description",
 })
 #: Each action's confirmation page: its title, what the action does, its button.
 ACTION_TEXTS = {
@@ -492,10 +493,13 @@ async def invoice_page(request: web.Request) -> web.StreamResponse:
         "fields": [(k, v) for k, v in data.items() if k not in ("payments", "latePayments")],
         "payload": (orjson.dumps(data["payload"], option=orjson.OPT_INDENT_2).decode()
                     if data["payload"] is not None else None),
+        "methods_json": (orjson.dumps(data["methods"], option=orjson.OPT_INDENT_2).decode()
+                         if data.get("methods") is not None else None),
         "events": events,
         "actions": allowed_actions(inv, ctx.ledger),
         "children": children,
         "explorer": ctx.explorers.get(inv.network) if inv.network else None,
+        "explorers": ctx.explorers,
         "created": request.query.get("created") == "1",
         "live": ctx.sockets is not None,
     })
@@ -574,19 +578,25 @@ async def act(request: web.Request) -> web.StreamResponse:
 
 
 def _new_context(ctx: DashboardContext, values: Mapping[str, str],
-                 errors: dict[str, str]) -> dict[str, Any]:
+                 errors: dict[str, str], methods: Sequence[str] = ()) -> dict[str, Any]:
     ledger = ctx.ledger
+    pairs = ledger.rates.pair_names if ledger.rates else []
+    derivable = ledger.deriver is not None
     networks = [
         {"name": n.name, "assets": [
-            {"symbol": a.symbol, "shared": a.shared_address is not None, "native": a.is_native}
+            {"symbol": a.symbol, "shared": a.shared_address is not None, "native": a.is_native,
+             "method": forms.method_value(n.name, a.symbol),
+             # where a chosen method is paid: a derived address, else the shared one; with
+             # neither the API refuses the method
+             "where": ("derived address" if derivable else "shared address"
+                       if a.shared_address is not None else None)}
             for a in n.assets.values()
         ]}
         for n in ledger.networks.values()
     ]
-    currencies = sorted({p.split("/")[1] for p in (ledger.rates.pair_names if ledger.rates
-                                                    else [])})
-    derivable = ledger.deriver is not None
+    currencies = sorted({p.split("/")[1] for p in pairs})
     defaults = {
+        "kind": "one",
         "network": next(iter(ledger.networks), ""),
         "pricing": "amount",
         "address_mode": "derive" if derivable else "dedicated",
@@ -594,7 +604,7 @@ def _new_context(ctx: DashboardContext, values: Mapping[str, str],
     return {
         "nav": "new", "networks": networks, "currencies": currencies,
         "derivable": derivable, "default_ttl": ledger.default_ttl,
-        "v": {**defaults, **values}, "errors": errors,
+        "v": {**defaults, **values}, "errors": errors, "ticked": list(methods),
     }
 
 
@@ -608,8 +618,10 @@ async def new_invoice(request: web.Request) -> web.StreamResponse:
     and written through the API's group commit."""
     ctx = request.app[CTX]
     posted = await request.post()
-    values = {k: v for k, v in posted.items() if isinstance(v, str) and k != "csrf"}
-    body, errors = forms.create_body(values)
+    values = {k: v for k, v in posted.items()
+              if isinstance(v, str) and k not in ("csrf", "method")}
+    methods = [v for v in posted.getall("method", []) if isinstance(v, str)]
+    body, errors = forms.create_body(values, methods)
     ledger = ctx.ledger
     now = ctx.now()
     try:
@@ -617,12 +629,12 @@ async def new_invoice(request: web.Request) -> web.StreamResponse:
         req = rq.parse_create(body, ledger.networks, now, ledger.rates,
                               derivable=ledger.deriver is not None)
         if errors:
-            return await _new_again(request, values, errors, 422)
+            return await _new_again(request, values, errors, 422, methods)
         inv, created, outcome = await ctx.creates.submit((req, now))
     except ApiError as exc:
         where = "ttl" if exc.field == "expireAt" else exc.field
         errors.setdefault(where if where in FORM_FIELDS else "_form", exc.message)
-        return await _new_again(request, values, errors, exc.status)
+        return await _new_again(request, values, errors, exc.status, methods)
     if not created:  # the same externalId and values: the API answers 200 with it
         await _flash(request, "ok", "An invoice with this externalId and the same values "
                                     "exists already: here it is.")
@@ -633,11 +645,14 @@ async def new_invoice(request: web.Request) -> web.StreamResponse:
 
 
 async def _new_again(
-    request: web.Request, values: Mapping[str, str], errors: dict[str, str], status: int
+    request: web.Request, values: Mapping[str, str], errors: dict[str, str], status: int,
+    methods: Sequence[str] = (),
 ) -> web.Response:
-    """The create form again, with the values as sent and each message beside its field."""
+    """The create form again, with the values as sent (the method boxes as ticked) and each
+    message beside its field."""
     ctx = request.app[CTX]
-    return await _render(request, "new.html", _new_context(ctx, values, errors), status=status)
+    return await _render(request, "new.html", _new_context(ctx, values, errors, methods),
+                         status=status)
 
 
 # ---------------------------------------------------------------- transfers

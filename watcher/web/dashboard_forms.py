@@ -9,7 +9,7 @@ the same messages.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +26,8 @@ PREFIX = "/dashboard"
 #: Invoices per page of the list.
 PAGE_SIZE = 25
 #: Fields of the create form that go to the request as they are (when not empty).
-_TEXT_FIELDS = ("callbackUrl", "redirectUrl", "externalId", "clientId", "email")
+_TEXT_FIELDS = ("title", "description", "callbackUrl", "redirectUrl", "externalId", "clientId",
+                "email")
 ADDRESS_MODES = ("shared", "dedicated", "derive")
 PRICING_MODES = ("amount", "price")
 #: Merchant actions on one invoice, each with a confirmation step.
@@ -49,33 +50,70 @@ _DAY = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 # ---------------------------------------------------------------- the create form
 
 
-def create_body(form: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+def method_value(network: str, asset: str) -> str:
+    """A method as the form's checkbox (and the CLI's `--method`) names it."""
+    return f"{network}:{asset}"
+
+
+def parse_method(value: str) -> dict[str, str] | None:
+    """`NETWORK:ASSET` (a form's box, the CLI's `--method`) as the API's method object;
+    None when it is not of that form."""
+    network, sep, asset = value.strip().partition(":")
+    if not sep or not network.strip() or not asset.strip():
+        return None
+    return {"network": network.strip(), "asset": asset.strip()}
+
+
+def create_body(
+    form: Mapping[str, str], methods: Sequence[str] = ()
+) -> tuple[dict[str, Any], dict[str, str]]:
     """The `POST /v1/invoices` body a create form stands for, and the problems found before
-    the API's parsing (only what a form adds: JSON in the payload box), by field.
+    the API's parsing (only what a form adds: JSON in the payload box, a method box that
+    does not name `NETWORK:ASSET`), by field. `methods`: the ticked method boxes (the form
+    field `method`, several values).
 
     Empty inputs are left out, as a JSON client would leave them out, except the address
     in "dedicated" mode: left out it would mean the shared address, so it is sent as
-    given and the API says what is wrong with it."""
+    given and the API says what is wrong with it. With `kind` "methods" (else: one network
+    and asset) the body has `methods` (empty when none is ticked: the API refuses that too,
+    the form says it in its own words), `price` and `currency`, and no network, asset,
+    amount or address: each method's address is given when the customer chooses it."""
     body: dict[str, Any] = {}
     errors: dict[str, str] = {}
-    for name in ("network", "asset"):
-        value = form.get(name, "").strip()
-        if value:
-            body[name] = value
-    if form.get("pricing", "amount") == "price":
+    if form.get("kind", "one") == "methods":
+        chosen = []
+        for value in methods:
+            method = parse_method(value)
+            if method is None:
+                errors.setdefault("methods", f"a method is NETWORK:ASSET, not {value!r}")
+            elif method not in chosen:
+                chosen.append(method)
+        body["methods"] = chosen
+        if not methods:  # the API would say "a non-empty list": say it as the form asks it
+            errors["methods"] = "Tick at least one method the customer may choose."
         for name in ("price", "currency"):
             value = form.get(name, "").strip()
             if value:
                 body[name] = value
     else:
-        value = form.get("amount", "").strip()
-        if value:
-            body["amount"] = value
-    mode = form.get("address_mode", "shared")
-    if mode == "dedicated":
-        body["address"] = form.get("address", "").strip()
-    elif mode == "derive":
-        body["address"] = rq.DERIVE
+        for name in ("network", "asset"):
+            value = form.get(name, "").strip()
+            if value:
+                body[name] = value
+        if form.get("pricing", "amount") == "price":
+            for name in ("price", "currency"):
+                value = form.get(name, "").strip()
+                if value:
+                    body[name] = value
+        else:
+            value = form.get("amount", "").strip()
+            if value:
+                body["amount"] = value
+        mode = form.get("address_mode", "shared")
+        if mode == "dedicated":
+            body["address"] = form.get("address", "").strip()
+        elif mode == "derive":
+            body["address"] = rq.DERIVE
     ttl = form.get("ttl", "").strip()
     if ttl:
         body["ttl"] = int(ttl) if ttl.isdigit() and len(ttl) < 19 else ttl

@@ -41,13 +41,17 @@
       .filter(function (id) { if (seen[id]) { return false; } seen[id] = true; return true; });
   }
 
+  function markStale(id) {
+    var stale = document.getElementById("dash-stale");
+    if (stale && stale.getAttribute("data-for") === id) { stale.hidden = false; }
+  }
+
   function apply(id, status, paid) {
     byAttr("data-live", id).forEach(function (node) {
       if (node.getAttribute("data-status") === status) { return; }
       node.setAttribute("data-status", status);
       node.textContent = LABELS[status] || status;
-      var stale = document.getElementById("dash-stale");
-      if (stale && stale.getAttribute("data-for") === id) { stale.hidden = false; }
+      markStale(id);
     });
     if (typeof paid === "string") {
       byAttr("data-live-paid", id).forEach(function (node) { node.textContent = paid; });
@@ -107,6 +111,11 @@
       try { msg = JSON.parse(ev.data); } catch (e) { return; }
       if (msg && typeof msg.id === "string" && typeof msg.status === "string") {
         apply(msg.id, msg.status, msg.amountPaid);
+      }
+      /* the customer chose (or switched) the payment method: the status stays PENDING,
+         the page's method, address and amount are out of date */
+      if (msg && typeof msg.id === "string" && msg.event === "invoice.method_selected") {
+        markStale(msg.id);
       }
     };
     ws.onclose = function (ev) {
@@ -176,13 +185,17 @@
       }
     };
     var syncSwitches = function () {
-      var pricing = checked("pricing");
-      all("[data-when-pricing]", form).forEach(function (node) {
-        node.hidden = node.getAttribute("data-when-pricing") !== pricing;
-      });
+      /* several methods are always priced in a currency, and get their address when the
+         customer chooses: the amount and the address inputs are for one asset only */
+      var kind = checked("kind") || "one";
+      var pricing = kind === "methods" ? "price" : checked("pricing");
       var mode = checked("address_mode");
-      all("[data-when-mode]", form).forEach(function (node) {
-        node.hidden = node.getAttribute("data-when-mode") !== mode;
+      all("[data-when-pricing], [data-when-mode], [data-when-kind]", form).forEach(function (node) {
+        var want = node.getAttribute("data-when-kind");
+        var p = node.getAttribute("data-when-pricing");
+        var m = node.getAttribute("data-when-mode");
+        node.hidden = (want !== null && want !== kind) || (p !== null && p !== pricing) ||
+          (m !== null && m !== mode);
       });
     };
     var payload = form.querySelector("#payload");
@@ -210,7 +223,7 @@
       if (ok) { payload.removeAttribute("aria-invalid"); } else { payload.setAttribute("aria-invalid", "true"); }
     };
     network.addEventListener("change", syncAssets);
-    all('input[name="pricing"], input[name="address_mode"]', form).forEach(function (node) {
+    all('input[name="pricing"], input[name="address_mode"], input[name="kind"]', form).forEach(function (node) {
       node.addEventListener("change", syncSwitches);
     });
     payload.addEventListener("input", checkPayload);
