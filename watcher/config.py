@@ -45,7 +45,6 @@ from pydantic_settings import (
     SettingsError,
     TomlConfigSettingsSource,
 )
-from web3 import Web3
 
 from watcher import CONFIG_ENV
 from watcher import networks as shipped
@@ -82,10 +81,12 @@ def checksum_address(value: object) -> str:
     checksummed form; ValueError "not an EVM address" or "bad checksum"."""
     if not isinstance(value, str) or not _HEX_ADDRESS.match(value):
         raise ValueError("not an EVM address")
+    from eth_utils.address import is_checksum_address, to_checksum_address  # only when used
+
     body = value[2:]
-    if body != body.lower() and body != body.upper() and not Web3.is_checksum_address(value):
+    if body != body.lower() and body != body.upper() and not is_checksum_address(value):
         raise ValueError("bad checksum")
-    return str(Web3.to_checksum_address(value))
+    return str(to_checksum_address(value))
 
 
 def check_url(value: str, schemes: tuple[str, ...] = ("http", "https")) -> str:

@@ -41,7 +41,7 @@ import aiohttp
 import orjson
 from eth_bloom.bloom import BloomFilter
 from eth_hash.auto import keccak
-from web3 import Web3
+from eth_utils.address import to_checksum_address
 
 from watcher import timeutil, traces
 from watcher.errors import RangeTooLarge, RpcError, RpcFatal, RpcRetryable, StoreError
@@ -55,7 +55,7 @@ from watcher.store import Store, invoices_updated_since
 
 log = logging.getLogger("watcher.follower")
 
-TRANSFER_TOPIC = Web3.keccak(text="Transfer(address,address,uint256)").to_0x_hex()
+TRANSFER_TOPIC = "0x" + keccak(b"Transfer(address,address,uint256)").hex()
 #: Topic-filtered `eth_getLogs` per range at most (`log_topic_chunk` recipients each); with
 #: more watched recipients than that covers, every Transfer of the tokens is read instead.
 MAX_TOPIC_QUERIES = 50
@@ -118,10 +118,10 @@ _HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 
 @functools.lru_cache(maxsize=4096)
 def checksum_address(address: str) -> str:
-    """`Web3.to_checksum_address` (EIP-55) without its validation layers: ~20x cheaper on
-    the addresses a node sends; anything else goes through web3 itself."""
+    """`eth_utils.to_checksum_address` (EIP-55) without its validation layers: ~20x cheaper
+    on the addresses a node sends; anything else goes through eth_utils itself."""
     if _HEX_ADDRESS.fullmatch(address) is None:
-        return str(Web3.to_checksum_address(address))
+        return str(to_checksum_address(address))
     lower = address[2:].lower()
     digest = keccak(lower.encode("ascii")).hex()
     return "0x" + "".join(

@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from web3 import Web3
 
 from watcher import ledger
 from watcher.amounts import parse_amount
@@ -111,13 +110,15 @@ def _optional_str(body: Mapping[str, Any], name: str, limit: int) -> str | None:
 
 def parse_address(value: object, name: str = "address") -> str:
     """An EVM address, checksummed; mixed case must be a valid EIP-55 checksum."""
-    if not isinstance(value, str) or not _HEX40.match(value) or not Web3.is_address(value):
+    from eth_utils.address import is_checksum_address, to_checksum_address  # only when used
+
+    if not isinstance(value, str) or not _HEX40.match(value):
         raise Invalid(f"{name} must be an EVM address (0x and 40 hex digits)", field=name)
     digits = value[2:]
     mixed = digits != digits.lower() and digits != digits.upper()
-    if mixed and not Web3.is_checksum_address(value):
+    if mixed and not is_checksum_address(value):
         raise Invalid(f"{name} has an invalid EIP-55 checksum", field=name)
-    return str(Web3.to_checksum_address(value))
+    return str(to_checksum_address(value))
 
 
 def _http_url(value: str | None, name: str) -> str | None:
