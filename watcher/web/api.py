@@ -634,13 +634,15 @@ def openapi_document(networks: dict[str, ledger_mod.NetworkInfo]) -> bytes:
     and their asset symbols as the enums of a create request's `network` and `asset` (a
     symbol is valid on the networks that list it; another pair is refused with 422)."""
     doc = json.loads(load_openapi())
-    props = doc["components"]["schemas"]["CreateInvoice"]["properties"]
+    schemas = doc["components"]["schemas"]
     names = sorted(networks)
     symbols = sorted({symbol for net in networks.values() for symbol in net.assets})
-    if names:
-        props["network"]["enum"] = names
-    if symbols:
-        props["asset"]["enum"] = symbols
+    # a create's network/asset, and a method's (in `methods` and when choosing one)
+    for props in (schemas["CreateInvoice"]["properties"], schemas["MethodChoice"]["properties"]):
+        if names:
+            props["network"]["enum"] = names
+        if symbols:
+            props["asset"]["enum"] = symbols
     return json.dumps(doc, indent=2).encode()
 
 
