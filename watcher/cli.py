@@ -515,9 +515,8 @@ def invoices_list(
     limit: str, as_json: bool,
 ) -> None:
     """Newest first: id, status, network, asset, amount, paid, to."""
-    from watcher.daemon import build_ledger
+    from watcher.queries import list_invoices
     from watcher.requests import encode_cursor, parse_invoice_query
-    from watcher.web.api import list_invoices
 
     settings = load_config(config_path)
     query = {"limit": limit, **({"status": status} if status else {}),
@@ -525,6 +524,8 @@ def invoices_list(
              **({"clientId": client_id} if client_id else {})}
     q = parse_invoice_query(query)
     if as_json:
+        from watcher.daemon import build_ledger
+
         ledger = build_ledger(settings)
 
         def rendered(db: Any) -> dict[str, Any]:

@@ -203,6 +203,7 @@ def test_sql_is_parameterised_in_the_code() -> None:
     ledger only joins placeholders or fixed column names."""
     import watcher.ledger
     import watcher.outbox
+    import watcher.queries
     import watcher.store
 
     pattern = re.compile(r"f\"[^\"]*(SELECT|INSERT|UPDATE|DELETE|WHERE)[^\"]*\{([^}]*)\}",
@@ -214,7 +215,7 @@ def test_sql_is_parameterised_in_the_code() -> None:
                "','.join('?' * len(busy))", "','.join('?' * len(chunk))",
                "sets"}  # "column = ?, ..." over invoice_row's fixed keys
     found = 0
-    for mod in (api_mod, watcher.store, watcher.ledger, watcher.outbox):
+    for mod in (api_mod, watcher.store, watcher.ledger, watcher.outbox, watcher.queries):
         for m in pattern.finditer(inspect.getsource(mod)):
             assert m.group(2) in allowed, (mod.__name__, m.group(0))
             found += 1

@@ -35,6 +35,7 @@ from watcher.errors import (
 from watcher.models import Invoice
 from watcher.outbox import redeliver
 from watcher.pricing.book import RateBook
+from watcher.queries import list_invoices
 from watcher.render import address_json, transfer_json
 from watcher.rpc import RpcClient
 from watcher.store import (
@@ -43,7 +44,6 @@ from watcher.store import (
     derived_addresses,
     latest_rescans,
     load_invoice,
-    load_invoices,
     transfer_from_row,
 )
 from watcher.timeutil import iso
@@ -231,31 +231,6 @@ def _get_invoice(db: Database, invoice_id: str) -> Invoice:
         raise NotFound(f"no invoice {invoice_id}", field="id")
     return inv
 
-
-def list_invoices(db: Database, q: rq.InvoiceQuery) -> tuple[list[Invoice], int | None]:
-    """Newest first; (invoices, position for the next page or None)."""
-    where: list[str] = []
-    params: list[Any] = []
-    if q.statuses:
-        where.append(f"status IN ({','.join('?' * len(q.statuses))})")
-        params.extend(s.value for s in q.statuses)
-    if q.network:
-        where.append("network = ?")
-        params.append(q.network)
-    if q.external_id:
-        where.append("external_id = ?")
-        params.append(q.external_id)
-    if q.client_id:
-        where.append("client_id = ?")
-        params.append(q.client_id)
-    if q.page.before is not None:
-        where.append("seq < ?")
-        params.append(q.page.before)
-    sql = " AND ".join(where) or "1"
-    rows = load_invoices(db, f"{sql} ORDER BY seq DESC LIMIT ?", [*params, q.page.limit + 1])
-    more = len(rows) > q.page.limit
-    rows = rows[: q.page.limit]
-    return rows, (rows[-1].seq if more and rows else None)
 
 
 def _decimals(
