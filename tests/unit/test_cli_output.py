@@ -129,3 +129,19 @@ def test_the_cli_starts_without_the_heavy_libraries() -> None:
     help_text = subprocess.run([str(ENTRY), "--help"], capture_output=True, text=True,
                                check=True).stdout
     assert "rescan" in help_text and "addresses" in help_text
+
+
+def test_invoices_list_reads_without_the_web_stack(tmp_path: Path) -> None:
+    """`invoices list` (text) opens the database and prints, importing neither aiohttp nor
+    web3 nor the daemon: the read path is `watcher.queries`, not the API module."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'database = "{tmp_path / "w.db"}"\n[api]\napi_keys = ["k"]\n'
+                      '[networks.anvil]\nchain_id = 31337\nrpc = ["http://127.0.0.1:9"]\n')
+    code = ("import sys; sys.argv = ['payment-watcher', 'invoices', 'list', '--config', "
+            f"{str(config)!r}]\nfrom watcher.cli import main\ntry:\n    main()\n"
+            "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "print([m for m in ('web3', 'aiohttp', 'eth_account', 'watcher.daemon') "
+            "if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]", out
