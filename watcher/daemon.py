@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+from sqlite_utils import Database
 
 from watcher import __version__, capabilities, timeutil
 from watcher.callbacks import CallbackSender
@@ -38,7 +39,7 @@ from watcher.rpc import RpcClient
 from watcher.sdnotify import Notifier
 from watcher.store import (
     Store,
-    index_invoices,
+    iter_index_invoices,
     newest_derived_address,
     rescan_json,
     status_counts,
@@ -71,6 +72,16 @@ def origin_of(url: str) -> str:
     """"https://pay.shop.example/x" -> "https://pay.shop.example" (scheme://host[:port])."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def fill_index(db: Database, index: WatchIndex, network: str, late_window: int) -> int:
+    """Put the invoices a network's index starts with into it, streamed from the database
+    (on the store's thread, before the follower runs); how many."""
+    n = 0
+    for inv in iter_index_invoices(db, network, late_window):
+        index.put(inv)
+        n += 1
+    return n
 
 
 def prune_index(index: WatchIndex, ledger: Ledger, network: str) -> int:
@@ -187,8 +198,7 @@ class Daemon:
         await self.store.run(self.ledger.load_views)
         late = self.settings.invoices.late_payment_window
         for name, index in self.indexes.items():
-            for inv in await self.store.run(index_invoices, name, late):
-                index.put(inv)
+            await self.store.run(fill_index, index, name, late)
             self.metrics.add_network(name, index.assets)
             log.info("%s: watching %d invoices", name, len(index), extra={"network": name})
         await self._announce_derivation()

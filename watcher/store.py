@@ -943,15 +943,28 @@ def update_invoice(db: Database, inv: Invoice) -> None:
 def watched_invoices(db: Database, network: str, since: int) -> list[Invoice]:
     """Open invoices of a network, and those that stopped collecting at or after `since`
     (still within their late-payment window). Payments are not loaded."""
+    return list(iter_watched_invoices(db, network, since))
+
+
+#: Rows read at a time when the watch index is filled (see `iter_watched_invoices`).
+_INDEX_CHUNK = 2000
+
+
+def iter_watched_invoices(db: Database, network: str, since: int) -> Iterator[Invoice]:
+    """`watched_invoices`, a chunk of rows at a time: filling a watch index of 100,000
+    invoices never holds them all as objects at once (the allocator would keep that peak
+    for the life of the process). Must be consumed on the connection's thread."""
     statuses = ",".join(f"'{s.value}'" for s in OPEN_STATUSES)
-    rows = list(db.query(
+    cursor = db.execute(
         f"SELECT * FROM invoices WHERE network = ? AND (status IN ({statuses}) "
         "OR MIN(COALESCE(closed_at, expire_at), expire_at) >= ?) UNION "
         "SELECT * FROM invoices WHERE id IN (SELECT invoice_id FROM invoice_legs "
         "WHERE network = ? AND closed_at >= ?)",
         [network, since, network, since],
-    ))
-    return _with_legs(db, rows)
+    )
+    names = [d[0] for d in cursor.description]
+    while chunk := cursor.fetchmany(_INDEX_CHUNK):
+        yield from _with_legs(db, [dict(zip(names, r, strict=True)) for r in chunk])
 
 
 def _with_legs(db: Database, rows: list[dict[str, Any]]) -> list[Invoice]:
@@ -962,6 +975,11 @@ def _with_legs(db: Database, rows: list[dict[str, Any]]) -> list[Invoice]:
 
 
 def index_invoices(db: Database, network: str, late_window: int) -> list[Invoice]:
+    """`iter_index_invoices` as a list (tests, tools; the daemon streams)."""
+    return list(iter_index_invoices(db, network, late_window))
+
+
+def iter_index_invoices(db: Database, network: str, late_window: int) -> Iterator[Invoice]:
     """The invoices a network's watch index starts with: every open one, and every one
     that stopped collecting late enough that a block the follower has not yet scanned (or
     that a reorg may still replace) can hold a late payment for it. Decided by the
@@ -976,7 +994,7 @@ def index_invoices(db: Database, network: str, late_window: int) -> list[Invoice
     scanned = cursor[0] if cursor and cursor[0] is not None else None
     times = [t for t in (oldest, scanned) if t is not None]
     since = min(times) - late_window if times else 0
-    return watched_invoices(db, network, since)
+    return iter_watched_invoices(db, network, since)
 
 
 def invoices_updated_since(db: Database, since: int, network: str) -> list[Invoice]:
