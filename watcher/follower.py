@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,9 +39,9 @@ import aiohttp
 import orjson
 from eth_bloom.bloom import BloomFilter
 from eth_hash.auto import keccak
-from eth_utils.address import to_checksum_address
 
 from watcher import timeutil, traces
+from watcher.addresses import checksum_address
 from watcher.errors import RangeTooLarge, RpcError, RpcFatal, RpcRetryable, StoreError
 from watcher.ledger import Ledger, Outcome, ScanBatch
 from watcher.logs import Throttle
@@ -113,20 +111,6 @@ class ChainMoved(Exception):
 
 
 _LogFilter = tuple[tuple[str, ...], tuple[Any, ...]]
-_HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
-
-
-@functools.lru_cache(maxsize=4096)
-def checksum_address(address: str) -> str:
-    """`eth_utils.to_checksum_address` (EIP-55) without its validation layers: ~20x cheaper
-    on the addresses a node sends; anything else goes through eth_utils itself."""
-    if _HEX_ADDRESS.fullmatch(address) is None:
-        return str(to_checksum_address(address))
-    lower = address[2:].lower()
-    digest = keccak(lower.encode("ascii")).hex()
-    return "0x" + "".join(
-        c.upper() if d in "89abcdef" else c for c, d in zip(lower, digest[:40], strict=True)
-    )
 
 
 def _consume(task: asyncio.Future[Any]) -> None:
