@@ -192,6 +192,8 @@ class Ledger:
         #: (see `_waiting_due`); None until the first range since start has loaded them.
         self._waiting: dict[str, dict[str, int]] = {}
         self._waiting_seen: dict[str, int] = {}
+        #: Networks whose start block is known to be written (see `started`).
+        self._started: set[str] = set()
         #: Timestamp of the newest block the follower has read per network: an invoice's
         #: collecting window opens `OPENS_EARLY` before it (or before the host's clock when
         #: that is earlier), so a host clock ahead of the chain's loses no payment.
@@ -309,8 +311,9 @@ class Ledger:
             return False
         url = inv.callback_url or self.default_callback_url
         if url:
-            # the head (sendable now) unless an earlier event of the invoice still waits
-            waiting = db.execute(
+            # the head (sendable now) unless an earlier event of the invoice still waits (a
+            # new invoice's `invoice.created` has none before it)
+            waiting = None if event == CREATED_EVENT else db.execute(
                 "SELECT 1 FROM deliveries WHERE invoice_id = ? AND state = 'pending' LIMIT 1",
                 [inv.id],
             ).fetchone()
@@ -1149,9 +1152,16 @@ class Ledger:
             return bool(cur.rowcount)
 
     def started(self, db: Database, network: str) -> bool:
-        return db.execute(
+        """The network's start block is written (a network never stops being started, so
+        a yes is remembered: creates do not ask the database again)."""
+        if network in self._started:
+            return True
+        found = db.execute(
             "SELECT 1 FROM cursors WHERE network = ? AND scanned_block IS NOT NULL", [network]
         ).fetchone() is not None
+        if found:
+            self._started.add(network)
+        return found
 
     def cursor(self, db: Database, network: str) -> dict[str, Any] | None:
         rows = list(db.query("SELECT * FROM cursors WHERE network = ?", [network]))

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from watcher import ledger
+from watcher.addresses import checksum_address
 from watcher.amounts import parse_amount
 from watcher.errors import AmountError, BadRequest, Invalid
 from watcher.models import Method, Status
@@ -110,15 +111,13 @@ def _optional_str(body: Mapping[str, Any], name: str, limit: int) -> str | None:
 
 def parse_address(value: object, name: str = "address") -> str:
     """An EVM address, checksummed; mixed case must be a valid EIP-55 checksum."""
-    from eth_utils.address import is_checksum_address, to_checksum_address  # only when used
-
     if not isinstance(value, str) or not _HEX40.match(value):
         raise Invalid(f"{name} must be an EVM address (0x and 40 hex digits)", field=name)
     digits = value[2:]
-    mixed = digits != digits.lower() and digits != digits.upper()
-    if mixed and not is_checksum_address(value):
+    checksummed = checksum_address(value)
+    if digits != digits.lower() and digits != digits.upper() and value != checksummed:
         raise Invalid(f"{name} has an invalid EIP-55 checksum", field=name)
-    return str(to_checksum_address(value))
+    return checksummed
 
 
 def _http_url(value: str | None, name: str) -> str | None:
