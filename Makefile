@@ -1,4 +1,6 @@
 # Everything a fresh machine needs comes from PyPI and npm; nothing is assumed pre-installed.
+# `make test` also needs a few Debian programs (scripts/need-tools): run as root it installs
+# them with apt-get; otherwise its last line says what is missing and how to install it.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +10,7 @@ export PAYMENT_WATCHER_ANVIL := $(abspath $(ANVIL))
 STANDARDWEBHOOKS_JS_VERSION := 1.1.1
 STANDARDWEBHOOKS_JS := .tools/node_modules/standardwebhooks/package.json
 
-.PHONY: demo test lint unit integration bench bench-full install clean
+.PHONY: demo test tools lint unit integration bench bench-full install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -40,8 +42,13 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check watcher tests $(wildcard bench)
 	$(BIN)/mypy
 
-test: install lint
-	$(BIN)/pytest -q -p no:cacheprovider
+# Before `install`: it may bring npm. Never fails itself; in CI the report after the tests does.
+tools:
+	@bash scripts/need-tools install
+
+test: tools install lint
+	rc=0; $(BIN)/pytest -q -p no:cacheprovider || rc=$$?; \
+	bash scripts/need-tools report || { [ $$rc -ne 0 ] || rc=1; }; exit $$rc
 
 unit: $(VENV)/.installed
 	$(BIN)/pytest -q tests/unit

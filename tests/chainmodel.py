@@ -1,7 +1,7 @@
 """A scriptable, deterministic, in-memory EVM chain served as JSON-RPC over HTTP.
 
 Why: anvil is a perfect node. Real nodes and the load-balanced providers in front of them
-are not (see /work/shared/FIELD-NOTES.md, "Real nodes differ from anvil"):
+are not (facts checked against real nodes and providers):
 
 - `blockTimestamp` in `eth_getLogs` results is recent (geth 1.16, mid-2025; Erigon and Besu
   late 2025); BSC, Polygon, Avalanche and many provider nodes omit it;

@@ -256,7 +256,10 @@ async def check_chain_ids(settings: Settings) -> tuple[list[str], list[str]]:
         else:
             report.append(f"online: {key} {shown} chain id {got} ok")
     more_report, more_problems = await _check_features(settings)
-    return report + more_report, problems + more_problems
+    from watcher.capabilities import check_ws
+
+    ws_report, ws_problems = await check_ws(settings, ONLINE_TIMEOUT)
+    return report + more_report + ws_report, problems + more_problems + ws_problems
 
 
 async def _check_features(settings: Settings) -> tuple[list[str], list[str]]:
@@ -296,7 +299,8 @@ def main() -> None:
 
 @main.command("check-config")
 @config_option
-@click.option("--online", is_flag=True, help="Also ask every RPC URL for its chain id.")
+@click.option("--online", is_flag=True,
+              help="Also ask every RPC and ws URL for its chain id.")
 @handles_errors
 def check_config(config_path: Path | None, online: bool) -> None:
     """Validate the configuration and the networks, and print a summary (exit 2 on error)."""

@@ -5,7 +5,7 @@ with start_prometheus(target_port, tmp_path) as prom:      # scrapes 127.0.0.1:P
     await prom.wait_for_value('payment_watcher_scanned_block{network="anvil"}', 1234)
 ```
 `require_tool("prometheus")` skips a test when the binary is missing, except in CI
-(`CI=true`), where it fails: CI installs Prometheus (see .ci/run).
+(`CI=true`), where it fails: `make test` installs Prometheus as root (scripts/need-tools).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed (required in CI; .ci/run installs it)")
+            pytest.fail(f"{name} is not installed (required in CI; make test installs it as root)")
         pytest.skip(f"{name} is not installed (apt-get install prometheus)")
     return path
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import shutil
@@ -75,6 +76,8 @@ def test_unit_has_the_contract_settings() -> None:
         "api_keys:/etc/payment-watcher/api_keys",
         "callbacks_secret:/etc/payment-watcher/callbacks_secret",
     ]
+    # The fallback when /etc/payment-watcher/callbacks_secret does not exist (no callbacks).
+    assert d["SetCredential"] == ["callbacks_secret:\\n"]
     assert "PYTHONUNBUFFERED=1" in d["Environment"]
     assert d["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
     assert "RestartSec" in d
@@ -115,3 +118,71 @@ def test_security_exposure_at_most_2(unit_copy: Path) -> None:
     assert m, out
     exposure = float(m.group(1))
     assert exposure <= MAX_EXPOSURE, out
+
+
+# ---------------------------------------------------------------- optional callbacks secret
+
+
+def _fallback_value(unit: Path) -> bytes:
+    """What systemd puts in $CREDENTIALS_DIRECTORY/callbacks_secret when the file named by
+    LoadCredential= is missing: the SetCredential= value, C-unescaped."""
+    (value,) = _directives(unit.read_text())["SetCredential"]
+    name, _, escaped = value.partition(":")
+    assert name == "callbacks_secret"
+    return codecs.decode(escaped, "unicode_escape").encode()
+
+
+@pytest.mark.parametrize(("line", "complaint"), [
+    ("SetCredential=callbacks_secret:", "Invalid syntax"),  # an empty value is refused
+    ("SetCredential=callbacks_secret:\\q", "Can't unescape"),
+])
+def test_verify_reads_the_fallback_line(unit_copy: Path, line: str, complaint: str) -> None:
+    """systemd-analyze parses the SetCredential= line (so the shipped one, on which
+    `test_verify_prints_nothing` sees nothing, is one systemd takes): broken forms of it
+    are reported."""
+    tool = _systemd_analyze()
+    text, n = re.subn(r"^SetCredential=.*$", lambda _: line, unit_copy.read_text(), flags=re.M)
+    assert n == 1
+    unit_copy.write_text(text)
+    proc = subprocess.run(
+        [tool, "verify", str(unit_copy)],
+        capture_output=True, text=True, cwd=unit_copy.parent, timeout=60,
+    )  # fmt: skip
+    assert complaint in proc.stdout + proc.stderr
+
+
+def _check_config(creds: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "config.toml"
+    config.write_text('[networks.anvil]\nrpc = ["http://127.0.0.1:8545"]\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYMENT_WATCHER_")}
+    env["CREDENTIALS_DIRECTORY"] = str(creds)
+    return subprocess.run(
+        [sys.executable, "-m", "watcher", "check-config", "--config", str(config)],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+
+
+def test_without_the_secret_file_the_daemon_starts_without_callbacks_signing(
+    tmp_path: Path,
+) -> None:
+    """No /etc/payment-watcher/callbacks_secret: systemd passes the unit's fallback value,
+    which the config loader takes as "not set" (a warning, not an error)."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "api_keys").write_text("cred-key-0123456789abcdef\n")
+    (creds / "callbacks_secret").write_bytes(_fallback_value(UNIT))
+    proc = _check_config(creds, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "callbacks.secret: not set" in proc.stderr
+    assert "secret NOT SET" in proc.stdout
+
+
+def test_with_the_secret_file_its_secret_is_used(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "api_keys").write_text("cred-key-0123456789abcdef\n")
+    (creds / "callbacks_secret").write_text("whsec_" + "A" * 43 + "=\n")
+    proc = _check_config(creds, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "callbacks.secret" not in proc.stderr
+    assert "secret set" in proc.stdout
