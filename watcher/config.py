@@ -195,12 +195,20 @@ def _parse_secret(text: str, where: Path) -> SecretStr:
 
 
 def _credential(name: str) -> Path | None:
-    """A systemd credential file (`LoadCredential=NAME:...`), if there is one."""
+    """A systemd credential file (`LoadCredential=NAME:...`), if there is one. A blank one
+    is none: the shipped unit's `SetCredential=callbacks_secret:\\n` is what systemd passes
+    when the `LoadCredential=` file does not exist (callbacks not used)."""
     folder = os.environ.get(CREDENTIALS_ENV)
     if not folder:
         return None
     path = Path(folder) / name
-    return path if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        blank = not path.read_bytes().strip()
+    except OSError:
+        return path  # unreadable: reading it again reports why, naming the file
+    return None if blank else path
 
 
 def _fallback_secret(
@@ -512,6 +520,50 @@ class ChannelsConfig(_Section):
     heartbeat: Annotated[Seconds, Field(ge=1, le=3600)] = 25.0
 
 
+#: The shortest retention age accepted: a bare number is seconds, and `unmatched_transfers
+#: = 90` meaning 90 seconds would drop what a merchant still has to settle by hand.
+MIN_RETENTION_AGE = 86400
+
+
+def _retention_age(value: object) -> int:
+    """A retention age: a duration of at least a day, or `"off"` / 0 (never pruned: 0)."""
+    if isinstance(value, str) and value.strip().lower() == "off":
+        return 0
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        if "negative" in str(exc):
+            raise
+        raise ValueError('must be a duration like "90d" (at least "1d"), or "off"') from None
+    if seconds == 0:
+        return 0
+    if seconds < MIN_RETENTION_AGE:
+        raise ValueError(f'must be at least "1d" ({MIN_RETENTION_AGE} s), or "off"')
+    return seconds
+
+
+#: Seconds, 0 when off.
+RetentionAge = Annotated[int, BeforeValidator(_retention_age)]
+
+
+class RetentionConfig(_Section):
+    """Housekeeping rows pruned once older than an age (host clock against the rows' own
+    times), `batch` rows per statement, each batch a short transaction of its own (see
+    `watcher.retention`). "off" or 0 keeps a kind forever."""
+
+    #: Callback attempts (each delivery keeps its state, attempt count and last error).
+    attempts: RetentionAge = 90 * 86400
+    #: Bodies of events all of whose deliveries are delivered, or that have none: the body
+    #: becomes a stub; the event row, its id and name stay.
+    event_bodies: RetentionAge = 180 * 86400
+    #: Transfers that paid no invoice (kind unmatched); payments and late payments stay.
+    unmatched_transfers: RetentionAge = 365 * 86400
+    #: Rows per statement (and per transaction).
+    batch: Annotated[int, Field(ge=1, le=100_000)] = 500
+    #: How often the daemon prunes (a backlog is worked off in steps a few seconds apart).
+    interval: Annotated[Duration, Field(ge=60, le=7 * 86400)] = 3600
+
+
 class AddressesConfig(_Section):
     """Deposit addresses derived from the merchant's account xpub (contract section 10)."""
 
@@ -745,6 +797,7 @@ class Settings(BaseSettings):
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
     rates: RatesConfig = Field(default_factory=RatesConfig)
     addresses: AddressesConfig = Field(default_factory=AddressesConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     networks: dict[str, NetworkConfig] = Field(default_factory=dict)
 
     @classmethod

@@ -35,6 +35,7 @@ from watcher.metrics import Metrics
 from watcher.outbox import queue_depth
 from watcher.pricing.book import RateBook, build_sources
 from watcher.rescan import RescanError, Rescanner
+from watcher.retention import Retention
 from watcher.rpc import RpcClient
 from watcher.sdnotify import Notifier
 from watcher.store import (
@@ -175,6 +176,7 @@ class Daemon:
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
         self.hub = Hub(self.store, head_source=self._heads)
+        self.retention = Retention(settings.retention, self.metrics)
         ch = settings.channels
         limits = Limits(ch.max_connections, ch.max_subscriptions, ch.queue_size, ch.heartbeat)
         self.api_sockets = Sockets("api", self.hub, limits, self.metrics)
@@ -550,6 +552,7 @@ class Daemon:
                 self.notifier.status(
                     "ready" if ready else reason
                 )
+                await self.retention.tick(self.store)  # old rows, in short batches
             except StoreError as exc:
                 log.error("housekeeping: %s", exc)
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)

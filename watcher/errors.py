@@ -58,6 +58,14 @@ class Conflict(ApiError):
     code = "conflict"
 
 
+class Gone(ApiError):
+    """The thing asked for existed but is no longer kept (an event body pruned by
+    retention)."""
+
+    status = 410
+    code = "gone"
+
+
 class PayloadTooLarge(ApiError):
     status = 413
     code = "payload_too_large"

@@ -39,6 +39,9 @@ CALLBACK_OUTCOMES = (CALLBACK_DELIVERED, CALLBACK_RETRY, CALLBACK_FAILED)
 #: Every callback event name of the contract (section 3).
 CALLBACK_EVENTS = (CREATED_EVENT, *(s.event for s in Status), LATE_PAYMENT_EVENT)
 
+#: `kind` values of `retention_pruned_rows_total` (those of `watcher.retention`).
+RETENTION_KINDS = ("attempts", "event_bodies", "unmatched_transfers")
+
 #: `listener` values of the WebSocket series: the public checkout and the merchant API.
 WS_LISTENERS = ("checkout", "api")
 
@@ -152,6 +155,12 @@ class Metrics:
             ("pair",),
             **kw,
         )
+        self.retention_pruned = Counter(
+            "retention_pruned_rows",
+            "Rows pruned by retention, by kind (attempts, event_bodies, unmatched_transfers).",
+            ("kind",),
+            **kw,
+        )
         self.build_info = Gauge(
             "build_info", "Always 1; the version label names the running build.", ("version",), **kw
         )
@@ -166,6 +175,8 @@ class Metrics:
         for listener in WS_LISTENERS:
             self.ws_connections.labels(listener=listener).set(0)
             self.ws_messages.labels(listener=listener)
+        for kind in RETENTION_KINDS:
+            self.retention_pruned.labels(kind=kind)
 
     def add_network(self, network: str, assets: Iterable[str] = ()) -> None:
         """Create the per-network series (at 0) for a watched network and its asset symbols.

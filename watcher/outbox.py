@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from sqlite_utils import Database
 
+from watcher.errors import Gone
 from watcher.store import reset_delivery_head, transaction
 
 Outcome = Literal["delivered", "retry", "failed"]
@@ -123,8 +124,18 @@ def record_attempt(
 
 def redeliver(db: Database, event_id: str, now: float) -> bool:
     """Queue a delivery again (whatever its state), due at `now`, with a fresh retry
-    window. False if no delivery has this event id."""
+    window. False if no delivery has this event id; `Gone` (410) if retention pruned the
+    event's body (only a delivered event's is), so there is nothing to send."""
     with transaction(db):
+        pruned = db.execute(
+            "SELECT 1 FROM events WHERE id = ? AND pruned_at IS NOT NULL", [event_id]
+        ).fetchone()
+        if pruned is not None:
+            raise Gone(
+                f"event {event_id} was delivered and its body has since been pruned "
+                "(retention.event_bodies): it cannot be sent again",
+                field="eventId",
+            )
         cur = db.execute(
             "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, window_start = ?, "
             "window_attempts = 0 WHERE event_id = ?",

@@ -430,6 +430,20 @@ def _m0013(db: Database) -> None:
         db.execute(statement)
 
 
+@migrations(name="0014_retention")
+def _m0014(db: Database) -> None:
+    # Retention (watcher.retention): an event whose body was pruned keeps its row with a
+    # stub body and `pruned_at` (host time); the indexes let each batch find the oldest
+    # candidates of each kind without scanning the table.
+    for statement in (
+        "ALTER TABLE events ADD COLUMN pruned_at INTEGER",
+        "CREATE INDEX events_unpruned ON events(created_at) WHERE pruned_at IS NULL",
+        "CREATE INDEX attempts_at ON attempts(at)",
+        "CREATE INDEX transfers_unmatched_seen ON transfers(seen_at) WHERE kind = 'unmatched'",
+    ):
+        db.execute(statement)
+
+
 def rescan_json(row: dict[str, Any]) -> dict[str, Any]:
     from watcher.timeutil import iso
 
