@@ -43,6 +43,7 @@ from watcher.metrics import Metrics
 from watcher.models import Asset, Status, Transfer
 from watcher.pricing.book import RateBook
 from watcher.pricing.sources import FixedSource
+from watcher.retention import stub_body
 from watcher.store import Store
 from watcher.timeutil import now as clock
 from watcher.web.api import ApiContext, create_app, load_openapi
@@ -425,6 +426,14 @@ async def _trigger_all(env: Env) -> None:
     missing = f"/v1/callbacks/evt_{uuid.uuid4().hex}/redeliver"
     assert (await send("POST", missing, template=redeliver)).status == 404
     assert (await send("POST", url, template=redeliver, data=big)).status == 413
+
+    def prune(db: Any) -> None:  # as retention leaves an old delivered event
+        db.execute("UPDATE events SET body = ?, pruned_at = 1 WHERE id = ?",
+                   [stub_body(event_id, "invoice.created", 0, "x"), event_id])
+
+    await env.store.run(prune)
+    gone = await send("POST", url, template=redeliver)
+    assert (gone.status, gone.json()["error"]["code"]) == (410, "gone")
 
     # GET /v1/ws: 101, not an upgrade (400), no key (401), over max_connections (503)
     ws = await env.client.ws_connect("/v1/ws", headers=AUTH)
