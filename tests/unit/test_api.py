@@ -184,6 +184,15 @@ async def test_wrong_method_is_405_json(env: Env, method: str, path: str) -> Non
     assert status == 405 and data["error"]["code"] == "method_not_allowed"
 
 
+async def test_405_is_as_the_openapi_document_says(env: Env) -> None:
+    resp = await env.client.request("DELETE", "/v1/invoices", headers=AUTH)
+    doc = json.loads(load_openapi())
+    documented = doc["components"]["responses"]["MethodNotAllowed"]
+    assert "405" in doc["info"]["description"] and "Allow" in documented["headers"]
+    assert resp.status == 405 and set(resp.headers["Allow"].split(",")) >= {"GET", "POST"}
+    assert set((await resp.json())["error"]) == {"code", "message", "field"}
+
+
 async def test_body_over_64_kib_is_413(env: Env) -> None:
     big = json.dumps(create_body(payload={"k": "x" * 65 * 1024})).encode()
     status, data = await env.call("POST", "/v1/invoices", data=big)
