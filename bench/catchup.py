@@ -3,11 +3,15 @@ in-process, wired as `watcher.daemon` wires them) over a pre-mined chain."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+
+import aiohttp
+from aiohttp import web
 
 from watcher.follower import Follower, FollowerConfig
 from watcher.ledger import Ledger, NetworkInfo, Outcome
@@ -15,10 +19,12 @@ from watcher.matching import WatchIndex
 from watcher.models import Asset
 from watcher.rpc import RpcClient, _Endpoint
 from watcher.store import Store, status_counts, watched_invoices
+from watcher.web.api import ApiContext, create_app
 
 from .workload import CHAIN_ID, NET, TOKEN_DECIMALS
 
 LATE_WINDOW = 86400
+PROBE_KEY = "bench-probe-key"
 
 
 class CountingRpc(RpcClient):
@@ -43,6 +49,8 @@ class CatchUp:
     rpc_calls: int
     http_requests: int
     statuses: dict[str, int]
+    #: seconds each `GET /v1/invoices/{id}` took while the catch-up ran (with `probe`)
+    get_latency: list[float] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -56,11 +64,27 @@ def assets(token: str) -> dict[str, Asset]:
     }
 
 
+async def _probe(base: str, invoice_id: str, out: list[float], stop: asyncio.Event) -> None:
+    """GET one invoice over HTTP, one request at a time, until `stop`: what a merchant's
+    backend polling the API sees while the daemon catches up."""
+    headers = {"Authorization": f"Bearer {PROBE_KEY}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        while not stop.is_set():
+            t = time.perf_counter()
+            async with http.get(f"{base}/v1/invoices/{invoice_id}") as resp:
+                await resp.read()
+                assert resp.status == 200, resp.status
+            out.append(time.perf_counter() - t)
+            await asyncio.sleep(0.005)
+
+
 async def run_follower(
     db: Path, url: str, token: str, last: int, *, confirmations: int = 2,
-    max_block_range: int = 1000, profile: Any = None,
+    max_block_range: int = 1000, profile: Any = None, probe: bool = False,
 ) -> CatchUp:
-    """Scan from the database's cursor up to block `last` (the chain's head)."""
+    """Scan from the database's cursor up to block `last` (the chain's head). `probe`: the
+    daemon's API runs on the same loop (as in `payment-watcher run`) and one invoice is read
+    over HTTP in a loop during the scan (reads go to the store's reading connection)."""
     a = assets(token)
     started = time.perf_counter()
     store = await Store(db).open()
@@ -89,7 +113,23 @@ async def run_follower(
     assert first is not None
     await rpc.block_number()  # connect before timing
     rpc.calls = rpc.requests = 0
+    latencies: list[float] = []
+    runner: web.AppRunner | None = None
+    stop = asyncio.Event()
+    probing: asyncio.Task[None] | None = None
     try:
+        if probe:
+            runner = web.AppRunner(create_app(ApiContext(store, ledger, [PROBE_KEY])))
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            some = await store.run(lambda d: d.execute("SELECT id FROM invoices LIMIT 1")
+                                   .fetchone()[0])
+            probing = asyncio.create_task(
+                _probe(f"http://127.0.0.1:{port}", some, latencies, stop))
+            await asyncio.sleep(0.2)  # connected and answering before the scan starts
+            latencies.clear()
         if profile is not None:
             profile.start()
         started = time.perf_counter()
@@ -101,6 +141,11 @@ async def run_follower(
         calls, requests = rpc.calls, rpc.requests
         statuses = await store.run(status_counts)
     finally:
+        stop.set()
+        if probing is not None:
+            await probing
+        if runner is not None:
+            await runner.cleanup()
         await rpc.close()
         await store.close()
-    return CatchUp(last - first, seconds, load_seconds, calls, requests, statuses)
+    return CatchUp(last - first, seconds, load_seconds, calls, requests, statuses, latencies)
