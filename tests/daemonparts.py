@@ -19,7 +19,7 @@ from watcher.errors import RpcError, StoreError
 from watcher.follower import Follower, FollowerConfig
 from watcher.ledger import Ledger, NetworkInfo, NewInvoice, Outcome
 from watcher.matching import WatchIndex
-from watcher.models import Asset, Invoice
+from watcher.models import OPENS_EARLY, Asset, Invoice
 from watcher.rpc import RpcClient
 from watcher.store import Store, index_invoices, load_invoice
 
@@ -37,6 +37,11 @@ ASSETS = {
     "ETH": Asset(NET, "ETH", 18),
     "USDT": Asset(NET, "USDT", 6, token=TOKEN, shared_address=SHARED),
 }
+
+
+def clock(model: ChainModel) -> int:
+    """The host's clock: past every block the node has made."""
+    return model.head.timestamp + OPENS_EARLY + 1
 
 
 def make_ledger(finality: str = "confirmations") -> Ledger:

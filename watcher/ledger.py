@@ -413,9 +413,7 @@ class Ledger:
                 "(is its RPC reachable?); try again shortly",
                 field="network", code="network_not_started",
             )
-        expire_at = req.expire_at if req.expire_at is not None else now + self.default_ttl
-        if expire_at <= now:
-            raise Invalid("expireAt must be in the future", field="expireAt")
+        expire_at = self._expire_at(req, now)
         address = req.address
         derivation_index = parent.derivation_index if parent is not None else None
         shared = not req.derive and (
@@ -484,13 +482,17 @@ class Ledger:
         )
         return insert_invoice(db, inv)
 
+    def _expire_at(self, req: NewInvoice, now: int) -> int:
+        expire_at = req.expire_at if req.expire_at is not None else now + self.default_ttl
+        if expire_at <= now:
+            raise Invalid("expireAt must be in the future", field="expireAt")
+        return expire_at
+
     def _new_unchosen(self, db: Database, req: NewInvoice, now: int) -> Invoice:
         """A method invoice: PENDING with no network, asset, address or amount until the
         customer chooses one of `methods` (`choose`)."""
         assert req.methods and req.price is not None and req.currency is not None
-        expire_at = req.expire_at if req.expire_at is not None else now + self.default_ttl
-        if expire_at <= now:
-            raise Invalid("expireAt must be in the future", field="expireAt")
+        expire_at = self._expire_at(req, now)
         inv = Invoice(
             id=str(uuid.uuid4()), seq=0, status=Status.PENDING, network=None, chain_id=None,
             asset=None, token_address=None, decimals=None, to_addr=None, shared=False,
@@ -822,9 +824,8 @@ class Ledger:
                 continue  # zero transfers never count and are not kept (address poisoning)
             inv = owners.get(t.invoice_id) if t.invoice_id else None
             # The same window rule the index routed by, on the committed invoice.
-            kind = (inv.route_transfer(t, self.late_window) if inv is not None
-                    else "unmatched")
-            leg = inv.leg_for(t) if inv is not None and inv.legs else None
+            kind, leg = (inv.route_transfer(t, self.late_window) if inv is not None
+                         else ("unmatched", None))
             if in_time_after_expiry and inv is not None and inv.voided_at_expiry and (
                 leg is None
                 and window_route(inv.opens_at, inv.expire_at, None, t.timestamp, 0)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from watcher.models import Asset, Invoice, Leg, stopped_at, window_route
+from watcher.models import Asset, Invoice, Leg, retired_route, stopped_at, window_route
 
 
 class Route(StrEnum):
@@ -48,10 +48,8 @@ class Entry:
         return stopped_at(self.expire_at, self.closed_at)
 
     def route(self, at: int, late_window: int) -> str:
-        if self.retired:
-            if self.opens_at is not None and at < self.opens_at:
-                return Route.UNMATCHED
-            return Route.LATE if at <= self.expire_at + late_window else Route.UNMATCHED
+        if self.retired:  # its expire_at is when the customer switched away from it
+            return retired_route(self.opens_at, self.expire_at, at, late_window)
         return window_route(self.opens_at, self.expire_at, self.closed_at, at, late_window)
 
 

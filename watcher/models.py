@@ -195,11 +195,9 @@ class Invoice:
     def leg_for(self, t: Transfer) -> Leg | None:
         """The earlier method a transfer was sent to: same network, asset, address (and,
         at a shared address, amount); None when it is for the current method or none."""
-        if (
-            self.network == t.network and self.asset == t.asset
-            and self.to_addr is not None and self.to_addr.lower() == t.to_addr.lower()
-            and (not self.shared or self.amount == t.amount)
-        ):
+        if self.network is not None and self.asset is not None and self.to_addr is not None \
+                and receives(self.network, self.asset, self.to_addr, self.shared,
+                             self.amount, t):
             return None
         for leg in reversed(self.legs):
             if leg.takes(t):
@@ -249,15 +247,14 @@ class Invoice:
             self.opens_at, self.expire_at, self.closed_for_window, at, late_window
         )
 
-    def route_transfer(self, t: Transfer, late_window: int) -> str:
-        """`route` for a transfer routed to this invoice, which may have been sent to a
-        method chosen before the current one: that is a late payment within the late window
+    def route_transfer(self, t: Transfer, late_window: int) -> tuple[str, Leg | None]:
+        """`route` for a transfer routed to this invoice, and the method chosen before the
+        current one it was sent to, if any: that is a late payment within the late window
         after the switch (never a payment: it is another asset or address)."""
-        if self.legs:
-            leg = self.leg_for(t)
-            if leg is not None:
-                return leg.route(t.timestamp, late_window)
-        return self.route(t.timestamp, late_window)
+        leg = self.leg_for(t) if self.legs else None
+        if leg is not None:
+            return leg.route(t.timestamp, late_window), leg
+        return self.route(t.timestamp, late_window), None
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,16 +283,28 @@ class Leg:
     closed_at: int
 
     def takes(self, t: Transfer) -> bool:
-        return (
-            self.network == t.network and self.asset == t.asset
-            and self.to_addr.lower() == t.to_addr.lower()
-            and (not self.shared or self.amount == t.amount)
-        )
+        return receives(self.network, self.asset, self.to_addr, self.shared, self.amount, t)
 
     def route(self, at: int, late_window: int) -> str:
-        """"late" from when it opened until the late window after the switch, else
-        "unmatched"."""
-        if self.opens_at is not None and at < self.opens_at:
-            return "unmatched"
-        return "late" if at <= self.closed_at + late_window else "unmatched"
+        return retired_route(self.opens_at, self.closed_at, at, late_window)
+
+
+def receives(
+    network: str, asset: str, to_addr: str, shared: bool, amount: int | None, t: Transfer
+) -> bool:
+    """A method (network, asset, address and, at a shared address, amount) is where the
+    transfer was sent."""
+    return (
+        network == t.network and asset == t.asset and to_addr.lower() == t.to_addr.lower()
+        and (not shared or amount == t.amount)
+    )
+
+
+def retired_route(opens_at: int | None, closed_at: int, at: int, late_window: int) -> str:
+    """What a transfer in a block with timestamp `at` is to a method the customer switched
+    away from at `closed_at`: "late" from when it opened until the late window after the
+    switch, else "unmatched" (never a payment)."""
+    if opens_at is not None and at < opens_at:
+        return "unmatched"
+    return "late" if at <= closed_at + late_window else "unmatched"
 

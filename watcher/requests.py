@@ -294,12 +294,7 @@ def parse_create(
         )
     derive = derive or (address is None and asset.shared_address is None)
     expire_at, expire_given, ttl = _expiry(data, now)
-    callback_url = _http_url(_optional_str(data, "callbackUrl", MAX_URL), "callbackUrl")
-    redirect_url = _http_url(_optional_str(data, "redirectUrl", MAX_URL), "redirectUrl")
-    client_id = _optional_str(data, "clientId", MAX_CLIENT_ID)
-    external_id = _optional_str(data, "externalId", MAX_EXTERNAL_ID)
-    payload = _payload(data.get("payload"))
-    email = _email(_optional_str(data, "email", MAX_EMAIL))
+    callback_url, redirect_url, client_id, external_id, payload, email = _references(data)
 
     normalized = {
         "network": network,
@@ -344,6 +339,21 @@ def parse_create(
         title=title,
         description=description,
         fingerprint=ledger.request_fingerprint(normalized),
+    )
+
+
+def _references(
+    data: Mapping[str, Any],
+) -> tuple[str | None, str | None, str | None, str | None, dict[str, Any] | None, str | None]:
+    """The optional fields every create takes, checked in this order: callbackUrl,
+    redirectUrl, clientId, externalId, payload, email."""
+    return (
+        _http_url(_optional_str(data, "callbackUrl", MAX_URL), "callbackUrl"),
+        _http_url(_optional_str(data, "redirectUrl", MAX_URL), "redirectUrl"),
+        _optional_str(data, "clientId", MAX_CLIENT_ID),
+        _optional_str(data, "externalId", MAX_EXTERNAL_ID),
+        _payload(data.get("payload")),
+        _email(_optional_str(data, "email", MAX_EMAIL)),
     )
 
 
@@ -422,12 +432,7 @@ def _parse_methods_create(
                           f"(configured pairs: {', '.join(rates.pair_names) or 'none'})",
                           field="methods")
     expire_at, expire_given, ttl = _expiry(data, now)
-    callback_url = _http_url(_optional_str(data, "callbackUrl", MAX_URL), "callbackUrl")
-    redirect_url = _http_url(_optional_str(data, "redirectUrl", MAX_URL), "redirectUrl")
-    client_id = _optional_str(data, "clientId", MAX_CLIENT_ID)
-    external_id = _optional_str(data, "externalId", MAX_EXTERNAL_ID)
-    payload = _payload(data.get("payload"))
-    email = _email(_optional_str(data, "email", MAX_EMAIL))
+    callback_url, redirect_url, client_id, external_id, payload, email = _references(data)
     title, description = _texts(data)
     normalized = {
         "methods": [[m.network, m.asset] for m in methods], "price": price,

@@ -888,9 +888,7 @@ def load_invoices(db: Database, where: str, params: Iterable[Any] = ()) -> list[
             chunk,
         ):
             by_invoice[t["invoice_id"]].append(transfer_from_row(t))
-    switched = [r["id"] for r in rows if r["methods"] is not None]
-    legs = load_legs(db, switched) if switched else {}
-    return [invoice_from_row(r, by_invoice[r["id"]], legs.get(r["id"], ())) for r in rows]
+    return _with_legs(db, rows, by_invoice)
 
 
 def load_legs(db: Database, invoice_ids: list[str]) -> dict[str, list[Leg]]:
@@ -981,11 +979,16 @@ def iter_watched_invoices(db: Database, network: str, since: int) -> Iterator[In
         yield from _with_legs(db, [dict(zip(names, r, strict=True)) for r in chunk])
 
 
-def _with_legs(db: Database, rows: list[dict[str, Any]]) -> list[Invoice]:
-    """Invoices from rows, with the methods switched away from (payments not loaded)."""
+def _with_legs(
+    db: Database, rows: list[dict[str, Any]],
+    transfers: dict[str, list[Transfer]] | None = None,
+) -> list[Invoice]:
+    """Invoices from rows, with the methods switched away from, and with their payments
+    and late payments when `transfers` (by invoice id) is given."""
     switched = [r["id"] for r in rows if r["methods"] is not None]
     legs = load_legs(db, switched) if switched else {}
-    return [invoice_from_row(r, (), legs.get(r["id"], ())) for r in rows]
+    found = transfers or {}
+    return [invoice_from_row(r, found.get(r["id"], ()), legs.get(r["id"], ())) for r in rows]
 
 
 def index_invoices(db: Database, network: str, late_window: int) -> list[Invoice]:

@@ -17,18 +17,25 @@ import orjson
 import pytest
 
 from tests.chainmodel import ChainModel, TokenTx
-from tests.daemonparts import ADDRS, CONF, LATE, NET, PAYER, SHARED, T0, TOKEN, Node, running
+from tests.daemonparts import (
+    ADDRS,
+    CONF,
+    LATE,
+    NET,
+    PAYER,
+    SHARED,
+    T0,
+    TOKEN,
+    Node,
+    clock,
+    running,
+)
 from watcher.config import load_settings
 from watcher.daemon import Daemon, prune_index
 from watcher.errors import Unavailable
 from watcher.ledger import late_event_id
-from watcher.models import OPENS_EARLY, Invoice, Status
+from watcher.models import Invoice, Status
 from watcher.store import connect, transaction
-
-
-def clock(model: ChainModel) -> int:
-    """The host's clock: past every block the node has made."""
-    return model.head.timestamp + OPENS_EARLY + 1
 
 
 async def open_invoice(

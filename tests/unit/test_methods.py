@@ -78,8 +78,8 @@ def test_route_transfer_tells_the_retired_method_from_the_current_one() -> None:
     inv = switched()
     old = payment(25_000_000, 5, ts=1150)
     old.asset, old.to_addr = "USDT", OLD
-    assert inv.route_transfer(old, 100) == "late"
-    assert inv.route_transfer(payment(10, 6, ts=1150), 100) == "payment"
+    assert inv.route_transfer(old, 100) == ("late", inv.legs[0])
+    assert inv.route_transfer(payment(10, 6, ts=1150), 100) == ("payment", None)
 
 
 def test_an_invoice_with_no_method_only_expires() -> None:

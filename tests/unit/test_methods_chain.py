@@ -10,10 +10,10 @@ from typing import ClassVar
 
 from tests import hdkeys
 from tests.chainmodel import ChainModel, NativeTx, TokenTx
-from tests.daemonparts import CONF, LATE, NET, PAYER, TOKEN, Node, running
+from tests.daemonparts import CONF, LATE, NET, PAYER, TOKEN, Node, clock, running
 from watcher.derivation import Deriver
 from watcher.ledger import NewInvoice
-from watcher.models import OPENS_EARLY, Method, Status
+from watcher.models import Method, Status
 from watcher.rates import Rate, RateUnavailable
 
 ETH = 10**18
@@ -32,10 +32,6 @@ class FixedRates:
 
     def can_price(self, asset: str, currency: str) -> bool:
         return currency == "USD" and asset in self.values
-
-
-def clock(model: ChainModel) -> int:
-    return model.head.timestamp + OPENS_EARLY + 1
 
 
 async def methods_invoice(node: Node, model: ChainModel, ttl: int = 10_000) -> str:
