@@ -54,6 +54,7 @@ class LiveResult:
     hwm_mb: float = 0.0
     creates_per_s: float = 0.0
     creates: int = 0
+    create_concurrency: int = 0
     create_errors: int = 0
     priced_per_s: float = 0.0  # creates with price + currency (USDT/EUR through USD)
     priced_errors: int = 0
@@ -61,6 +62,8 @@ class LiveResult:
     callback_latency: list[float] = field(default_factory=list)
     block_wait: list[float] = field(default_factory=list)  # tx sent -> block seen mined
     after_block: list[float] = field(default_factory=list)  # block seen -> callback received
+    #: block announced by the node (its own newHeads) -> the status seen over HTTP
+    api_after_block: list[float] = field(default_factory=list)
     missed: int = 0
 
 
@@ -132,10 +135,10 @@ def _ids_by_address(db_path: Path, addresses: list[str]) -> dict[str, str]:
 
 async def run_live(
     workdir: Path, *, invoices: int, backlog: int, creates: int, samples: int,
-    log: object = print, create_concurrency: int = 32,
+    log: object = print, create_concurrency: int = 16,
 ) -> LiveResult:
     say = log if callable(log) else print
-    res = LiveResult()
+    res = LiveResult(create_concurrency=create_concurrency)
     node, dev, token = start_chain(block_time=1)
     receiver = Receiver(secret="bench-secret")
     proc: subprocess.Popen[bytes] | None = None
@@ -255,7 +258,8 @@ async def _latency(
 ) -> None:
     """Pay `samples` pre-filled invoices at random moments (about two a second, so the
     send time is uniform over the block interval); per payment, the time from just before
-    `eth_sendTransaction` to the status over HTTP and to the callback."""
+    `eth_sendTransaction` to the status over HTTP (polled every 5 ms) and to the callback,
+    and from the node's `newHeads` announcing its block to both."""
     rnd = random.Random(11)
     kinds = ["eth" if i % 2 == 0 else "tok" for i in range(samples)]
     addresses = [invoice_address(k, 1000 + i) for i, k in enumerate(kinds)]
@@ -265,14 +269,28 @@ async def _latency(
     nonce = int(await client.call("eth_getTransactionCount", [sender, "pending"]), 16)
     tasks = []
     heads: dict[int, float] = {}
+    subscribed = asyncio.Event()
 
-    async def watch_heads() -> None:  # when each block appears at the node
-        while True:
-            n = int(await client.call("eth_blockNumber", []), 16)
-            heads.setdefault(n, time.time())
-            await asyncio.sleep(0.01)
+    async def watch_heads() -> None:
+        """When each block appears at the node: its own `newHeads`, on a socket of the
+        bench's (the daemon listens to the same announcement)."""
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+            url.replace("http://", "ws://", 1)
+        ) as ws:
+            await ws.send_bytes(orjson.dumps({
+                "jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["newHeads"],
+            }))
+            async for msg in ws:
+                at = time.time()
+                data = orjson.loads(msg.data)
+                head = data.get("params", {}).get("result")
+                if head is None:
+                    subscribed.set()
+                    continue
+                heads.setdefault(int(head["number"], 16), at)
 
     head_task = asyncio.create_task(watch_heads())
+    await asyncio.wait_for(subscribed.wait(), 10)
 
     async def follow(inv_id: str, sent: float, tx_hash: str) -> None:
         deadline = sent + 15
@@ -283,7 +301,7 @@ async def _latency(
             if body.get("status") in SEEN:
                 got_api = time.time()
                 break
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.005)
         if got_api is None:
             res.missed += 1
             return
@@ -303,6 +321,7 @@ async def _latency(
             mined = heads[int(rcpt["blockNumber"], 16)]
             res.block_wait.append(mined - sent)
             res.after_block.append(at - mined)
+            res.api_after_block.append(got_api - mined)
 
     try:
         for kind, address in zip(kinds, addresses, strict=True):

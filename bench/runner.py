@@ -49,7 +49,7 @@ class Mode:
 SHORT = Mode("short", blocks=1000, per_block=10, invoices=100_000, repeats=3, backlog=2000,
              creates=3000, samples=30)
 FULL = Mode("full", blocks=2000, per_block=10, invoices=100_000, repeats=5, backlog=5000,
-            creates=10_000, samples=120, socket_backlog=250, socket_cycles=2)
+            creates=20_000, samples=120, socket_backlog=250, socket_cycles=2)
 
 
 @dataclass(slots=True)
@@ -155,7 +155,7 @@ async def catch_up(mode: Mode, work: Path, say: Callable[[str], None]) -> list[R
             f"{full_ratio:.2f}x (median {statistics.median(fol_full):,.0f} / "
             f"{statistics.median(raw_full):,.0f} blocks/s, best {max(fol_full):,.0f} / "
             f"{max(raw_full):,.0f})",
-            ">= 0.8x", full_ratio >= 0.8),
+            ">= 0.9x", full_ratio >= 0.9),
         Row(f"catch-up, tokens only (eth_getLogs): daemon / raw ({what})",
             f"{tok_ratio:.2f}x (median {statistics.median(fol_tok):,.0f} / "
             f"{statistics.median(raw_logs):,.0f} blocks/s, best {max(fol_tok):,.0f} / "
@@ -184,6 +184,8 @@ def live_rows(res: LiveResult, mode: Mode) -> list[Row]:
     c50 = percentile(res.callback_latency, 50)
     c99 = percentile(res.callback_latency, 99)
     b50 = percentile(res.block_wait, 50)
+    a50 = percentile(res.api_after_block, 50)
+    a99 = percentile(res.api_after_block, 99)
     n = len(res.api_latency)
     return [
         Row(f"detection latency p50, tx sent -> WAITING_FOR_CONFIRMATIONS over HTTP "
@@ -195,14 +197,17 @@ def live_rows(res: LiveResult, mode: Mode) -> list[Row]:
             "<= 1.5 s", c99 <= 1.5),
         Row("  of which: tx sent -> its block mined (the node's share), p50 / p99",
             f"{b50:.2f} / {percentile(res.block_wait, 99):.2f} s", "info", None),
-        Row("  of which: block seen at the node -> callback received (the daemon's), p50 / p99",
-            f"{percentile(res.after_block, 50):.3f} / {percentile(res.after_block, 99):.3f} s",
-            "info", None),
+        Row("status on the API after its block is announced by the node (newHeads), p50 / p99",
+            f"{a50 * 1000:.1f} / {a99 * 1000:.1f} ms", "<= 20 / <= 60 ms",
+            a50 <= 0.020 and a99 <= 0.060),
+        Row("  block announced by the node -> callback received, p50 / p99",
+            f"{percentile(res.after_block, 50) * 1000:.1f} / "
+            f"{percentile(res.after_block, 99) * 1000:.1f} ms", "info", None),
         Row(f"RSS of `payment-watcher run` with {mode.invoices:,} open invoices",
-            f"{res.rss_mb:.0f} MB (peak {res.hwm_mb:.0f} MB)", "<= 250 MB", res.rss_mb <= 250),
-        Row(f"invoice creates/s over HTTP (32 concurrent, n={res.creates:,})",
-            f"{res.creates_per_s:,.0f}/s ({res.create_errors} errors)", ">= 1,000/s",
-            res.creates_per_s >= 1000 and res.create_errors == 0),
+            f"{res.rss_mb:.0f} MB (peak {res.hwm_mb:.0f} MB)", "<= 150 MB", res.rss_mb <= 150),
+        Row(f"invoice creates/s over HTTP ({res.create_concurrency} in flight, n={res.creates:,})",
+            f"{res.creates_per_s:,.0f}/s ({res.create_errors} errors)", ">= 2,000/s",
+            res.creates_per_s >= 2000 and res.create_errors == 0),
         Row("invoice creates/s priced in EUR (price + currency, rate in memory) / with amount",
             f"{res.priced_per_s / max(res.creates_per_s, 1e-9):.2f}x "
             f"({res.priced_per_s:,.0f} / {res.creates_per_s:,.0f}/s, "

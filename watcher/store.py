@@ -1018,7 +1018,10 @@ def invoices_updated_since(db: Database, since: int, network: str) -> list[Invoi
     """Invoices of a network changed at or after `since`, and those that left it for
     another method since then (payments not loaded)."""
     return _with_legs(db, list(db.query(
-        "SELECT * FROM invoices WHERE updated_at >= ? AND network = ? UNION "
+        # by the time index: the planner would take invoices_status (network) and walk
+        # every invoice of the network (50 ms at 100,000) on each new head
+        "SELECT * FROM invoices INDEXED BY invoices_updated "
+        "WHERE updated_at >= ? AND network = ? UNION "
         "SELECT * FROM invoices WHERE id IN (SELECT invoice_id FROM invoice_legs "
         "WHERE network = ? AND closed_at >= ?)", [since, network, network, since])))
 
