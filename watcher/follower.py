@@ -164,6 +164,9 @@ class Follower:
         #: the next range read ahead while a range commits: (key, task)
         self._prefetch: tuple[tuple[Any, ...], asyncio.Future[_Read]] | None = None
         self._wake = asyncio.Event()
+        #: the newest head announced over `ws` (newHeads) and not read yet: the next pass
+        #: takes it as its tip instead of asking the node again
+        self._announced: Header | None = None
         self._stopping = False
         self._throttle = Throttle(60)
         self._refreshed = 0
@@ -260,8 +263,14 @@ class Follower:
     async def _head(self) -> tuple[Header, int | None, int | None]:
         """The node's head and, with a finality tag, the blocks of that tag and of
         `finalized` (None while the node has none), in one request: (tip, final,
-        finalized). A tag is never taken above the head it came with."""
+        finalized). A tag is never taken above the head it came with. Without a tag, a
+        head announced over `ws` since the last pass is the tip (a request saved on every
+        block); it is checked like a polled one: the range's headers must link to it."""
+        announced, self._announced = self._announced, None
         if self.cfg.finality == "confirmations":
+            if announced is not None and announced.number > (self.scanned or -1) and (
+                    self.head is None or announced.number >= self.head):
+                return announced, None, None
             latest = await self.rpc.get_block("latest", False)
             if latest is None:
                 raise RpcError("node has no latest block")
@@ -857,6 +866,19 @@ class Follower:
 
     # ------------------------------------------------------------------ websocket heads
 
+    def _announce(self, data: str | bytes) -> None:
+        """Keep the header a `newHeads` notification carries, if it is whole (number, hash,
+        parent, timestamp and logsBloom); anything else only wakes the poller."""
+        try:
+            head = orjson.loads(data)["params"]["result"]
+            if not head.get("logsBloom"):
+                return  # without it a lagging backend's empty getLogs could not be caught
+            header = Header.of(head)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            return
+        if self._announced is None or header.number >= self._announced.number:
+            self._announced = header
+
     async def _follow_ws(self) -> None:
         """Wake the poller on every `newHeads`; polling goes on if the socket drops."""
         backoff = 1.0
@@ -873,6 +895,7 @@ class Follower:
                         backoff = 1.0
                         async for msg in ws:
                             if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                                self._announce(msg.data)
                                 self._wake.set()
                             elif msg.type == aiohttp.WSMsgType.ERROR:
                                 break
