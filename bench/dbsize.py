@@ -49,7 +49,7 @@ class DbSizeResult:
 
 
 def _rows(count: int, now: int) -> list[tuple[object, ...]]:
-    out = []
+    out: list[tuple[object, ...]] = []
     span = 2 * 365 * DAY
     for n in range(count):
         h = hashlib.sha256(n.to_bytes(8, "big")).hexdigest()

@@ -24,10 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import resource
 import signal
-import sqlite3
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -39,7 +37,7 @@ import orjson
 from watcher.devchain import DevChain
 
 from .live import API_KEY, _free_port, _status_kb, _wait_ready, percentile, spawn_daemon
-from .workload import NET, SENDERS, invoice_address, payment_tx, start_chain
+from .workload import NET, Cursor, mine_blocks, start_chain
 from .workload import prefill as prefill_db
 
 #: concurrent WebSocket handshakes while the sockets open (the listen backlog is 128)
@@ -265,58 +263,14 @@ def _raise_nofile(need: int) -> None:
         raise RuntimeError(f"open-file limit {target} (the hard limit) is below {need}")
 
 
-class Cursor:
-    """The daemon's scanned block, read from its database (read-only, WAL: it never makes
-    the daemon's writer wait) so that watching the catch-up costs the daemon nothing."""
-
-    def __init__(self, db: Path) -> None:
-        self.conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
-
-    def scanned(self) -> int:
-        row = self.conn.execute(
-            "SELECT scanned_block FROM cursors WHERE network = ?", [NET]
-        ).fetchone()
-        return -1 if row is None or row[0] is None else int(row[0])
-
-    def max_event(self) -> int:
-        return int(self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
-
-    async def wait_for(self, block: int, timeout: float, poll: float = 0.005) -> None:
-        deadline = time.monotonic() + timeout
-        while self.scanned() < block:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the daemon did not scan up to block {block} in {timeout} s")
-            await asyncio.sleep(poll)
-
-    def close(self) -> None:
-        self.conn.close()
-
-
 def _mine(
     dev: DevChain, token: str, blocks: int, per_block: int, paid_share: float,
     next_paid: dict[str, int], seed: int,
 ) -> int:
-    """`blocks` blocks of `per_block` transfers (half native, half USDT), `paid_share` of
-    them paying the next never-paid prefilled invoice of their kind (`next_paid` moves on),
-    as `workload.build_chain` mines them. Returns the last block."""
-    rnd = random.Random(seed)
-    dev.set_automine(False)
-    senders = dev.accounts[:SENDERS]
-    nonces = {a: dev.nonce(a) for a in senders}
-    for _ in range(blocks):
-        calls = []
-        for _k in range(per_block):
-            sender = senders[rnd.randrange(SENDERS)]
-            native = rnd.random() < 0.5
-            kind = "eth" if native else "tok"
-            if rnd.random() < paid_share:
-                to = invoice_address(kind, next_paid[kind])
-                next_paid[kind] += 1
-            else:
-                to = "0x" + rnd.randbytes(20).hex()
-            calls.append(("eth_sendTransaction", [payment_tx(sender, to, native, token, nonces)]))
-        dev.rpc_batch(calls)
-        dev.rpc("evm_mine")
+    """`blocks` blocks of `per_block` transfers (half native, half USDT), as
+    `workload.mine_blocks` mines them. Returns the last block."""
+    mine_blocks(dev, token, blocks, per_block, native_share=0.5, paid_share=paid_share,
+                next_paid=next_paid, seed=seed)
     return dev.block_number()
 
 

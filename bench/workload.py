@@ -10,6 +10,7 @@ used where its speed is the figure measured (creates/s).
 
 from __future__ import annotations
 
+import asyncio
 import random
 import shutil
 import sqlite3
@@ -118,32 +119,48 @@ def _mine_workload(
     node: Anvil, dev: DevChain, token: str, blocks: int, per_block: int, *, watched: int,
     native_share: float, paid_share: float, seed: int,
 ) -> Chain:
+    first = dev.block_number() + 1
+    chain = Chain(node, dev, token, first, first + blocks - 1, paid={"eth": 0, "tok": 0})
+    next_paid = {"eth": 0, "tok": 0}
+    chain.paid = mine_blocks(dev, token, blocks, per_block, native_share=native_share,
+                             paid_share=paid_share, next_paid=next_paid, watched=watched,
+                             seed=seed)
+    chain.txs = blocks * per_block
+    head = dev.block_number()
+    assert head == chain.last, (head, chain.last)
+    return chain
+
+
+def mine_blocks(
+    dev: DevChain, token: str, blocks: int, per_block: int, *, native_share: float,
+    paid_share: float, next_paid: dict[str, int], watched: int | None = None, seed: int = 7,
+) -> dict[str, int]:
+    """Mine `blocks` blocks of exactly `per_block` transfers each (automine off, explicit
+    nonces, one `evm_mine` per block): `native_share` of them native, the rest USDT;
+    `paid_share` of them pay the next never-paid prefilled invoice of their kind
+    (`next_paid` moves on, up to `watched` of each kind), the rest go to addresses nobody
+    watches. Returns how many invoices of each kind were paid."""
     rnd = random.Random(seed)
     dev.set_automine(False)
     senders = dev.accounts[:SENDERS]
     nonces = {a: dev.nonce(a) for a in senders}
-    first = dev.block_number() + 1
-    chain = Chain(node, dev, token, first, first + blocks - 1, paid={"eth": 0, "tok": 0})
-    next_paid = {"eth": 0, "tok": 0}
+    paid = {"eth": 0, "tok": 0}
     for _ in range(blocks):
         calls = []
         for _k in range(per_block):
             sender = senders[rnd.randrange(SENDERS)]
             native = rnd.random() < native_share
             kind = "eth" if native else "tok"
-            if rnd.random() < paid_share and next_paid[kind] < watched:
+            if rnd.random() < paid_share and (watched is None or next_paid[kind] < watched):
                 to = invoice_address(kind, next_paid[kind])
                 next_paid[kind] += 1
-                chain.paid[kind] += 1
+                paid[kind] += 1
             else:
                 to = "0x" + rnd.randbytes(20).hex()
             calls.append(("eth_sendTransaction", [payment_tx(sender, to, native, token, nonces)]))
         dev.rpc_batch(calls)
         dev.rpc("evm_mine")
-        chain.txs += per_block
-    head = dev.block_number()
-    assert head == chain.last, (head, chain.last)
-    return chain
+    return paid
 
 
 def prefill(
@@ -201,3 +218,30 @@ def copy_db(src: Path, dst: Path) -> Path:
         elif d.exists():
             d.unlink()
     return dst
+
+
+class Cursor:
+    """The daemon's scanned block, read from its database (read-only, WAL: it never makes
+    the daemon's writer wait) so that watching the catch-up costs the daemon nothing."""
+
+    def __init__(self, db: Path) -> None:
+        self.conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
+
+    def scanned(self) -> int:
+        row = self.conn.execute(
+            "SELECT scanned_block FROM cursors WHERE network = ?", [NET]
+        ).fetchone()
+        return -1 if row is None or row[0] is None else int(row[0])
+
+    def max_event(self) -> int:
+        return int(self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+
+    async def wait_for(self, block: int, timeout: float, poll: float = 0.005) -> None:
+        deadline = time.monotonic() + timeout
+        while self.scanned() < block:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the daemon did not scan up to block {block} in {timeout} s")
+            await asyncio.sleep(poll)
+
+    def close(self) -> None:
+        self.conn.close()
