@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -89,6 +90,16 @@ def prune_index(index: WatchIndex, ledger: Ledger, network: str) -> int:
     """Forget the invoices of a network no transfer can reach any more, by the time of its
     newest confirmed scanned block, never by the host's clock (see `WatchIndex.prune`)."""
     return index.prune(ledger.views[network].scanned_time)
+
+
+def freeze_heap() -> None:
+    """Move everything the start built (the watch indexes of every open invoice, the
+    settings, the modules) out of the cyclic garbage collector's reach: it never frees any
+    of it, but walked all of it on every full collection, a pause of ~90 ms with 20,000
+    open invoices (measured in the cold catch-up bench) at random moments of a scan.
+    Objects made afterwards are collected as usual."""
+    gc.collect()
+    gc.freeze()
 
 
 async def start_network(
@@ -244,6 +255,7 @@ class Daemon:
         self._spawn(self._housekeeping(), "housekeeping")
         self._spawn(self.notifier.watchdog_loop(self.healthy), "watchdog")
         self.metrics.build_info.labels(version=__version__).set(1)
+        freeze_heap()
         self.notifier.ready()
         self.notifier.status("started")
         log.info(

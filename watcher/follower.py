@@ -263,13 +263,15 @@ class Follower:
     async def _head(self) -> tuple[Header, int | None, int | None]:
         """The node's head and, with a finality tag, the blocks of that tag and of
         `finalized` (None while the node has none), in one request: (tip, final,
-        finalized). A tag is never taken above the head it came with. Without a tag, a
-        head announced over `ws` since the last pass is the tip (a request saved on every
-        block); it is checked like a polled one: the range's headers must link to it."""
+        finalized). A tag is never taken above the head it came with. Without a tag, the
+        block after the head, announced over `ws` while the follower is at the head, is the
+        tip (a request saved on every block); it is checked like a polled one: the range's
+        headers must link to it. Behind, or after a gap, the node is asked: an announcement
+        read from a backlog of them is not the newest head."""
         announced, self._announced = self._announced, None
         if self.cfg.finality == "confirmations":
-            if announced is not None and announced.number > (self.scanned or -1) and (
-                    self.head is None or announced.number >= self.head):
+            if (announced is not None and self.head is not None
+                    and announced.number == self.head + 1 and self.scanned == self.head):
                 return announced, None, None
             latest = await self.rpc.get_block("latest", False)
             if latest is None:

@@ -54,7 +54,7 @@ async def test_an_announced_head_is_the_tip_without_asking_for_it(tmp_path: Path
         assert (await node.get(inv)).status == Status.COMPLETED
 
 
-async def test_a_header_without_logs_bloom_or_behind_is_not_taken(tmp_path: Path) -> None:
+async def test_a_header_without_logs_bloom_behind_or_after_a_gap_is_not_taken(tmp_path: Path) -> None:
     async with running(tmp_path) as (model, _, node):
         await _paid_invoice(node, model)
         _announce(node, model, model.head, logsBloom=None)
@@ -66,6 +66,14 @@ async def test_a_header_without_logs_bloom_or_behind_is_not_taken(tmp_path: Path
         model.mine_empty(2)
         # a socket node behind the head already read: the pass asks the node instead
         _announce(node, model, model.block(node.follower.scanned - 1))
+        model.reset_calls()
+        await node.sync()
+        assert node.follower.scanned == model.head.number
+        assert _head_requests(model) >= 1
+        # after a gap (the first of a backlog of announcements, or a skipped block): the
+        # newest head is asked for, and the whole backlog scanned in one pass
+        model.mine_empty(3)
+        _announce(node, model, model.block(node.follower.scanned + 2))
         model.reset_calls()
         await node.sync()
         assert node.follower.scanned == model.head.number
