@@ -21,6 +21,7 @@ from watcher.devchain import find_anvil
 
 from . import raw
 from .catchup import run_follower
+from .cold import ColdRound, run_cold
 from .live import LiveResult, percentile, run_live
 from .sockets import SocketsResult, run_sockets
 from .workload import build_chain, copy_db, prefill, set_cursor
@@ -44,12 +45,16 @@ class Mode:
     #: live sockets: blocks per catch-up round, and (without, with, with, without) cycles
     socket_backlog: int = 200
     socket_cycles: int = 1
+    #: cold tokens-only catch-ups: blocks per backlog, rounds per case
+    cold_blocks: int = 500
+    cold_rounds: int = 1
 
 
 SHORT = Mode("short", blocks=1000, per_block=10, invoices=100_000, repeats=3, backlog=2000,
              creates=3000, samples=30)
 FULL = Mode("full", blocks=2000, per_block=10, invoices=100_000, repeats=5, backlog=5000,
-            creates=20_000, samples=120, socket_backlog=250, socket_cycles=2)
+            creates=20_000, samples=120, socket_backlog=250, socket_cycles=2,
+            cold_blocks=2000, cold_rounds=2)
 
 
 @dataclass(slots=True)
@@ -218,6 +223,31 @@ def live_rows(res: LiveResult, mode: Mode) -> list[Row]:
     ]
 
 
+#: (open USDT invoices, share of transfers paying) of each cold tokens-only case
+COLD_CASES = ((20_000, (0.02, 0.10)), (1_000, (0.02,)))
+
+
+async def cold_catch_up(mode: Mode, work: Path, say: Callable[[str], None]) -> list[Row]:
+    rounds: list[ColdRound] = []
+    for invoices, shares in COLD_CASES:
+        rounds += await run_cold(work, invoices=invoices, shares=list(shares) * mode.cold_rounds,
+                                 blocks=mode.cold_blocks, per_block=mode.per_block, log=say)
+    rows = []
+    for invoices, shares in COLD_CASES:
+        for share in shares:
+            case = [r for r in rounds if r.invoices == invoices and r.paid_share == share]
+            ratio = statistics.median(r.ratio for r in case)
+            daemon = statistics.median(r.daemon_s for r in case) * 1000
+            raw_ms = statistics.median(r.raw_s for r in case) * 1000
+            rows.append(Row(
+                f"cold catch-up, tokens only, from the head visible: daemon / raw eth_getLogs "
+                f"({mode.cold_blocks:,} blocks x {mode.per_block} USDT transfers, "
+                f"{invoices:,} open invoices, {share:.0%} paying, {len(case)} round(s))",
+                f"{ratio:.2f}x ({daemon:,.0f} / {raw_ms:,.0f} ms, "
+                f"{case[0].payments:,} payments)", ">= 0.8x", ratio >= 0.8))
+    return rows
+
+
 def socket_rows(res: SocketsResult) -> list[Row]:
     ms = 1000
     c50 = percentile(res.checkout_latency, 50) * ms
@@ -294,6 +324,8 @@ async def main(mode: Mode, *, write: bool = True) -> int:
     with tempfile.TemporaryDirectory(prefix="pw-bench-") as tmp:
         work = Path(tmp)
         rows = await catch_up(mode, work, _say)
+        _say("cold tokens-only catch-ups of a live daemon (paused while the backlog is mined):")
+        rows += await cold_catch_up(mode, work, _say)
         _say("live daemon (1 s blocks):")
         res = await run_live(work, invoices=mode.invoices, backlog=mode.backlog,
                              creates=mode.creates, samples=mode.samples, log=_say)
