@@ -297,6 +297,9 @@ class ChainModel:
         self.log_cap: int | None = None
         self.cap_style = "infura"
         self.max_range: int | None = None
+        #: a batch longer than this is refused whole (providers cap batches; the answer
+        #: is one error object, as Infura's)
+        self.max_batch: int | None = None
         self.http_errors: collections.deque[tuple[int, float | None]] = collections.deque()
         self.unsupported_tags: set[str] = set()
         self.lost_logs = False
@@ -484,6 +487,8 @@ class ChainModel:
         if isinstance(payload, list):
             if not payload:
                 return _error_obj(None, RpcErrorAnswer(-32600, "empty batch"))
+            if self.max_batch is not None and len(payload) > self.max_batch:
+                return _error_obj(None, RpcErrorAnswer(-32005, "batch size too large"))
             return [self.handle_one(item) for item in payload]
         return self.handle_one(payload)
 
