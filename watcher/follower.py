@@ -604,7 +604,13 @@ class Follower:
             )
         except (RpcError, aiohttp.ClientError, OSError):
             self._tuner.failed(setting)
-            raise
+            best = self._tuner.best()
+            if best == setting:
+                raise
+            # a setting tried for the first time failed: read again at once as before
+            return await self.rpc.get_blocks(
+                numbers, full=True, batch_size=best[0], concurrency=best[1]
+            )
         self._tuner.observe(setting, len(numbers), time.perf_counter() - started)
         return blocks
 
