@@ -54,7 +54,9 @@ async def test_an_announced_head_is_the_tip_without_asking_for_it(tmp_path: Path
         assert (await node.get(inv)).status == Status.COMPLETED
 
 
-async def test_a_header_without_logs_bloom_behind_or_after_a_gap_is_not_taken(tmp_path: Path) -> None:
+async def test_a_header_without_logs_bloom_behind_or_after_a_gap_is_not_taken(
+    tmp_path: Path,
+) -> None:
     async with running(tmp_path) as (model, _, node):
         await _paid_invoice(node, model)
         _announce(node, model, model.head, logsBloom=None)

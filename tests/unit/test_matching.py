@@ -4,7 +4,7 @@ import pytest
 
 from tests.unit.factories import invoice
 from watcher.matching import Route, WatchIndex
-from watcher.models import Asset, Invoice, Status
+from watcher.models import Asset, Invoice, Leg, Status
 
 SHARED = "0x" + "aa" * 20
 TOKEN = "0x" + "bb" * 20
@@ -174,3 +174,73 @@ def test_prune_pops_what_a_full_walk_would_forget(seed: int) -> None:
             kept = _reference_prune({i: held[i] for i in kept}, confirmed, ix.late_window)
             assert len(ix) == len(kept)
             assert set(ix._at) == kept
+
+
+def test_an_address_holding_several_invoices_and_then_one_again() -> None:
+    """Three invoices reuse one dedicated address (one at a time): each keeps its window
+    while the others come and go (several at the key, then one, then none)."""
+    ix = index()
+    ix.put(invoice(id="A", seq=1, to_addr=ADDR, status=Status.VOIDED, closed_at=1200,
+                   opens_at=1000, expire_at=1500))
+    ix.put(invoice(id="C", seq=3, to_addr=ADDR, opens_at=1400, expire_at=3000))
+    ix.put(invoice(id="B", seq=2, to_addr=ADDR, status=Status.VOIDED, closed_at=1300,
+                   opens_at=1250, expire_at=1600))  # put after C: still ordered by seq
+    assert ix.route("ETH", ADDR, 5, 1100) == (Route.LATE, "A")
+    assert ix.route("ETH", ADDR, 5, 1270) == (Route.LATE, "B")
+    assert ix.route("ETH", ADDR, 5, 1450) == (Route.PAYMENT, "C")
+    assert ix.prune(1301) == 1  # A: closed at 1200, late window 100
+    assert ix.route("ETH", ADDR, 5, 1100) == (Route.UNMATCHED, None)
+    assert ix.route("ETH", ADDR, 5, 1390) == (Route.LATE, "B")
+    assert ix.prune(1401) == 1  # B
+    assert len(ix) == 1 and ix.route("ETH", ADDR, 5, 1390) == (Route.UNMATCHED, None)
+    ix.put(invoice(id="B", seq=2, to_addr=ADDR, status=Status.VOIDED, closed_at=1300,
+                   opens_at=1250, expire_at=1600))  # seen again (a rescan): held again
+    assert ix.route("ETH", ADDR, 5, 1390) == (Route.LATE, "B")
+    assert ix.route("ETH", ADDR, 5, 3050) == (Route.LATE, "C")
+    assert ix.prune(3101) == 2 and len(ix) == 0
+    assert not ix.is_watched("ETH", ADDR) and ix.addresses() == {SHARED.lower()}
+
+
+def test_a_put_that_keeps_the_deadline_adds_no_heap_item() -> None:
+    """A payment or a status that keeps collecting changes nothing `prune` goes by: the
+    entry is updated where it stands; a cancel moves its deadline (a new item), and the
+    replaced one is dropped when it comes up."""
+    ix = index()
+    ix.put(invoice(to_addr=ADDR, expire_at=2000))
+    ix.put(invoice(to_addr=ADDR, expire_at=2000, status=Status.WAITING_FOR_CONFIRMATIONS))
+    ix.put(invoice(to_addr=ADDR, expire_at=2000, status=Status.COMPLETED))
+    assert len(ix._deadlines) == 1
+    assert ix.route("ETH", ADDR, 5, 1500) == (Route.PAYMENT, "inv-1")
+    ix.put(invoice(to_addr=ADDR, expire_at=2000, status=Status.VOIDED, closed_at=1600))
+    assert len(ix._deadlines) == 2
+    assert ix.route("ETH", ADDR, 5, 1650) == (Route.LATE, "inv-1")
+    assert ix.prune(1701) == 1 and len(ix) == 0
+    assert ix.prune(2101) == 0 and not ix._deadlines
+
+
+def test_a_retired_method_of_an_id_with_a_slash_routes_to_that_id() -> None:
+    ix = index()
+    leg = Leg(1, "local", "USDT", 6, ADDR, False, 7, None, 1000, 1100)
+    ix.put(invoice(id="shop/42", to_addr=SHARED, asset="USDT", shared=True, amount=9,
+                   legs=[leg]))
+    assert ix.route("USDT", ADDR, 5, 1150) == (Route.LATE, "shop/42")
+    assert ix.route("USDT", SHARED, 9, 1150) == (Route.PAYMENT, "shop/42")
+
+
+def test_an_open_invoice_costs_the_index_under_600_bytes() -> None:
+    """Ids and addresses as the daemon has them (UUIDs, checksummed addresses read from the
+    database): the index's own memory per invoice (it was ~800 bytes; 100,000 of them are
+    most of the daemon's RSS)."""
+    import uuid
+
+    count = 20_000
+    tracemalloc.start()
+    ix = index()
+    before, _ = tracemalloc.get_traced_memory()
+    for i in range(count):
+        ix.put(invoice(id=str(uuid.UUID(int=i)), seq=10**6 + i, to_addr=f"0x{i:040X}",
+                       opens_at=10**9 + i, expire_at=2 * 10**9 + i))
+    size, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(ix) == count
+    assert (size - before) / count < 600
