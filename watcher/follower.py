@@ -50,7 +50,7 @@ from watcher.metrics import Metrics
 from watcher.models import Transfer
 from watcher.rpc import RpcClient
 from watcher.store import Store, invoices_updated_since
-from watcher.tuning import Tuner
+from watcher.tuning import LOG_PARTS, Tuner
 
 log = logging.getLogger("watcher.follower")
 
@@ -124,6 +124,33 @@ def _topic_address(topic: str) -> str:
     return "0x" + topic[-40:]
 
 
+def _announced_header(data: str | bytes) -> Header | None:
+    """The header a `newHeads` notification carries, if it is whole (number, hash, parent,
+    timestamp and logsBloom: without it a lagging backend's empty `eth_getLogs` could not
+    be caught); None for anything else."""
+    try:
+        head = orjson.loads(data)["params"]["result"]
+        if not head.get("logsBloom"):
+            return None
+        return Header.of(head)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _split(start: int, end: int, parts: int) -> list[tuple[int, int]]:
+    """`start..end` in at most `parts` consecutive spans of nearly equal length."""
+    blocks = end - start + 1
+    parts = max(1, min(parts, blocks))
+    size, extra = divmod(blocks, parts)
+    out = []
+    a = start
+    for i in range(parts):
+        b = a + size - 1 + (1 if i < extra else 0)
+        out.append((a, b))
+        a = b + 1
+    return out
+
+
 def _pad(address: str) -> str:
     return "0x" + "0" * 24 + address[2:].lower()
 
@@ -167,7 +194,9 @@ class Follower:
         self._wake = asyncio.Event()
         #: the newest head announced over `ws` (newHeads) and not read yet: the next pass
         #: takes it as its tip instead of asking the node again
-        self._announced: Header | None = None
+        self._announced: str | bytes | None = None
+        #: notifications read since the last pass (one: the follower is keeping up)
+        self._announcements = 0
         self._stopping = False
         self._throttle = Throttle(60)
         self._refreshed = 0
@@ -175,6 +204,9 @@ class Follower:
         self._tags: tuple[int | None, int | None] = (None, None)
         #: full blocks per batch and batches in flight, as the node serves them fastest
         self._tuner = Tuner()
+        #: a range's eth_getLogs in how many parts read at once (one topic list only)
+        self._log_tuner = Tuner(start=(1, 4), sizes=(1,), concurrencies=LOG_PARTS,
+                                min_blocks=64)
         #: whether to ask `eth_getBlockReceipts` (until the node refuses it once)
         self._block_receipts = True
         #: blocks within `track` of the head have their headers read and checked (links,
@@ -272,10 +304,12 @@ class Follower:
         headers must link to it. Behind, or after a gap, the node is asked: an announcement
         read from a backlog of them is not the newest head."""
         announced, self._announced = self._announced, None
-        if self.cfg.finality == "confirmations":
-            if (announced is not None and self.head is not None
-                    and announced.number == self.head + 1 and self.scanned == self.head):
-                return announced, None, None
+        count, self._announcements = self._announcements, 0
+        if self.cfg.finality == "confirmations" and count == 1 and announced is not None:
+            tip = _announced_header(announced)
+            if (tip is not None and self.head is not None and tip.number == self.head + 1
+                    and self.scanned == self.head):
+                return tip, None, None
             latest = await self.rpc.get_block("latest", False)
             if latest is None:
                 raise RpcError("node has no latest block")
@@ -542,18 +576,36 @@ class Follower:
         if flt is None:
             return []
         tokens = list(flt[0])
+        topic_lists = self._topic_lists(flt)
+        setting = None
+        spans = [(start, end)]
+        if len(topic_lists) == 1 and end - start + 1 >= self._log_tuner.min_blocks:
+            # one query for a long range: read it in parts at once, as many as the node
+            # serves fastest (several topic-chunked queries are in flight already)
+            setting = self._log_tuner.next_setting(end - start + 1)
+            spans = _split(start, end, setting[1])
+        started = time.perf_counter()
         try:
             parts = await asyncio.gather(*(
-                self.rpc.get_logs(start, end, tokens, topics)
-                for topics in self._topic_lists(flt)
+                self.rpc.get_logs(a, b, tokens, topics)
+                for a, b in spans for topics in topic_lists
             ), return_exceptions=True)  # every query ends before one error is raised
             for part in parts:
                 if isinstance(part, BaseException):
                     raise part
-            return self._merged([p for p in parts if not isinstance(p, BaseException)])
+            done = [p for p in parts if not isinstance(p, BaseException)]
+            if setting is not None:
+                self._log_tuner.observe(setting, end - start + 1, time.perf_counter() - started)
+            if len(spans) == 1:
+                return self._merged(done)
+            return [lg for part in done for lg in part]  # one query per part, in order
         except RangeTooLarge:
             if start != end:
                 raise
+        except (RpcError, aiohttp.ClientError, OSError):
+            if setting is not None:
+                self._log_tuner.failed(setting)
+            raise
         # One block alone holds more logs than the provider returns (a busy USDT block):
         # take its logs from its receipts, which have no such cap.
         return await self._logs_from_receipts(start, flt)
@@ -901,17 +953,10 @@ class Follower:
     # ------------------------------------------------------------------ websocket heads
 
     def _announce(self, data: str | bytes) -> None:
-        """Keep the header a `newHeads` notification carries, if it is whole (number, hash,
-        parent, timestamp and logsBloom); anything else only wakes the poller."""
-        try:
-            head = orjson.loads(data)["params"]["result"]
-            if not head.get("logsBloom"):
-                return  # without it a lagging backend's empty getLogs could not be caught
-            header = Header.of(head)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-            return
-        if self._announced is None or header.number >= self._announced.number:
-            self._announced = header
+        """Keep the newest message of the socket; it is read only if it is the one
+        message since the last pass (a backlog after a pause costs no parsing)."""
+        self._announced = data
+        self._announcements += 1
 
     async def _follow_ws(self) -> None:
         """Wake the poller on every `newHeads`; polling goes on if the socket drops."""

@@ -1,5 +1,6 @@
 """How many blocks per JSON-RPC batch, and how many batches in flight, a node serves
-fastest: measured on the follower's own full-block reads, never assumed.
+fastest (full blocks), and in how many parts read at once a range's `eth_getLogs` comes
+back fastest: measured on the follower's own reads, never assumed.
 
 `Tuner` keeps a smoothed rate (blocks per second of wall time) for each setting it has
 tried. It starts at the client's defaults, and every `explore_every` reads it tries one
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 CONCURRENCIES = (1, 2, 4, 8)
+#: parts of one range's eth_getLogs read at once
+LOG_PARTS = (1, 2, 4, 8)
 
 Setting = tuple[int, int]  # (batch size, requests in flight)
 
@@ -23,6 +26,9 @@ Setting = tuple[int, int]  # (batch size, requests in flight)
 @dataclass(slots=True)
 class Tuner:
     start: Setting = (4, 4)
+    #: the values each side of a setting may take
+    sizes: tuple[int, ...] = BATCH_SIZES
+    concurrencies: tuple[int, ...] = CONCURRENCIES
     explore_every: int = 4
     min_blocks: int = 16
     #: weight of the newest observation in a setting's smoothed rate
@@ -34,7 +40,7 @@ class Tuner:
     _next_probe: int = 0
 
     def __post_init__(self) -> None:
-        if self.start[0] not in BATCH_SIZES or self.start[1] not in CONCURRENCIES:
+        if self.start[0] not in self.sizes or self.start[1] not in self.concurrencies:
             raise ValueError(f"not a tunable setting: {self.start}")
         self.current = self.start
 
@@ -74,11 +80,12 @@ class Tuner:
             self.rates.pop(setting, None)
 
     def _neighbours(self, s: Setting) -> list[Setting]:
-        b, c = BATCH_SIZES.index(s[0]), CONCURRENCIES.index(s[1])
+        sizes, concurrencies = self.sizes, self.concurrencies
+        b, c = sizes.index(s[0]), concurrencies.index(s[1])
         out = []
         for db, dc in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-            if 0 <= b + db < len(BATCH_SIZES) and 0 <= c + dc < len(CONCURRENCIES):
-                n = (BATCH_SIZES[b + db], CONCURRENCIES[c + dc])
+            if 0 <= b + db < len(sizes) and 0 <= c + dc < len(concurrencies):
+                n = (sizes[b + db], concurrencies[c + dc])
                 if n not in self.refused:
                     out.append(n)
         return out

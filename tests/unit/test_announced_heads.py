@@ -59,11 +59,25 @@ async def test_a_header_without_logs_bloom_behind_or_after_a_gap_is_not_taken(
 ) -> None:
     async with running(tmp_path) as (model, _, node):
         await _paid_invoice(node, model)
-        _announce(node, model, model.head, logsBloom=None)
-        assert node.follower._announced is None
-        node.follower._announce(b'{"jsonrpc": "2.0", "id": 1, "result": "0x9"}')  # the ack
-        node.follower._announce(b"not json")
-        assert node.follower._announced is None
+        for bad in (None, "x"):
+            await node.catch_up(model.head.number)
+            model.mine_empty(1)
+            if bad is None:
+                _announce(node, model, model.head, logsBloom=None)
+            else:
+                node.follower._announce(b"not json")
+            model.reset_calls()
+            await node.sync()
+            assert node.follower.scanned == model.head.number
+            assert _head_requests(model) >= 1
+        # two messages since the last pass (the subscription's answer, then a head): a
+        # backlog, not read; the node is asked
+        model.mine_empty(1)
+        node.follower._announce(b'{"jsonrpc": "2.0", "id": 1, "result": "0x9"}')
+        _announce(node, model, model.head)
+        model.reset_calls()
+        await node.sync()
+        assert _head_requests(model) >= 1
         await node.catch_up(model.head.number)
         model.mine_empty(2)
         # a socket node behind the head already read: the pass asks the node instead

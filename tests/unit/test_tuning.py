@@ -89,3 +89,40 @@ async def test_the_follower_explores_and_keeps_every_payment(tmp_path: Path) -> 
         tuner = node.follower._tuner
         assert tuner.refused and all(b > 4 for b, _ in tuner.refused)
         assert len(tuner.rates) >= 2  # something beside the defaults was measured
+
+
+def test_split_gives_consecutive_nearly_equal_spans() -> None:
+    from watcher.follower import _split
+
+    assert _split(10, 10, 4) == [(10, 10)]
+    assert _split(1, 10, 4) == [(1, 3), (4, 6), (7, 8), (9, 10)]
+    assert _split(1, 1000, 1) == [(1, 1000)]
+    for start, end, parts in ((5, 17, 3), (1, 999, 8), (100, 163, 8)):
+        spans = _split(start, end, parts)
+        assert spans[0][0] == start and spans[-1][1] == end
+        assert all(b + 1 == c for (_, b), (c, _) in zip(spans, spans[1:], strict=False))
+        sizes = [b - a + 1 for a, b in spans]
+        assert max(sizes) - min(sizes) <= 1
+
+
+async def test_a_long_token_range_is_read_in_parts_and_loses_nothing(tmp_path: Path) -> None:
+    """A 400-block range of token transfers is asked in several `eth_getLogs` at once;
+    every payment is found once, in chain order, whatever part it fell in."""
+    from tests.chainmodel import TokenTx
+    from tests.daemonparts import TOKEN
+
+    model = ChainModel(genesis_time=1_700_000_000, block_time=12)
+    model.mine_empty(2)
+    async with running(tmp_path, model, max_block_range=400) as (model, _, node):
+        now = clock(model)
+        inv = await node.create("USDT", 400, ADDRS[0], now=now, expire_at=now + 100_000)
+        await node.catch_up(model.head.number)
+        for _ in range(4):
+            model.mine([TokenTx(TOKEN, PAYER, ADDRS[0], 100)])
+            model.mine_empty(99)
+        model.reset_calls()
+        await node.catch_up(model.head.number)
+        assert model.calls["eth_getLogs"] >= 4  # one range, in parts
+        got = await node.get(inv.id)
+        assert [p.amount for p in got.payments] == [100] * 4
+        assert got.status in (Status.WAITING_FOR_CONFIRMATIONS, Status.COMPLETED)
