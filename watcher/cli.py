@@ -8,7 +8,6 @@ same as a decorator for code that calls a command's function directly.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 from collections.abc import Callable, Iterator
@@ -19,7 +18,6 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import click
 
 from watcher import CONFIG_ENV, __version__
-from watcher import networks as shipped
 from watcher.amounts import format_amount
 from watcher.errors import ApiError, ConfigError, StoreError
 
@@ -232,6 +230,8 @@ async def probe_chain_id(session: aiohttp.ClientSession, url: str) -> int:
 
 async def check_chain_ids(settings: Settings) -> tuple[list[str], list[str]]:
     """Ask every RPC URL of every enabled network for its chain id: (report, problems)."""
+    import asyncio
+
     targets = [
         (f"networks.{name}.rpc.{i}", net.chain_id, url)
         for name, net in settings.enabled_networks().items()
@@ -304,6 +304,8 @@ def main() -> None:
 @handles_errors
 def check_config(config_path: Path | None, online: bool) -> None:
     """Validate the configuration and the networks, and print a summary (exit 2 on error)."""
+    import asyncio
+
     settings = load_config(config_path)
     for line in summary(settings, str(config_path or f"${CONFIG_ENV}")):
         click.echo(line)
@@ -325,6 +327,8 @@ def check_config(config_path: Path | None, online: bool) -> None:
 @handles_errors
 def networks_command(as_json: bool) -> None:
     """The shipped networks and their assets (no configuration needed)."""
+    from watcher import networks as shipped
+
     names = shipped.available()
     if not names:
         raise ConfigError(["networks: no shipped network files found"])
@@ -346,6 +350,8 @@ def networks_command(as_json: bool) -> None:
 
 def _store_call(settings: Settings, fn: Callable[..., R], *args: Any) -> R:
     """Run `fn(db, *args)` on the database of `settings` and close it."""
+    import asyncio
+
     from watcher.store import Store
 
     async def go() -> R:
@@ -369,6 +375,7 @@ def _echo_json(data: object) -> None:
 @handles_errors
 def run_command(config_path: Path | None) -> None:
     """Run the daemon in the foreground (systemd Type=notify)."""
+    import asyncio
     import os
 
     from watcher.daemon import serve
@@ -432,6 +439,8 @@ def invoices_create(
     One asset on one network (--network, --asset), or several methods the customer chooses
     from on the checkout page (--method NETWORK:ASSET, repeated, with --price and
     --currency)."""
+    import asyncio
+
     from watcher import timeutil
     from watcher.daemon import build_ledger
     from watcher.requests import parse_create
@@ -713,6 +722,8 @@ def addresses_list(
     config_path: Path | None, network: str | None, with_balance: bool, as_json: bool
 ) -> None:
     """Index order: index, address, its invoices' statuses (and balances): what to sweep."""
+    import asyncio
+
     from watcher.daemon import build_ledger
     from watcher.requests import MAX_LIMIT, encode_cursor, parse_address_query
     from watcher.rpc import RpcClient
@@ -806,6 +817,7 @@ def rescan_command(config_path: Path | None, network: str, start: int, end: int 
     """Read a past range of blocks again beside the running daemon: add what was missed,
     never count a transfer twice, send the callbacks of what changed. Interrupted, the same
     command goes on where it stopped."""
+    import asyncio
     import sys
 
     from watcher.daemon import build_ledger, follower_config
@@ -882,6 +894,8 @@ def _progress_lines(first: int, last: int) -> Callable[[Any], None]:
 @handles_errors
 def rates_command(config_path: Path | None) -> None:
     """Read every configured rate pair once from its sources and print it."""
+    import asyncio
+
     from watcher import timeutil
     from watcher.pricing.book import read_once
 
@@ -953,6 +967,8 @@ def status_command(config_path: Path | None, as_json: bool) -> None:
 
 def _live_networks(settings: Settings) -> dict[str, dict[str, Any]]:
     """`/v1/networks` of the running daemon, if it answers."""
+    import asyncio
+
     import aiohttp
 
     if not settings.api.api_keys:
