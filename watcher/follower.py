@@ -301,12 +301,12 @@ class Follower:
         finalized). A tag is never taken above the head it came with. Without a tag, the
         block after the head, announced over `ws` while the follower is at the head, is the
         tip (a request saved on every block); it is checked like a polled one: the range's
-        headers must link to it. Behind, or after a gap, the node is asked: an announcement
-        read from a backlog of them is not the newest head."""
+        headers must link to it. Behind, after a gap, or with several notifications since
+        the last pass (a backlog: not parsed), the node is asked."""
         announced, self._announced = self._announced, None
         count, self._announcements = self._announcements, 0
-        if self.cfg.finality == "confirmations" and count == 1 and announced is not None:
-            tip = _announced_header(announced)
+        if self.cfg.finality == "confirmations":
+            tip = _announced_header(announced) if count == 1 and announced else None
             if (tip is not None and self.head is not None and tip.number == self.head + 1
                     and self.scanned == self.head):
                 return tip, None, None
