@@ -4,6 +4,8 @@ including against a node that refuses large batches."""
 
 from __future__ import annotations
 
+import itertools
+
 from pathlib import Path
 
 from tests.chainmodel import ChainModel, NativeTx
@@ -100,7 +102,7 @@ def test_split_gives_consecutive_nearly_equal_spans() -> None:
     for start, end, parts in ((5, 17, 3), (1, 999, 8), (100, 163, 8)):
         spans = _split(start, end, parts)
         assert spans[0][0] == start and spans[-1][1] == end
-        assert all(b + 1 == c for (_, b), (c, _) in zip(spans, spans[1:], strict=False))
+        assert all(b + 1 == c for (_, b), (c, _) in itertools.pairwise(spans))
         sizes = [b - a + 1 for a, b in spans]
         assert max(sizes) - min(sizes) <= 1
 
