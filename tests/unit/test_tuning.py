@@ -5,7 +5,6 @@ including against a node that refuses large batches."""
 from __future__ import annotations
 
 import itertools
-
 from pathlib import Path
 
 from tests.chainmodel import ChainModel, NativeTx
