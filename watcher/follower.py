@@ -770,19 +770,11 @@ class Follower:
         reorg, and the range is linked to the stored chain at both ends."""
         out: list[Transfer] = []
         recent = tip.number - self.track
-        symbol_for_token, is_watched = self.index.symbol_for_token, self.index.is_watched
         for lg in logs:
-            # `_watched_transfer`, inlined: this loop sees every log of a busy token
-            topics = lg.get("topics")
-            if not topics or len(topics) != 3 or topics[0] != TRANSFER_TOPIC:
+            found = self._watched_transfer(lg)
+            if found is None:
                 continue
-            to = "0x" + topics[2][-40:]
-            symbol = symbol_for_token(lg["address"])
-            if symbol is None or not is_watched(symbol, to) or lg.get("removed"):
-                continue
-            amount = _log_amount(lg)
-            if amount <= 0:
-                continue  # zero transfers never count: address poisoning spam
+            symbol, to, amount = found
             block = int(lg["blockNumber"], 16)
             h = headers.get(block)
             if h is not None:
