@@ -34,7 +34,6 @@ class Tuner:
     #: weight of the newest observation in a setting's smoothed rate
     alpha: float = 0.5
     rates: dict[Setting, float] = field(default_factory=dict)
-    current: Setting = (4, 4)
     refused: set[Setting] = field(default_factory=set)
     _reads: int = 0
     _next_probe: int = 0
@@ -42,7 +41,6 @@ class Tuner:
     def __post_init__(self) -> None:
         if self.start[0] not in self.sizes or self.start[1] not in self.concurrencies:
             raise ValueError(f"not a tunable setting: {self.start}")
-        self.current = self.start
 
     def best(self) -> Setting:
         if not self.rates:
@@ -53,16 +51,15 @@ class Tuner:
         """The setting for the next read of `blocks` blocks: the best so far, or now and
         then a neighbour of it."""
         best = self.best()
-        self.current = best
         if blocks < self.min_blocks:
             return best
         self._reads += 1
         if self._reads % self.explore_every == 0:
             probes = self._neighbours(best)
             if probes:
-                self.current = probes[self._next_probe % len(probes)]
                 self._next_probe += 1
-        return self.current
+                return probes[(self._next_probe - 1) % len(probes)]
+        return best
 
     def observe(self, setting: Setting, blocks: int, seconds: float) -> None:
         """A read of `blocks` blocks with `setting` took `seconds`."""
