@@ -164,6 +164,7 @@ class ChainMachine(RuleBasedStateMachine):
         self.max_head = self.model.head.number
         self.clock = 0  # the host's clock (see `create`)
         self.tokens_only = False
+        self.split = False  # `split_logs`
         self.reorgs = 0
         self.cancelled: dict[str, int] = {}
         self.created: list[str] = []
@@ -249,6 +250,17 @@ class ChainMachine(RuleBasedStateMachine):
         self.model.mine_empty(blocks)
         self._grew()
 
+    @precondition(lambda self: bool(self.created))
+    @rule(picks=st.lists(st.integers(0, 100), min_size=1, max_size=3),
+          blocks=st.integers(13, 30))
+    def paid_while_away(self, picks: list[int], blocks: int) -> None:
+        """Payments are made while the daemon is away, and the chain grows past the blocks
+        whose headers the follower checks: only `eth_getLogs` over the backlog finds them."""
+        for pick in picks:
+            self.pay(pick, "exact", True, pick % 3)
+        self.model.mine_empty(blocks)
+        self._grew()
+
     @precondition(lambda self: bool(self.dropped))
     @rule()
     def reinclude(self) -> None:
@@ -299,6 +311,36 @@ class ChainMachine(RuleBasedStateMachine):
     def restart(self) -> None:
         run(self.loop, self.node.stop())
         self.node = run(self.loop, Node(self.node.db, self.server.url).start())
+        self._split_logs()
+
+    @rule(on=st.booleans())
+    def split_logs(self, on: bool) -> None:
+        """Token ranges of 2 blocks or more are read as several `eth_getLogs` parts at once
+        (the daemon does so from 64 blocks; the machine's ranges are shorter)."""
+        self.split = on
+        self._split_logs()
+
+    def _split_logs(self) -> None:
+        self.node.follower._log_tuner.min_blocks = 2 if self.split else 64
+
+    @rule(kind=st.sampled_from(["head", "behind", "sibling", "no_bloom"]))
+    def announce(self, kind: str) -> None:
+        """A newHeads notification reaches the follower before its next pass: the head,
+        an older block, a sibling of the head from another fork, or a header without
+        `logsBloom` (what a socket on another node, or a lagging one, may send)."""
+        block = self.model.head
+        if kind == "behind" and block.number > 1:
+            block = self.model.block(block.number - 1)
+        head = dict(self.model._block_json(block, False))
+        if kind == "sibling":
+            head["hash"] = "0x" + "ab" * 32
+            head["logsBloom"] = "0x" + "00" * 256
+        elif kind == "no_bloom":
+            head.pop("logsBloom", None)
+        self.node.follower._announce(orjson.dumps({
+            "jsonrpc": "2.0", "method": "eth_subscription",
+            "params": {"subscription": "0x1", "result": head},
+        }))
 
     @rule(
         asset=st.sampled_from(["ETH", "USDT"]),
