@@ -49,7 +49,7 @@ from watcher.matching import Route, WatchIndex
 from watcher.metrics import Metrics
 from watcher.models import Transfer
 from watcher.rpc import RpcClient
-from watcher.store import Store, invoices_updated_since
+from watcher.store import Store, invoices_changed_elsewhere
 from watcher.tuning import LOG_PARTS, Tuner
 
 log = logging.getLogger("watcher.follower")
@@ -200,6 +200,7 @@ class Follower:
         self._stopping = False
         self._throttle = Throttle(60)
         self._refreshed = 0
+        self._data_version: int | None = None  # `_refresh_index`
         #: (final, finalized) block numbers read with the newest head (finality tags)
         self._tags: tuple[int | None, int | None] = (None, None)
         #: full blocks per batch and batches in flight, as the node serves them fastest
@@ -286,8 +287,8 @@ class Follower:
         committed before this query is watched for every block up to that head, and one
         committed after it can only be paid in a later block."""
         now = timeutil.now()
-        changed = await self.store.run(
-            invoices_updated_since, self._refreshed - 1, self.network
+        self._data_version, changed = await self.store.run(
+            invoices_changed_elsewhere, self._refreshed - 1, self.network, self._data_version
         )
         self._refreshed = now
         for inv in changed:
