@@ -81,12 +81,13 @@ def checksum_address(value: object) -> str:
     checksummed form; ValueError "not an EVM address" or "bad checksum"."""
     if not isinstance(value, str) or not _HEX_ADDRESS.match(value):
         raise ValueError("not an EVM address")
-    from eth_utils.address import is_checksum_address, to_checksum_address  # only when used
+    from watcher.addresses import checksum_address as eip55  # only when used
 
+    checked = eip55(value)
     body = value[2:]
-    if body != body.lower() and body != body.upper() and not is_checksum_address(value):
+    if body != body.lower() and body != body.upper() and checked != value:
         raise ValueError("bad checksum")
-    return str(to_checksum_address(value))
+    return checked
 
 
 def check_url(value: str, schemes: tuple[str, ...] = ("http", "https")) -> str:

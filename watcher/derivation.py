@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import coincurve
 from bip32 import BIP32
 from bip32.base58 import b58decode_check
-from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
+from eth_hash.auto import keccak
+
+from watcher.addresses import checksum_address
 
 #: BIP-32 version bytes of extended public keys we accept (mainnet `xpub`, testnet `tpub`).
 _PUBLIC_VERSIONS = {0x0488B21E: "xpub", 0x043587CF: "tpub"}
@@ -149,7 +150,7 @@ def parse_xpub(text: str) -> BIP32:
 def address_of(public_key: bytes) -> str:
     """The EIP-55 address of a secp256k1 public key (compressed or not)."""
     point = coincurve.PublicKey(public_key).format(compressed=False)[1:]
-    return str(to_checksum_address(keccak(point)[-20:]))
+    return checksum_address("0x" + keccak(point)[-20:].hex())
 
 
 class Deriver:
