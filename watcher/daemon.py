@@ -180,7 +180,7 @@ class Daemon:
     def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.store = Store(settings.database)
+        self.store = Store(settings.database, checkpoints=True)
         self.ledger = build_ledger(settings)
         self.networks: dict[str, NetworkConfig] = settings.enabled_networks()
         self.indexes = {

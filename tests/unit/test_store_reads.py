@@ -88,3 +88,36 @@ def test_the_per_head_refresh_reads_only_what_another_process_committed(tmp_path
     assert invoices_changed_elsewhere(daemon, now - 1, NETWORK, version)[1] == []
     daemon.close()
     cli.close()
+
+
+async def test_wal_checkpoints_run_off_the_writer(tmp_path: Path) -> None:
+    """With `checkpoints` (the daemon), a commit past SQLite's default 1,000 WAL pages does
+    not checkpoint on the writer's thread; the checkpointer's own thread copies the WAL into
+    the database file soon after."""
+    path = tmp_path / "c.db"
+    store = await Store(path, checkpoints=True).open()
+    assert store.checkpointer is not None
+    store.checkpointer.interval = 3600.0  # not yet: see what the writer does alone
+
+    def big_write(db: Database) -> int:
+        with transaction(db):
+            db.execute("CREATE TABLE IF NOT EXISTS filler (x BLOB)")
+            db.conn.executemany("INSERT INTO filler VALUES (?)",
+                                [(b"\0" * 4000,) for _ in range(2_000)])  # ~2,000 pages
+        return int(db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+    before = path.stat().st_size
+    assert await store.run(big_write) == 10_000
+    assert path.stat().st_size == before  # the commit left the WAL where it was
+    await store.close()  # (stopping wakes the sleeping thread) and again, at its pace:
+
+    store = await Store(path, checkpoints=True).open()
+    assert store.checkpointer is not None
+    size = path.stat().st_size
+    await store.run(big_write)
+    for _ in range(100):  # the checkpointer's 1 s interval
+        if path.stat().st_size > size:
+            break
+        await asyncio.sleep(0.1)
+    assert path.stat().st_size > size and store.checkpointer.runs >= 1
+    await store.close()
