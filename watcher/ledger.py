@@ -294,14 +294,19 @@ class Ledger:
         *,
         event_id: str | None = None,
         cause: str | None = None,
+        data: dict[str, Any] | None = None,
+        queued: bool = False,
     ) -> bool:
         """Write the event and its delivery; False when an event with this (derived) id
         was written before, so nothing is sent twice. `cause` says why it happened when
-        that is not the chain itself (ASSIGNED_CAUSE: the merchant assigned a transfer)."""
+        that is not the chain itself (ASSIGNED_CAUSE: the merchant assigned a transfer).
+        `data`: the invoice already rendered; `queued`: an earlier event of the invoice was
+        queued for delivery in this transaction (so this one is not the head)."""
         event_id = event_id or "evt_" + uuid.uuid4().hex
-        body = orjson.dumps(
-            {"id": event_id, "event": event, "createdAt": iso(now), "data": self.render(inv)}
-        )
+        body = orjson.dumps({
+            "id": event_id, "event": event, "createdAt": iso(now),
+            "data": self.render(inv) if data is None else data,
+        })
         cur = db.execute(
             "INSERT OR IGNORE INTO events (id, invoice_id, event, status, created_at, body, "
             "cause) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -313,7 +318,7 @@ class Ledger:
         if url:
             # the head (sendable now) unless an earlier event of the invoice still waits (a
             # new invoice's `invoice.created` has none before it)
-            waiting = None if event == CREATED_EVENT else db.execute(
+            waiting = None if event == CREATED_EVENT else True if queued else db.execute(
                 "SELECT 1 FROM deliveries WHERE invoice_id = ? AND state = 'pending' LIMIT 1",
                 [inv.id],
             ).fetchone()
@@ -335,7 +340,8 @@ class Ledger:
         *,
         cause: str | None = None,
     ) -> None:
-        moved = False
+        moved = queued = False
+        data: dict[str, Any] | None = None
         for s in statuses:
             inv.status = s
             inv.updated_at = now
@@ -347,7 +353,15 @@ class Ledger:
                     known.pop(inv.id, None)
             if s == Status.VOIDED and inv.closed_at is None:
                 inv.closed_at = inv.expire_at  # expired: it stopped collecting at expireAt
-            self._emit(db, inv, s.event, s, now, cause=cause)
+            # A classic invoice's body differs between the steps of one move only in its
+            # status (a paid one goes WAITING -> COMPLETED in one range when already deep):
+            # rendered once. A method invoice's methods may depend on it: rendered again.
+            if data is None or inv.methods is not None or inv.legs:
+                data = self.render(inv)
+            else:
+                data = {**data, "status": s.value}
+            if self._emit(db, inv, s.event, s, now, cause=cause, data=data, queued=queued):
+                queued = queued or bool(inv.callback_url or self.default_callback_url)
             out.changes.append(Change(inv, s.event, s, block_time))
             moved = True
         if moved:
