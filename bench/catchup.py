@@ -4,6 +4,7 @@ in-process, wired as `watcher.daemon` wires them) over a pre-mined chain."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -13,6 +14,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from watcher.daemon import freeze_heap
 from watcher.follower import Follower, FollowerConfig
 from watcher.ledger import Ledger, NetworkInfo, Outcome
 from watcher.matching import WatchIndex
@@ -108,6 +110,10 @@ async def run_follower(
         rpc, store, ledger, index, on_outcome,
     )
     await follower._load()
+    # as `payment-watcher run` does once its indexes are filled (undone at the end, so the
+    # next round's index is collectable and this process's collector is as it was)
+    thresholds = gc.get_threshold()
+    freeze_heap()
     load_seconds = time.perf_counter() - started
     first = follower.scanned
     assert first is not None
@@ -148,4 +154,6 @@ async def run_follower(
             await runner.cleanup()
         await rpc.close()
         await store.close()
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
     return CatchUp(last - first, seconds, load_seconds, calls, requests, statuses, latencies)
