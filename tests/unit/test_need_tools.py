@@ -18,7 +18,7 @@ BASH = shutil.which("bash") or "/bin/bash"
 ALL = ("prometheus", "promtool", "node", "npm", "systemd-analyze")
 #: Debian package -> the programs it brings (what the fake apt-get creates).
 BRINGS = {"prometheus": ["prometheus", "promtool"], "chromium": ["CHROMIUM"], "nodejs": ["node"],
-          "npm": ["npm"], "systemd": ["systemd-analyze"]}
+          "npm": ["npm"], "systemd": ["systemd-analyze"], "postgresql": ["PGCTL"]}
 
 
 @dataclass
@@ -26,10 +26,16 @@ class Machine:
     bin: Path
     chromium: Path
     apt_log: Path
+    pg_bin: Path
+
+    def _path(self, name: str) -> Path:
+        if name == "CHROMIUM":
+            return self.chromium
+        return self.pg_bin / "pg_ctl" if name == "PGCTL" else self.bin / name
 
     def add(self, *names: str) -> None:
         for name in names:
-            path = self.chromium if name == "CHROMIUM" else self.bin / name
+            path = self._path(name)
             path.write_text("#!/bin/sh\n")
             path.chmod(0o755)
 
@@ -53,14 +59,15 @@ class Machine:
                 + 'for p in "$@"; do case "$p" in\n' + installs + "\n esac; done\n"
             )
             apt_get.chmod(0o755)
-        env = {"PATH": str(self.bin), "PAYMENT_WATCHER_CHROMIUM": str(self.chromium)}
+        env = {"PATH": str(self.bin), "PAYMENT_WATCHER_CHROMIUM": str(self.chromium),
+               "PAYMENT_WATCHER_PG_BIN": str(self.pg_bin)}
         if ci is not None:
             env["CI"] = ci
         return subprocess.run([BASH, str(SCRIPT), mode], capture_output=True, text=True,
                               env=env, timeout=30)
 
     def _create(self, name: str) -> str:
-        path = self.chromium if name == "CHROMIUM" else self.bin / name
+        path = self._path(name)
         return f"printf '#!/bin/sh\\n' > {path} && chmod +x {path}"
 
     def apt_calls(self) -> list[str]:
@@ -75,11 +82,12 @@ def machine(tmp_path: Path) -> Machine:
         found = shutil.which(tool)
         assert found, tool
         (bin_dir / tool).symlink_to(found)
-    return Machine(bin_dir, tmp_path / "chromium", tmp_path / "apt.log")
+    (tmp_path / "pg").mkdir()
+    return Machine(bin_dir, tmp_path / "chromium", tmp_path / "apt.log", tmp_path / "pg")
 
 
 def test_nothing_missing_says_nothing(machine: Machine) -> None:
-    machine.add(*ALL, "CHROMIUM")
+    machine.add(*ALL, "CHROMIUM", "PGCTL")
     for mode in ("install", "report"):
         for uid in (0, 1000):
             proc = machine.run(mode, uid=uid, ci="true")
@@ -88,7 +96,7 @@ def test_nothing_missing_says_nothing(machine: Machine) -> None:
 
 
 def test_not_root_installs_nothing_and_reports_one_line(machine: Machine) -> None:
-    machine.add("node", "npm", "systemd-analyze", "prometheus")  # no promtool, no chromium
+    machine.add("node", "npm", "systemd-analyze", "prometheus", "PGCTL")  # no promtool, chromium
     proc = machine.run("install")
     assert (proc.returncode, proc.stderr) == (0, "")
     assert machine.apt_calls() == []
@@ -102,7 +110,7 @@ def test_not_root_installs_nothing_and_reports_one_line(machine: Machine) -> Non
 
 @pytest.mark.parametrize(("ci", "code"), [("true", 1), ("1", 1), ("false", 0), ("", 0)])
 def test_in_ci_a_missing_tool_fails(machine: Machine, ci: str, code: int) -> None:
-    machine.add("prometheus", "promtool", "node", "npm", "CHROMIUM")
+    machine.add("prometheus", "promtool", "node", "npm", "CHROMIUM", "PGCTL")
     proc = machine.run("report", ci=ci)
     assert proc.returncode == code
     assert "systemd-analyze" in proc.stderr and "apt-get install" in proc.stderr
@@ -113,15 +121,16 @@ def test_root_installs_what_is_missing(machine: Machine) -> None:
     machine.add("node", "npm", "systemd-analyze")
     proc = machine.run("install", uid=0)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == "need-tools: apt-get install prometheus chromium\n"
+    assert proc.stderr == "need-tools: apt-get install prometheus chromium postgresql\n"
     assert machine.apt_calls() == [
-        "update -qq", "install -y -qq --no-install-recommends prometheus chromium"]
+        "update -qq",
+        "install -y -qq --no-install-recommends prometheus chromium postgresql"]
     proc = machine.run("report", uid=0, ci="true")
     assert (proc.returncode, proc.stderr) == (0, "")
 
 
 def test_root_without_apt_or_with_apt_failing_goes_on(machine: Machine) -> None:
-    machine.add("node", "npm", "systemd-analyze", "CHROMIUM")
+    machine.add("node", "npm", "systemd-analyze", "CHROMIUM", "PGCTL")
     proc = machine.run("install", uid=0, apt=None)
     assert (proc.returncode, proc.stderr) == (0, "")
     proc = machine.run("install", uid=0, apt="fail")
@@ -133,7 +142,7 @@ def test_root_without_apt_or_with_apt_failing_goes_on(machine: Machine) -> None:
 
 
 def test_without_npm_the_line_comes_before_make_install_stops(machine: Machine) -> None:
-    machine.add("prometheus", "promtool", "systemd-analyze", "CHROMIUM")
+    machine.add("prometheus", "promtool", "systemd-analyze", "CHROMIUM", "PGCTL")
     proc = machine.run("install")
     assert proc.returncode == 0
     assert proc.stderr == ("missing for the tests: node npm (install: sudo apt-get install "
