@@ -50,7 +50,7 @@ from watcher.matching import Route, WatchIndex
 from watcher.metrics import Metrics
 from watcher.models import Transfer
 from watcher.rpc import RpcClient
-from watcher.store import Store, invoices_changed_elsewhere
+from watcher.store import Store, invoices_by_ids, invoices_changed_elsewhere
 from watcher.tuning import LOG_PARTS, Tuner
 
 log = logging.getLogger("watcher.follower")
@@ -299,14 +299,19 @@ class Follower:
         self._refreshed = timeutil.now()
 
     async def _refresh_index(self) -> None:
-        """Take invoices another process (the CLI) created or changed into the index. Runs
-        after the head is read and before any range up to it is matched: an invoice
+        """Take invoices another process (the CLI) created or changed into the index, and
+        those of this process not in it yet (a create's outcome reaches the index when its
+        request resumes, a loop turn after the group commit this query may already see).
+        Runs after the head is read and before any range up to it is matched: an invoice
         committed before this query is watched for every block up to that head, and one
         committed after it can only be paid in a later block."""
         now = timeutil.now()
-        self._data_version, changed = await self.store.run(
+        self._data_version, changed, ids = await self.store.run(
             invoices_changed_elsewhere, self._refreshed - 1, self.network, self._data_version
         )
+        if changed is None:  # only this process wrote: what its index does not hold yet
+            missing = [i for i in ids if not self.index.holds(i)]
+            changed = await self.store.run(invoices_by_ids, missing) if missing else []
         self._refreshed = now
         for inv in changed:
             self.index.put(inv)

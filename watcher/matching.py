@@ -151,6 +151,10 @@ class WatchIndex:
     def __len__(self) -> int:
         return len(self._at)
 
+    def holds(self, invoice_id: str) -> bool:
+        """Whether the invoice's own entry (not a retired method's) is in the index."""
+        return invoice_id in self._at
+
     def symbol_for_token(self, address: str) -> str | None:
         return self._token_symbol.get(address.lower())
 

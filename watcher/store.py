@@ -1084,16 +1084,29 @@ def invoices_updated_since(db: Database, since: int, network: str) -> list[Invoi
 
 def invoices_changed_elsewhere(
     db: Database, since: int, network: str, version: int | None
-) -> tuple[int, list[Invoice]]:
-    """`invoices_updated_since`, read only when another connection (the CLI) committed since
-    `version`, a `PRAGMA data_version` of this connection; (its value now, the invoices).
-    The daemon's own writes leave that value alone and reach its index by themselves: at
-    hundreds of API creates a second, reloading them on every new head cost 25-65 ms of
-    the writer thread per block."""
+) -> tuple[int, list[Invoice] | None, list[str]]:
+    """What the per-head refresh needs: (`PRAGMA data_version` now, the invoices, their
+    ids). When another connection (the CLI) committed since `version`, the invoices of
+    `invoices_updated_since` (ids empty). Otherwise only the daemon's own writes happened,
+    and they reach its index with their outcomes: just the ids (None for the invoices), so
+    the caller loads those its index does not hold yet (an outcome not reported by the time
+    the follower looks; see `invoices_by_ids`). Reloading every invoice the API had just
+    created cost 25-65 ms of the writer per block at hundreds of creates a second."""
     now_version = int(db.execute("PRAGMA data_version").fetchone()[0])
-    if now_version == version:
-        return now_version, []
-    return now_version, invoices_updated_since(db, since, network)
+    if now_version != version:
+        return now_version, invoices_updated_since(db, since, network), []
+    ids = [r[0] for r in db.execute(
+        "SELECT id FROM invoices INDEXED BY invoices_updated "
+        "WHERE updated_at >= ? AND network = ? UNION "
+        "SELECT invoice_id FROM invoice_legs WHERE network = ? AND closed_at >= ?",
+        [since, network, network, since]).fetchall()]
+    return now_version, None, ids
+
+
+def invoices_by_ids(db: Database, ids: list[str]) -> list[Invoice]:
+    """The invoices with these ids, with their legs (payments not loaded)."""
+    marks = ",".join("?" * len(ids))
+    return _with_legs(db, list(db.query(f"SELECT * FROM invoices WHERE id IN ({marks})", ids)))
 
 
 def status_counts(db: Database) -> dict[str, int]:

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from tests.chainmodel import Block, ChainModel, TokenTx
-from tests.daemonparts import ADDRS, CONF, PAYER, TOKEN, Node, clock, running
+from tests.daemonparts import ADDRS, CONF, NET, PAYER, TOKEN, Node, clock, running
 from watcher.models import Status
 
 
@@ -119,3 +119,26 @@ async def test_a_head_announced_from_another_fork_is_caught_like_a_reorg(
         assert (got.status, len(got.payments)) == (Status.COMPLETED, 1)
         assert [e for _, e, _ in await node.events(inv)].count(
             "invoice.waiting_for_confirmations") == 1
+
+
+async def test_an_own_create_not_yet_reported_is_watched_from_the_next_pass(
+    tmp_path: Path,
+) -> None:
+    """A create's group commit answers its request a loop turn later, so the index may not
+    hold the invoice when the follower's per-head refresh runs: the refresh (which skips
+    reloading what its own connection wrote) loads the ids the index lacks. A payment made
+    just before the create, in a block of that pass, is found."""
+    from watcher import timeutil
+    from watcher.ledger import NewInvoice
+
+    async with running(tmp_path) as (model, _, node):
+        await node.catch_up(model.head.number)
+        await node.sync()  # the refresh has read once: from now on only data_version counts
+        model.mine([TokenTx(TOKEN, PAYER, ADDRS[1], 100)])  # paid before the create ...
+        now = timeutil.now()  # the host's clock, as the API's creates (the refresh reads by it)
+        req = NewInvoice(NET, "USDT", 100, ADDRS[1], now + 10_000)
+        inv, _, _ = await node.store.run(node.ledger.create, req, now)  # ... not reported
+        assert not node.follower.index.holds(inv.id)
+        await node.sync()
+        assert node.follower.index.holds(inv.id)
+        assert (await node.get(inv.id)).status == Status.WAITING_FOR_CONFIRMATIONS

@@ -70,22 +70,24 @@ def test_the_per_head_refresh_reads_recent_invoices_by_their_time_index(tmp_path
 
 def test_the_per_head_refresh_reads_only_what_another_process_committed(tmp_path: Path) -> None:
     """The daemon's own creates reach its index with their outcome; reloading them on every
-    new head cost the writer 25-65 ms per block under a stream of API creates. Only a commit
-    of another connection (the CLI) makes the refresh read, and then it finds that commit."""
+    new head cost the writer 25-65 ms per block under a stream of API creates. Its own
+    commits give only ids (the follower loads those its index lacks); a commit of another
+    connection (the CLI) gives the invoices themselves."""
     from tests.integration.receiver import NETWORK, create_invoices, make_ledger
-    from watcher.store import connect, invoices_changed_elsewhere
+    from watcher.store import connect, invoices_by_ids, invoices_changed_elsewhere
 
     now = 1_700_000_000
     daemon, cli = connect(tmp_path / "r.db"), connect(tmp_path / "r.db")
-    version, found = invoices_changed_elsewhere(daemon, now - 1, NETWORK, None)
-    assert found == []  # the first call reads (nothing there yet)
-    create_invoices(daemon, make_ledger(), 3, None, now)
-    version, found = invoices_changed_elsewhere(daemon, now - 1, NETWORK, version)
-    assert found == []  # its own writes
-    ids = create_invoices(cli, make_ledger(), 2, None, now, first=10)
-    version, found = invoices_changed_elsewhere(daemon, now - 1, NETWORK, version)
-    assert set(ids) <= {inv.id for inv in found}
-    assert invoices_changed_elsewhere(daemon, now - 1, NETWORK, version)[1] == []
+    version, found, ids = invoices_changed_elsewhere(daemon, now - 1, NETWORK, None)
+    assert (found, ids) == ([], [])  # the first call reads (nothing there yet)
+    own = create_invoices(daemon, make_ledger(), 3, None, now)
+    version, found, ids = invoices_changed_elsewhere(daemon, now - 1, NETWORK, version)
+    assert found is None and sorted(ids) == sorted(own)  # its own writes: ids only
+    assert {inv.id for inv in invoices_by_ids(daemon, own[:2])} == set(own[:2])
+    theirs = create_invoices(cli, make_ledger(), 2, None, now, first=10)
+    version, found, ids = invoices_changed_elsewhere(daemon, now - 1, NETWORK, version)
+    assert found is not None and set(theirs) <= {inv.id for inv in found}
+    assert invoices_changed_elsewhere(daemon, now - 1, NETWORK, version)[1] is None
     daemon.close()
     cli.close()
 
@@ -115,8 +117,8 @@ async def test_wal_checkpoints_run_off_the_writer(tmp_path: Path) -> None:
     assert store.checkpointer is not None
     size = path.stat().st_size
     await store.run(big_write)
-    for _ in range(100):  # the checkpointer's 1 s interval
-        if path.stat().st_size > size:
+    for _ in range(100):  # the checkpointer's 1 s interval (it counts a run once done)
+        if path.stat().st_size > size and store.checkpointer.runs >= 1:
             break
         await asyncio.sleep(0.1)
     assert path.stat().st_size > size and store.checkpointer.runs >= 1
