@@ -349,19 +349,22 @@ def networks_command(as_json: bool) -> None:
 
 
 def _store_call(settings: Settings, fn: Callable[..., R], *args: Any) -> R:
-    """Run `fn(db, *args)` on the database of `settings` and close it."""
-    import asyncio
+    """Run `fn(db, *args)` on the database of `settings` and close it: on this thread, with
+    no event loop or store threads to start."""
+    import sqlite3
 
-    from watcher.store import Store
+    from watcher.store import connect, store_error
 
-    async def go() -> R:
-        store = await Store(settings.database).open()
-        try:
-            return await store.run(fn, *args)
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
+    try:
+        db = connect(settings.database)
+    except sqlite3.Error as exc:
+        raise store_error(exc) from exc
+    try:
+        return fn(db, *args)
+    except sqlite3.Error as exc:
+        raise store_error(exc) from exc
+    finally:
+        db.close()
 
 
 def _echo_json(data: object) -> None:

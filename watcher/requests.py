@@ -14,18 +14,20 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
 
-from watcher import ledger
 from watcher.addresses import checksum_address
 from watcher.amounts import parse_amount
 from watcher.errors import AmountError, BadRequest, Invalid
 from watcher.models import Method, Status
 from watcher.rates import RateProvider
 from watcher.timeutil import parse_iso
+
+if TYPE_CHECKING:  # imported where used: `invoices list` reads without the ledger
+    from watcher import ledger
 
 CREATE_FIELDS = (
     "network",
@@ -246,6 +248,8 @@ def parse_create(
     Without `amount`, `price` + `currency` must be priceable by `rates`. `derivable`: an
     xpub is configured, so `"address": "derive"` (or no address where the asset has no
     shared address) takes the next derived address."""
+    from watcher import ledger
+
     data = require_object(body)
     _reject_unknown(data, CREATE_FIELDS)
     if data.get("methods") is not None:
@@ -412,6 +416,8 @@ def _parse_methods_create(
     derivable: bool,
 ) -> ledger.NewInvoice:
     """A create with `methods`: the customer chooses how to pay a price in a currency."""
+    from watcher import ledger
+
     mixed = [k for k in ("network", "asset", "amount", "address") if data.get(k) is not None]
     if mixed:
         raise Invalid(f"methods replaces {', '.join(mixed)}: give either methods or "

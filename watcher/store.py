@@ -7,7 +7,6 @@ base-unit integers (SQLite INTEGER stops at 2^63); times are INTEGER unix second
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
@@ -18,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
 import orjson
 from sqlite_utils import Database
@@ -34,6 +33,9 @@ from watcher.models import (
     Transfer,
     transfer_id,
 )
+
+if TYPE_CHECKING:
+    import asyncio
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -581,7 +583,8 @@ def transaction(db: Database) -> Iterator[Database]:
         conn.execute("COMMIT")
 
 
-def _store_error(exc: sqlite3.Error) -> StoreError:
+def store_error(exc: sqlite3.Error) -> StoreError:
+    """A typed error naming the likely cause (locked, read-only, disk full)."""
     text = str(exc)
     if "locked" in text or "busy" in text:
         hint = "the database is locked by another process"
@@ -661,11 +664,13 @@ class Store:
     async def _submit(
         self, fn: Callable[..., T], *args: Any, executor: ThreadPoolExecutor | None = None
     ) -> T:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(executor or self._executor, partial(fn, *args))
         except sqlite3.Error as exc:
-            raise _store_error(exc) from exc
+            raise store_error(exc) from exc
 
     async def read(
         self, fn: Callable[Concatenate[Database, P], T], *args: P.args, **kwargs: P.kwargs
@@ -688,6 +693,8 @@ class Store:
 
     async def close(self) -> None:
         if self.checkpointer is not None:
+            import asyncio
+
             checkpointer, self.checkpointer = self.checkpointer, None
             await asyncio.get_running_loop().run_in_executor(None, checkpointer.stop)
         if self._rdb is not None:
@@ -729,6 +736,8 @@ class GroupCommit(Generic[I, T]):
         self.batches = 0
 
     async def submit(self, item: I) -> T:
+        import asyncio
+
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if not self._writing:

@@ -133,8 +133,8 @@ def test_the_cli_starts_without_the_heavy_libraries() -> None:
 
 def test_invoices_list_reads_without_the_web_stack(tmp_path: Path) -> None:
     """`invoices list` (text) opens the database and prints, importing neither aiohttp,
-    web3, eth_utils (0.1 s: the xpub and token checks use `watcher.addresses`) nor the
-    daemon: the read path is `watcher.queries`, not the API module; also with
+    web3, eth_utils (0.1 s: the xpub and token checks use `watcher.addresses`), the
+    daemon nor the ledger: the read path is `watcher.queries`, not the API module; also with
     an xpub and token addresses configured. Run twice: the first creates the database."""
     from tests import hdkeys
 
@@ -144,7 +144,7 @@ def test_invoices_list_reads_without_the_web_stack(tmp_path: Path) -> None:
                       'tokens = [{ symbol = "USDT", decimals = 6, '
                       'address = "0x5FbDB2315678afecb367f032d93F642f64180aa3" }]\n'
                       f'[addresses]\nxpub = "{hdkeys.xpub()}"\n')
-    heavy = ("web3", "aiohttp", "eth_account", "eth_utils", "watcher.daemon")
+    heavy = ("web3", "aiohttp", "eth_account", "eth_utils", "watcher.daemon", "watcher.ledger")
     code = ("import sys; sys.argv = ['payment-watcher', 'invoices', 'list', '--config', "
             f"{str(config)!r}]\nfrom watcher.cli import main\ntry:\n    main()\n"
             "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
