@@ -20,7 +20,8 @@ from watcher.ledger import Ledger, NetworkInfo, Outcome
 from watcher.matching import WatchIndex
 from watcher.models import Asset
 from watcher.rpc import RpcClient, _Endpoint
-from watcher.store import Store, status_counts, watched_invoices
+from watcher.storage.rows import status_counts, watched_invoices
+from watcher.storage.sqlite import Store
 from watcher.web.api import ApiContext, create_app
 
 from .workload import CHAIN_ID, NET, TOKEN_DECIMALS

@@ -1,6 +1,6 @@
 """Database size after 1M transfers, and what retention gives back.
 
-A fresh database made by the real migrations (`watcher.store.connect`) gets `transfers`
+A fresh database made by the real migrations (`watcher.storage.sqlite.connect`) gets `transfers`
 synthetic transfer rows in one `executemany` (random-looking hashes and ids, as on a
 chain, so the indexes grow as they would): 1 in 10 a payment of one of 100,000 invoices,
 the rest unmatched, first seen evenly over the last two years. Then one retention pass
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from watcher.retention import Ages, Pass
-from watcher.store import connect
+from watcher.storage.sqlite import connect
 
 DAY = 86400
 NET = "polygon"

@@ -26,7 +26,7 @@ from watcher import timeutil
 from watcher.devchain import DevChain
 from watcher.ledger import Ledger, NetworkInfo, NewInvoice
 from watcher.models import Status
-from watcher.store import connect
+from watcher.storage.sqlite import connect
 
 from .catchup import assets
 from .raw import RawClient

@@ -4,7 +4,7 @@ with W open invoices.
 
 Transactions are sent with explicit nonces while automine is off, then each block is mined
 with `evm_mine`, so every block holds exactly K transactions. Invoices go straight into
-SQLite through `watcher.store` rows (one transaction, `executemany`): the HTTP API is only
+SQLite through `watcher.storage.rows` (one transaction, `executemany`): the HTTP API is only
 used where its speed is the figure measured (creates/s).
 """
 
@@ -23,7 +23,8 @@ from typing import Any
 from watcher import timeutil
 from watcher.devchain import Anvil, DevChain
 from watcher.models import Invoice, Status
-from watcher.store import connect, invoice_row
+from watcher.storage.rows import invoice_row
+from watcher.storage.sqlite import connect
 
 NET = "anvil"
 CHAIN_ID = 31337

@@ -21,7 +21,8 @@ from watcher.ledger import Ledger, NetworkInfo, NewInvoice, Outcome
 from watcher.matching import WatchIndex
 from watcher.models import OPENS_EARLY, Asset, Invoice
 from watcher.rpc import RpcClient
-from watcher.store import Store, index_invoices, load_invoice
+from watcher.storage.rows import index_invoices, load_invoice
+from watcher.storage.sqlite import Store
 
 NET = "model"
 CONF = 3

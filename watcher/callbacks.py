@@ -36,7 +36,7 @@ from sqlite_utils import Database
 
 from watcher import outbox, signing
 from watcher.outbox import Outcome
-from watcher.store import Store, transaction
+from watcher.storage.sqlite import Store, transaction
 
 log = logging.getLogger(__name__)
 

@@ -353,7 +353,7 @@ def _store_call(settings: Settings, fn: Callable[..., R], *args: Any) -> R:
     no event loop or store threads to start."""
     import sqlite3
 
-    from watcher.store import connect, store_error
+    from watcher.storage.sqlite import connect, store_error
 
     try:
         db = connect(settings.database)
@@ -473,7 +473,7 @@ def invoices_create(
     async def go() -> dict[str, Any]:
         from watcher.daemon import start_network
         from watcher.rpc import RpcClient
-        from watcher.store import Store
+        from watcher.storage.sqlite import Store
 
         store = await Store(settings.database).open()
         try:
@@ -730,7 +730,7 @@ def addresses_list(
     from watcher.daemon import build_ledger
     from watcher.requests import MAX_LIMIT, encode_cursor, parse_address_query
     from watcher.rpc import RpcClient
-    from watcher.store import Store
+    from watcher.storage.sqlite import Store
     from watcher.web.api import address_report
 
     settings = load_config(config_path)
@@ -827,7 +827,7 @@ def rescan_command(config_path: Path | None, network: str, start: int, end: int 
     from watcher.errors import ConfigError
     from watcher.rescan import Progress, RescanError, Rescanner
     from watcher.rpc import RpcClient
-    from watcher.store import Store
+    from watcher.storage.sqlite import Store
 
     settings = load_config(config_path)
     net = settings.enabled_networks().get(network)
@@ -926,7 +926,7 @@ def rates_command(config_path: Path | None) -> None:
 def status_command(config_path: Path | None, as_json: bool) -> None:
     """Networks (head, scanned, lag, RPC health), invoices by status, callback queue."""
     from watcher.outbox import queue_depth
-    from watcher.store import status_counts
+    from watcher.storage.rows import status_counts
 
     settings = load_config(config_path)
 

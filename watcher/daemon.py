@@ -39,13 +39,13 @@ from watcher.rescan import RescanError, Rescanner
 from watcher.retention import Retention
 from watcher.rpc import RpcClient
 from watcher.sdnotify import Notifier
-from watcher.store import (
-    Store,
+from watcher.storage.rows import (
     iter_index_invoices,
     newest_derived_address,
     rescan_json,
     status_counts,
 )
+from watcher.storage.sqlite import Store
 from watcher.web.api import CREATES, ApiContext, create_app
 from watcher.web.channels import Limits, Sockets
 from watcher.web.checkout import CheckoutContext, create_checkout_app

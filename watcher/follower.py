@@ -50,7 +50,8 @@ from watcher.matching import Route, WatchIndex
 from watcher.metrics import Metrics
 from watcher.models import Transfer
 from watcher.rpc import RpcClient
-from watcher.store import Store, invoices_by_ids, invoices_changed_elsewhere
+from watcher.storage.rows import invoices_by_ids, invoices_changed_elsewhere
+from watcher.storage.sqlite import Store
 from watcher.tuning import LOG_PARTS, Tuner
 
 log = logging.getLogger("watcher.follower")

@@ -36,7 +36,7 @@ from watcher.models import (
 )
 from watcher.rates import Rate, RateProvider, RateUnavailable, amount_for, format_rate
 from watcher.render import Elsewhere, invoice_json, method_json
-from watcher.store import (
+from watcher.storage.rows import (
     assign_transfer,
     insert_derived_address,
     insert_invoice,
@@ -45,11 +45,11 @@ from watcher.store import (
     load_invoices,
     load_transfers_by_id,
     next_derivation_index,
-    transaction,
     transfer_row,
     update_invoice,
     update_invoice_method,
 )
+from watcher.storage.sqlite import transaction
 from watcher.timeutil import iso
 from watcher.timeutil import now as clock
 

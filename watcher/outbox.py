@@ -20,7 +20,8 @@ from typing import Any, Literal
 from sqlite_utils import Database
 
 from watcher.errors import Gone
-from watcher.store import reset_delivery_head, transaction
+from watcher.storage.rows import reset_delivery_head
+from watcher.storage.sqlite import transaction
 
 Outcome = Literal["delivered", "retry", "failed"]
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from sqlite_utils import Database
 
 from watcher.models import Invoice
-from watcher.store import load_invoices
+from watcher.storage.rows import load_invoices
 
 if TYPE_CHECKING:
     from watcher import requests as rq

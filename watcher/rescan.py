@@ -27,7 +27,8 @@ from watcher.ledger import Ledger, Outcome, ScanBatch
 from watcher.matching import WatchIndex
 from watcher.models import Asset, Status
 from watcher.rpc import RpcClient
-from watcher.store import Store, load_invoices
+from watcher.storage.rows import load_invoices
+from watcher.storage.sqlite import Store
 
 log = logging.getLogger("watcher.rescan")
 

@@ -16,7 +16,8 @@ from watcher.matching import WatchIndex
 from watcher.metrics import Metrics
 from watcher.models import Asset, Invoice
 from watcher.rpc import RpcClient
-from watcher.store import Store, index_invoices, load_invoice
+from watcher.storage.rows import index_invoices, load_invoice
+from watcher.storage.sqlite import Store
 
 NET = "anvil"
 

@@ -24,7 +24,7 @@ from tests.integration.daemonproc import API_KEY, CALLBACK_SECRET, DaemonConfig,
 from tests.reliability.rpcproxy import RpcProxy
 from watcher.ledger import Ledger, NetworkInfo
 from watcher.models import Asset
-from watcher.store import Store
+from watcher.storage.sqlite import Store
 from watcher.web.api import ApiContext, create_app, key_matches
 
 KEY = "sec_key_0123456789abcdef0123"
@@ -204,7 +204,8 @@ def test_sql_is_parameterised_in_the_code() -> None:
     import watcher.ledger
     import watcher.outbox
     import watcher.queries
-    import watcher.store
+    import watcher.storage.rows
+    import watcher.storage.sqlite
 
     pattern = re.compile(r"f\"[^\"]*(SELECT|INSERT|UPDATE|DELETE|WHERE)[^\"]*\{([^}]*)\}",
                          re.IGNORECASE)
@@ -215,7 +216,8 @@ def test_sql_is_parameterised_in_the_code() -> None:
                "','.join('?' * len(busy))", "','.join('?' * len(chunk))",
                "sets"}  # "column = ?, ..." over invoice_row's fixed keys
     found = 0
-    for mod in (api_mod, watcher.store, watcher.ledger, watcher.outbox, watcher.queries):
+    for mod in (api_mod, watcher.storage.rows, watcher.storage.sqlite, watcher.ledger,
+                watcher.outbox, watcher.queries):
         for m in pattern.finditer(inspect.getsource(mod)):
             assert m.group(2) in allowed, (mod.__name__, m.group(0))
             found += 1

@@ -15,13 +15,13 @@ from tests import hdkeys
 from tests.unit.test_api import AUTH, KEY, ClientFactory, Env
 from tests.unit.test_ledger import DEDICATED, NET, NOW, make_ledger, new, pay
 from tests.unit.test_ledger import db as db  # the fixture: a started network's database
-from watcher import store
 from watcher.derivation import Deriver
 from watcher.errors import Invalid, Unavailable
 from watcher.ledger import Ledger, NewInvoice
 from watcher.models import Status
 from watcher.requests import parse_create
-from watcher.store import Store
+from watcher.storage import rows, sqlite
+from watcher.storage.sqlite import Store
 from watcher.web.api import ApiContext, create_app
 
 DERIVER = Deriver(hdkeys.xpub())
@@ -90,8 +90,8 @@ def test_an_address_already_collecting_is_passed_over(db: Database, ledger: Ledg
     inv = ledger.create(db, new(asset="ETH", derive=True), NOW)[0]
     assert inv.derivation_index == 1 and inv.to_addr != by_hand.to_addr
     assert [i for i, _ in derived(db)] == [0, 1]  # recorded, so never handed out later
-    rows = store.derived_addresses(db)
-    assert [r["invoices"][0]["id"] for r in rows] == [by_hand.id, inv.id]
+    found = rows.derived_addresses(db)
+    assert [r["invoices"][0]["id"] for r in found] == [by_hand.id, inv.id]
 
 
 def test_derive_without_xpub(db: Database) -> None:
@@ -126,7 +126,7 @@ def test_request_parsing(ledger: Ledger) -> None:
 
 
 def test_network_not_started_takes_no_index(tmp_path: Path, ledger: Ledger) -> None:
-    database = store.connect(tmp_path / "fresh.db")
+    database = sqlite.connect(tmp_path / "fresh.db")
     with pytest.raises(Unavailable):
         ledger.create(database, new(asset="ETH", derive=True), NOW)
     assert derived(database) == []
@@ -246,7 +246,7 @@ def test_cli_list_without_balances(tmp_path: Path) -> None:
 
     path = _config(tmp_path, hdkeys.xpub(), start=100)
     led = build_ledger(load_settings(path))
-    database = store.connect(tmp_path / "cli.db")
+    database = sqlite.connect(tmp_path / "cli.db")
     led.start_network(database, "anvil", 1, 0)
     req = NewInvoice(network="anvil", asset="ETH", amount=1, address=None, expire_at=None,
                      derive=True)

@@ -38,13 +38,13 @@ from tests.unit.test_ledger import (
 )
 from tests.unit.test_ledger import db as db  # the fixture: a started network's database
 from tests.unit.test_ledger import ledger as ledger  # the fixture: the test ledger
-from watcher import store
 from watcher.cli import main
 from watcher.config import load_settings
 from watcher.daemon import build_ledger
 from watcher.errors import Conflict, Invalid, NotFound
 from watcher.ledger import Ledger, NetworkInfo, Outcome, ScanBatch
 from watcher.models import Asset, Invoice, Status, Transfer
+from watcher.storage import sqlite
 from watcher.timeutil import now as clock
 
 USDT = 10**6
@@ -383,7 +383,7 @@ def cli_config(tmp_path: Path) -> tuple[Path, str, str]:
                     '[invoices]\nlate_payment_window = 60\n'
                     '[networks.anvil]\nrpc = ["http://127.0.0.1:1"]\n')
     ledger = build_ledger(load_settings(path))
-    db = store.connect(tmp_path / "w.db")
+    db = sqlite.connect(tmp_path / "w.db")
     now = clock()
     ledger.start_network(db, "anvil", 7, now)
     gone, _, _ = ledger.create(

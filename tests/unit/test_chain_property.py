@@ -61,7 +61,7 @@ from watcher.amounts import parse_amount
 from watcher.errors import Conflict
 from watcher.ledger import NewInvoice, late_event_id
 from watcher.models import OPENS_EARLY, Status
-from watcher.store import load_invoices
+from watcher.storage.rows import load_invoices
 
 EXAMPLES = int(os.environ.get("PW_CHAIN_EXAMPLES", "100"))
 

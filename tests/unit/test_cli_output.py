@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from watcher import store
 from watcher.cli import main
 from watcher.config import load_settings
 from watcher.daemon import build_ledger
 from watcher.ledger import NewInvoice
+from watcher.storage import sqlite
 
 ENTRY = Path(sys.executable).parent / "payment-watcher"
 ANSI = "\x1b["
@@ -67,7 +67,7 @@ def config(tmp_path: Path) -> Path:
                     '[api]\napi_keys = ["k-0123456789abcdef"]\nlisten = "127.0.0.1:1"\n'
                     '[networks.anvil]\nrpc = ["http://127.0.0.1:1"]\n')
     ledger = build_ledger(load_settings(path))
-    db = store.connect(tmp_path / "w.db")
+    db = sqlite.connect(tmp_path / "w.db")
     ledger.start_network(db, "anvil", 7, 0)
     ledger.create(db, NewInvoice(network="anvil", asset="ETH", amount=5 * 10**17,
                                  address="0x1105F97fBAB9674Ef069331F2b48E9B870ed9Adc",

@@ -39,7 +39,8 @@ from watcher.errors import Invalid
 from watcher.ledger import Ledger, Outcome, ScanBatch
 from watcher.models import Invoice, Status, Transfer
 from watcher.outbox import record_attempt
-from watcher.store import Store, load_invoice
+from watcher.storage.rows import load_invoice
+from watcher.storage.sqlite import Store
 from watcher.timeutil import now as wall_clock
 from watcher.web import dashboard_forms as forms
 from watcher.web.api import CREATES, ApiContext, create_app
@@ -1020,12 +1021,12 @@ def test_a_0010_database_gets_the_sessions_table(tmp_path: Path) -> None:
     from sqlite_utils import Database
     from sqlite_utils.migrations import Migrations
 
-    from watcher import store
-    from watcher.store import connect
+    from watcher.storage import schema
+    from watcher.storage.sqlite import connect
 
     path = tmp_path / "old.db"
-    old = Migrations(store.migrations.name)
-    for m in store.migrations._migrations:
+    old = Migrations(schema.migrations.name)
+    for m in schema.migrations._migrations:
         if m.name[:4] <= "0010":
             old(name=m.name)(m.fn)
     db = Database(path)

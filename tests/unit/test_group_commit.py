@@ -10,7 +10,7 @@ import pytest
 from sqlite_utils import Database
 
 from watcher.errors import Conflict, StoreError
-from watcher.store import GroupCommit, Store
+from watcher.storage.sqlite import GroupCommit, Store
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from watcher.daemon import Daemon, prune_index
 from watcher.errors import Unavailable
 from watcher.ledger import late_event_id
 from watcher.models import Invoice, Status
-from watcher.store import connect, transaction
+from watcher.storage.sqlite import connect, transaction
 
 
 async def open_invoice(

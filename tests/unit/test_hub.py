@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from watcher.store import Store
+from watcher.storage.sqlite import Store
 from watcher.web.hub import Connection, Hub, Message
 
 

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from sqlite_utils import Database
 
-from watcher import store
 from watcher.errors import Conflict, Invalid, NotFound
 from watcher.ledger import Ledger, NetworkInfo, NewInvoice, Outcome, ScanBatch
 from watcher.models import Asset, Invoice, Status, Transfer
+from watcher.storage import sqlite
 
 NET = "testnet"
 TOKEN = "0x1111111111111111111111111111111111111111"
@@ -113,7 +113,7 @@ def deliveries_of(db: Database, invoice_id: str) -> list[str]:
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    database = store.connect(tmp_path / "watcher.db")
+    database = sqlite.connect(tmp_path / "watcher.db")
     make_ledger().start_network(database, NET, 1, 0)
     yield database
     database.close()

@@ -12,12 +12,14 @@ from sqlite_utils.migrations import Migrations
 
 from tests.unit.factories import invoice, payment
 from watcher import requests as rq
-from watcher import state, store
+from watcher import state
 from watcher.errors import Invalid
 from watcher.ledger import NetworkInfo
 from watcher.matching import Route, WatchIndex
 from watcher.models import Asset, Invoice, Leg, Method, Status
-from watcher.store import connect, load_invoice
+from watcher.storage import rows, schema
+from watcher.storage.rows import load_invoice
+from watcher.storage.sqlite import connect
 
 OLD = "0x" + "33" * 20
 NEW = "0x" + "11" * 20
@@ -137,13 +139,13 @@ def test_a_methods_create_is_parsed_and_fingerprinted() -> None:
 
 def test_0013_keeps_invoices_and_lets_the_method_columns_be_empty(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    old = Migrations(store.migrations.name)
-    for m in store.migrations._migrations:
+    old = Migrations(schema.migrations.name)
+    for m in schema.migrations._migrations:
         if m.name[:4] <= "0012":
             old(name=m.name)(m.fn)
     db = Database(path)
     old.apply(db)
-    row = store.invoice_row(invoice(id="keep"))
+    row = rows.invoice_row(invoice(id="keep"))
     for new in ("title", "description", "methods"):
         del row[new]
     db.table("invoices").insert(row)
@@ -157,7 +159,7 @@ def test_0013_keeps_invoices_and_lets_the_method_columns_be_empty(tmp_path: Path
     after = {r[0] for r in db.execute(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'invoices'")}
     assert indexes <= after and "invoices_unchosen" in after
-    store.insert_invoice(db, invoice(id="open", network=None, chain_id=None, asset=None,
+    rows.insert_invoice(db, invoice(id="open", network=None, chain_id=None, asset=None,
                                      decimals=None, to_addr=None, amount=None,
                                      requested_amount=None, methods=[Method("local", "ETH")]))
     got = load_invoice(db, "open")

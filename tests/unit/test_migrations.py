@@ -7,14 +7,15 @@ from pathlib import Path
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from watcher import store
-from watcher.store import connect, load_invoice
+from watcher.storage import schema
+from watcher.storage.rows import load_invoice
+from watcher.storage.sqlite import connect
 
 
 def test_a_0005_database_gets_client_and_redirect(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    old = Migrations(store.migrations.name)
-    for m in store.migrations._migrations:
+    old = Migrations(schema.migrations.name)
+    for m in schema.migrations._migrations:
         if m.name[:4] <= "0005":
             old(name=m.name)(m.fn)
     assert [m.name for m in old._migrations][-1] == "0005_invoice_opens_at"
@@ -47,11 +48,11 @@ def test_0007_adds_the_rate_columns(tmp_path: Path) -> None:
 
 def test_a_0008_database_keeps_its_transfers_with_ids(tmp_path: Path) -> None:
     from watcher.models import transfer_id
-    from watcher.store import load_transfers_by_id
+    from watcher.storage.rows import load_transfers_by_id
 
     path = tmp_path / "old.db"
-    old = Migrations(store.migrations.name)
-    for m in store.migrations._migrations:
+    old = Migrations(schema.migrations.name)
+    for m in schema.migrations._migrations:
         if m.name[:4] <= "0008":
             old(name=m.name)(m.fn)
     db = Database(path)
@@ -83,8 +84,8 @@ def test_a_0008_database_keeps_its_transfers_with_ids(tmp_path: Path) -> None:
 
 def test_0012_marks_the_head_of_each_invoices_pending_deliveries(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    old = Migrations(store.migrations.name)
-    for m in store.migrations._migrations:
+    old = Migrations(schema.migrations.name)
+    for m in schema.migrations._migrations:
         if m.name[:4] <= "0010":
             old(name=m.name)(m.fn)
     db = Database(path)

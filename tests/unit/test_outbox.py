@@ -10,7 +10,7 @@ from sqlite_utils import Database
 
 from tests.integration.receiver import create_invoices, event_ids, make_ledger
 from watcher import outbox
-from watcher.store import connect
+from watcher.storage.sqlite import connect
 
 URL = "http://127.0.0.1:9/hook"
 T0 = 1_722_000_000

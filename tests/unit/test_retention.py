@@ -25,7 +25,8 @@ from watcher.errors import Gone
 from watcher.metrics import RETENTION_KINDS, Metrics
 from watcher.models import Status, Transfer
 from watcher.retention import Ages, Pass, Retention, prune_all, stub_body
-from watcher.store import Store, connect, transfer_row
+from watcher.storage.rows import transfer_row
+from watcher.storage.sqlite import Store, connect
 from watcher.web.api import ApiContext, create_app, invoice_events
 from watcher.web.hub import Hub
 

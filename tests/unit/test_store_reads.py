@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from watcher.store import Store, transaction
+from watcher.storage.sqlite import Store, transaction
 
 
 async def test_a_read_does_not_wait_for_a_long_write(tmp_path: Path) -> None:
@@ -55,7 +55,8 @@ def test_the_per_head_refresh_reads_recent_invoices_by_their_time_index(tmp_path
     """The follower asks for recently changed invoices on every new head: the plan must
     search `invoices_updated`, not walk every invoice of the network through
     `invoices_status` (which the planner prefers on its own: 50 ms at 100,000 invoices)."""
-    from watcher.store import connect, invoices_updated_since
+    from watcher.storage.rows import invoices_updated_since
+    from watcher.storage.sqlite import connect
 
     db = connect(tmp_path / "r.db")
     statements: list[str] = []
@@ -74,7 +75,8 @@ def test_the_per_head_refresh_reads_only_what_another_process_committed(tmp_path
     commits give only ids (the follower loads those its index lacks); a commit of another
     connection (the CLI) gives the invoices themselves."""
     from tests.integration.receiver import NETWORK, create_invoices, make_ledger
-    from watcher.store import connect, invoices_by_ids, invoices_changed_elsewhere
+    from watcher.storage.rows import invoices_by_ids, invoices_changed_elsewhere
+    from watcher.storage.sqlite import connect
 
     now = 1_700_000_000
     daemon, cli = connect(tmp_path / "r.db"), connect(tmp_path / "r.db")

@@ -34,7 +34,8 @@ from watcher.errors import ApiError, BadRequest, Invalid, PayloadTooLarge, Store
 from watcher.ledger import Ledger, Outcome
 from watcher.models import Invoice
 from watcher.publicview import public_view
-from watcher.store import Store, load_invoice
+from watcher.storage.rows import load_invoice
+from watcher.storage.sqlite import Store
 from watcher.timeutil import now as _clock
 from watcher.web.channels import CLOSE_NOT_FOUND, Sockets, serve_socket
 from watcher.web.hub import Message

@@ -12,7 +12,7 @@ from sqlite_utils import Database
 from watcher.models import Invoice
 from watcher.outbox import attempts_for
 from watcher.render import transfer_json
-from watcher.store import load_invoices, transfer_from_row
+from watcher.storage.rows import load_invoices, transfer_from_row
 from watcher.timeutil import iso
 from watcher.web.dashboard_forms import Where
 

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from sqlite_utils import Database
 
-from watcher.store import Store
+from watcher.storage.sqlite import Store
 
 log = logging.getLogger(__name__)
 

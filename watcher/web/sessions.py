@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from sqlite_utils import Database
 
-from watcher.store import transaction
+from watcher.storage.sqlite import transaction
 
 #: The session's cookie (path /dashboard).
 SESSION_COOKIE = "pw_dashboard"

@@ -1,0 +1,272 @@
+"""SQLite through sqlite-utils: one connection owned by one writer thread.
+
+Every call goes through `Store.run(fn, *args)`, which runs `fn(db, *args)` on that thread,
+so the event loop never waits on disk and writes never interleave. Amounts are TEXT holding
+base-unit integers (SQLite INTEGER stops at 2^63); times are INTEGER unix seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
+
+from sqlite_utils import Database
+
+from watcher.errors import StoreError
+from watcher.storage.schema import migrations
+
+if TYPE_CHECKING:
+    import asyncio
+
+T = TypeVar("T")
+P = ParamSpec("P")
+I = TypeVar("I")  # noqa: E741
+
+log = logging.getLogger(__name__)
+
+#: WAL pages after which the writer checkpoints on its own commit: a safety net only when
+#: a `Checkpointer` runs (SQLite's default, 1,000, applies otherwise)
+WRITER_AUTOCHECKPOINT = 10_000
+
+
+def connect(path: str | Path) -> Database:
+    """Open (creating with mode 0600) and migrate the database. Call on the owning thread."""
+    path = Path(path)
+    if str(path) != ":memory:":
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        except OSError as exc:
+            raise StoreError(f"cannot create the database {path}: {exc.strerror}") from None
+        # SQLite alone says "unable to open database file": name the cause
+        if not os.access(path, os.W_OK):
+            raise StoreError(f"the database file is read-only: {path}")
+        if not os.access(path.parent, os.W_OK):
+            raise StoreError(
+                f"the database directory is read-only (WAL files go there): {path.parent}"
+            )
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    db = Database(conn)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+    db.execute("PRAGMA busy_timeout=5000")
+    db.execute("PRAGMA foreign_keys=ON")
+    migrations.apply(db)
+    return db
+
+
+@contextmanager
+def transaction(db: Database) -> Iterator[Database]:
+    """A write transaction. The outermost one starts with `BEGIN IMMEDIATE`: it takes the
+    write lock first, waiting up to `busy_timeout` for another writer (the CLI). A deferred
+    `BEGIN` that reads and then writes fails at once with "database is locked" when another
+    process wrote in between (WAL cannot upgrade a stale read snapshot). Nested calls are
+    savepoints."""
+    conn = db.conn
+    if conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+def store_error(exc: sqlite3.Error) -> StoreError:
+    """A typed error naming the likely cause (locked, read-only, disk full)."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        hint = "the database is locked by another process"
+    elif "readonly" in text or "read-only" in text:
+        hint = "the database file is read-only"
+    elif "full" in text:
+        hint = "the disk is full"
+    else:
+        hint = "database error"
+    return StoreError(f"{hint}: {text}")
+
+
+class Checkpointer:
+    """Copies the WAL into the database file from a thread and connection of its own
+    (`PRAGMA wal_checkpoint(PASSIVE)` every `interval` seconds), so that the writer's
+    commits do not: a checkpoint on commit (SQLite's default, every 1,000 pages) made a
+    range commit of 500 payments take ~40 ms longer. PASSIVE never waits for the writer or
+    a reader; the writer still checkpoints by itself past `WRITER_AUTOCHECKPOINT` pages
+    should this thread fall behind or fail."""
+
+    def __init__(self, path: Path, interval: float = 1.0) -> None:
+        self.path = path
+        self.interval = interval
+        self.runs = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="store-checkpoint", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout=1000")
+            while not self._stop.wait(self.interval):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.runs += 1
+                except sqlite3.Error as exc:  # the writer's own checkpoints still run
+                    log.warning("WAL checkpoint failed: %s", exc)
+        finally:
+            conn.close()
+
+
+class Store:
+    """The database, the one thread that owns its writing connection, and a reading thread
+    with a read-only connection of its own: with WAL, reads (`read`) see the last commit
+    and never wait for a write in progress (a large range commit). With `checkpoints`
+    (the daemon), a `Checkpointer` keeps WAL checkpoints off the writer's commits."""
+
+    def __init__(self, path: str | Path, *, checkpoints: bool = False) -> None:
+        self.path = Path(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
+        self._db: Database | None = None
+        self._rdb: Database | None = None
+        self._checkpoints = checkpoints
+        self.checkpointer: Checkpointer | None = None
+
+    async def open(self) -> Store:
+        self._db = await self._submit(connect, self.path)
+        if str(self.path) != ":memory:":
+            self._rdb = await self._submit(_connect_reader, self.path, executor=self._reader)
+            if self._checkpoints:
+                self.checkpointer = Checkpointer(self.path)
+                self.checkpointer.start()
+                db = self._db
+                await self._submit(
+                    lambda: db.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT}")
+                )
+        return self
+
+    async def _submit(
+        self, fn: Callable[..., T], *args: Any, executor: ThreadPoolExecutor | None = None
+    ) -> T:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(executor or self._executor, partial(fn, *args))
+        except sqlite3.Error as exc:
+            raise store_error(exc) from exc
+
+    async def read(
+        self, fn: Callable[Concatenate[Database, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run `fn(db, *args)`, which only reads, on the reading thread (on the writer's when
+        the database is in memory)."""
+        rdb = self._rdb
+        if rdb is None:
+            return await self.run(fn, *args, **kwargs)
+        return await self._submit(lambda: fn(rdb, *args, **kwargs), executor=self._reader)
+
+    async def run(
+        self, fn: Callable[Concatenate[Database, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run `fn(db, *args)` on the writer thread."""
+        if self._db is None:
+            raise StoreError("the store is not open")
+        db = self._db
+        return await self._submit(lambda: fn(db, *args, **kwargs))
+
+    async def close(self) -> None:
+        if self.checkpointer is not None:
+            import asyncio
+
+            checkpointer, self.checkpointer = self.checkpointer, None
+            await asyncio.get_running_loop().run_in_executor(None, checkpointer.stop)
+        if self._rdb is not None:
+            rdb, self._rdb = self._rdb, None
+            await self._submit(rdb.close, executor=self._reader)
+        if self._db is not None:
+            db, self._db = self._db, None
+            await self._submit(db.close)
+        self._reader.shutdown(wait=True)
+        self._executor.shutdown(wait=True)
+
+
+def _connect_reader(path: Path) -> Database:
+    """A read-only connection to a migrated database (for `Store.read`)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA query_only=ON")
+    return Database(conn)
+
+
+class GroupCommit(Generic[I, T]):
+    """Group commit for small writes from concurrent requests (invoice creates).
+
+    Items submitted while a batch is being written wait for the next batch, so a burst of
+    N requests costs a few commits instead of N. `write(db, items)` writes one batch in one
+    transaction and returns, per item, its result or the exception that item raised (its
+    own savepoint rolled back); an exception out of `write` fails the whole batch. Each
+    caller is answered only after the commit that holds its item.
+    """
+
+    def __init__(
+        self, store: Store, write: Callable[[Database, list[I]], list[T | Exception]]
+    ) -> None:
+        self.store = store
+        self.write = write
+        self._pending: list[tuple[I, asyncio.Future[T]]] = []
+        self._writing = False
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    async def submit(self, item: I) -> T:
+        import asyncio
+
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if not self._writing:
+            self._writing = True
+            self._task = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                self.batches += 1
+                try:
+                    results = await self.store.run(self.write, [item for item, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue  # the caller went away; its item is written all the same
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._writing = False
