@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
-from sqlite_utils import Database
 
 from watcher import outbox, signing
 from watcher.outbox import Outcome
+from watcher.storage.base import Db
 from watcher.storage.sqlite import Store, transaction
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class _Done:
 
 
 def _cycle(
-    db: Database,
+    db: Db,
     done: Sequence[_Done],
     now: float,
     limit: int,

@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
-from sqlite_utils import Database
 
 from watcher import __version__, capabilities, timeutil
 from watcher.callbacks import CallbackSender
@@ -39,6 +38,7 @@ from watcher.rescan import RescanError, Rescanner
 from watcher.retention import Retention
 from watcher.rpc import RpcClient
 from watcher.sdnotify import Notifier
+from watcher.storage.base import Db
 from watcher.storage.rows import (
     iter_index_invoices,
     newest_derived_address,
@@ -76,7 +76,7 @@ def origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def fill_index(db: Database, index: WatchIndex, network: str, late_window: int) -> int:
+def fill_index(db: Db, index: WatchIndex, network: str, late_window: int) -> int:
     """Put the invoices a network's index starts with into it, streamed from the database
     (on the store's thread, before the follower runs); how many."""
     n = 0

@@ -2,7 +2,7 @@
 
 Every status change writes its status event and its callback outbox row in the same
 transaction as the change itself; the callback sender reads the outbox after commit.
-Functions here take the `Database` first so they can be passed to `Store.run`.
+Functions here take the `Db` first so they can be passed to `Store.run`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlite_utils import Database
 
 from watcher import state
 from watcher.errors import ApiError, Conflict, Invalid, NotFound, Unavailable
@@ -36,6 +35,7 @@ from watcher.models import (
 )
 from watcher.rates import Rate, RateProvider, RateUnavailable, amount_for, format_rate
 from watcher.render import Elsewhere, invoice_json, method_json
+from watcher.storage.base import Db
 from watcher.storage.rows import (
     assign_transfer,
     insert_derived_address,
@@ -257,7 +257,7 @@ class Ledger:
             out[(leg.network, leg.asset)] = (leg.decimals, view.head if view else None)
         return out
 
-    def load_views(self, db: Database) -> None:
+    def load_views(self, db: Db) -> None:
         for row in db.query(
             "SELECT network, MAX(timestamp) AS t FROM blocks GROUP BY network"
         ):
@@ -286,7 +286,7 @@ class Ledger:
 
     def _emit(
         self,
-        db: Database,
+        db: Db,
         inv: Invoice,
         event: str,
         status: Status | None,
@@ -307,12 +307,12 @@ class Ledger:
             "id": event_id, "event": event, "createdAt": iso(now),
             "data": self.render(inv) if data is None else data,
         })
-        cur = db.execute(
-            "INSERT OR IGNORE INTO events (id, invoice_id, event, status, created_at, body, "
-            "cause) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        written = db.execute(
+            "INSERT INTO events (id, invoice_id, event, status, created_at, body, cause) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING seq",
             [event_id, inv.id, event, status.value if status else None, now, body, cause],
-        )
-        if not cur.rowcount:
+        ).fetchone()
+        if written is None:
             return False
         url = inv.callback_url or self.default_callback_url
         if url:
@@ -325,13 +325,13 @@ class Ledger:
             db.execute(
                 "INSERT INTO deliveries (event_id, event_seq, invoice_id, event, url, state, "
                 "next_attempt_at, created_at, head) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                [event_id, cur.lastrowid, inv.id, event, url, now, now, int(waiting is None)],
+                [event_id, written[0], inv.id, event, url, now, now, int(waiting is None)],
             )
         return True
 
     def _move(
         self,
-        db: Database,
+        db: Db,
         inv: Invoice,
         statuses: Iterable[Status],
         now: int,
@@ -370,13 +370,13 @@ class Ledger:
 
     # ------------------------------------------------------------------ merchant actions
 
-    def get(self, db: Database, invoice_id: str) -> Invoice:
+    def get(self, db: Db, invoice_id: str) -> Invoice:
         inv = load_invoice(db, invoice_id)
         if inv is None:
             raise NotFound(f"no invoice {invoice_id}", field="id")
         return inv
 
-    def create(self, db: Database, req: NewInvoice, now: int) -> tuple[Invoice, bool, Outcome]:
+    def create(self, db: Db, req: NewInvoice, now: int) -> tuple[Invoice, bool, Outcome]:
         """Create an invoice; (invoice, created, outcome). Idempotent on `externalId`."""
         with transaction(db):
             if req.external_id is not None:
@@ -396,7 +396,7 @@ class Ledger:
             return inv, True, out
 
     def create_many(
-        self, db: Database, requests: list[tuple[NewInvoice, int]]
+        self, db: Db, requests: list[tuple[NewInvoice, int]]
     ) -> list[tuple[Invoice, bool, Outcome] | Exception]:
         """Several creates in one transaction (group commit); a refused one (ApiError)
         rolls back only its own savepoint and is returned in its place."""
@@ -410,7 +410,7 @@ class Ledger:
         return results
 
     def _new_invoice(
-        self, db: Database, req: NewInvoice, now: int, parent: Invoice | None
+        self, db: Db, req: NewInvoice, now: int, parent: Invoice | None
     ) -> Invoice:
         if req.methods is not None:
             return self._new_unchosen(db, req, now)
@@ -502,7 +502,7 @@ class Ledger:
             raise Invalid("expireAt must be in the future", field="expireAt")
         return expire_at
 
-    def _new_unchosen(self, db: Database, req: NewInvoice, now: int) -> Invoice:
+    def _new_unchosen(self, db: Db, req: NewInvoice, now: int) -> Invoice:
         """A method invoice: PENDING with no network, asset, address or amount until the
         customer chooses one of `methods` (`choose`)."""
         assert req.methods and req.price is not None and req.currency is not None
@@ -520,7 +520,7 @@ class Ledger:
         return insert_invoice(db, inv)
 
     def choose(
-        self, db: Database, invoice_id: str, network: str, asset_symbol: str, now: int
+        self, db: Db, invoice_id: str, network: str, asset_symbol: str, now: int
     ) -> tuple[Invoice, Outcome]:
         """The customer (or the merchant) chooses how to pay a method invoice, in one
         transaction: the rate is locked, the address given (derived, or shared with a
@@ -593,7 +593,7 @@ class Ledger:
             out.touched.append(inv)
             return inv, out
 
-    def _retire(self, db: Database, inv: Invoice, now: int) -> None:
+    def _retire(self, db: Db, inv: Invoice, now: int) -> None:
         """The invoice's current method stops collecting now (the customer switched)."""
         assert inv.network is not None and inv.asset is not None and inv.to_addr is not None
         assert inv.decimals is not None and inv.amount is not None
@@ -604,7 +604,7 @@ class Ledger:
         insert_leg(db, inv.id, leg)
         inv.legs.append(leg)
 
-    def _busy(self, db: Database, network: str, asset: str, address: str, now: int) -> str | None:
+    def _busy(self, db: Db, network: str, asset: str, address: str, now: int) -> str | None:
         """The id of an invoice still collecting `asset` at `address`, if any."""
         row = db.execute(
             f"SELECT id FROM invoices WHERE network = ? AND asset = ? AND to_lower = ? "
@@ -613,7 +613,7 @@ class Ledger:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def _derive(self, db: Database, network: str, asset: str, now: int) -> tuple[int, str]:
+    def _derive(self, db: Db, network: str, asset: str, now: int) -> tuple[int, str]:
         """Take the next derivation index in this transaction: committed with the invoice,
         rolled back with it, so indexes are unique and without gaps. An index whose address
         already collects this asset (a hand-given address) is recorded and passed over."""
@@ -657,7 +657,7 @@ class Ledger:
             return now - UNKNOWN_CHAIN_TIME_OPENS_EARLY
         return min(now, tip + 1) - OPENS_EARLY
 
-    def _unique_amount(self, db: Database, asset: Asset, amount: int, now: int) -> int:
+    def _unique_amount(self, db: Db, asset: Asset, amount: int, now: int) -> int:
         assert asset.shared_address is not None
         shared = asset.shared_address.lower()
         # An amount a switched invoice gave up stays its own for the late-payment window.
@@ -677,7 +677,7 @@ class Ledger:
         return amount
 
     def _act(
-        self, db: Database, invoice_id: str, rule: Any, now: int, refund_tx: str | None = None
+        self, db: Db, invoice_id: str, rule: Any, now: int, refund_tx: str | None = None
     ) -> tuple[Invoice, Outcome]:
         """Apply a merchant action: the invoice stops collecting and moves to `rule`'s status."""
         inv = self.get(db, invoice_id)
@@ -693,21 +693,21 @@ class Ledger:
         self._move(db, inv, [new], now, out)
         return inv, out
 
-    def cancel(self, db: Database, invoice_id: str, now: int) -> tuple[Invoice, Outcome]:
+    def cancel(self, db: Db, invoice_id: str, now: int) -> tuple[Invoice, Outcome]:
         with transaction(db):
             return self._act(db, invoice_id, state.cancel, now)
 
-    def accept(self, db: Database, invoice_id: str, now: int) -> tuple[Invoice, Outcome]:
+    def accept(self, db: Db, invoice_id: str, now: int) -> tuple[Invoice, Outcome]:
         with transaction(db):
             return self._act(db, invoice_id, state.accept, now)
 
     def refund(
-        self, db: Database, invoice_id: str, now: int, tx_hash: str | None
+        self, db: Db, invoice_id: str, now: int, tx_hash: str | None
     ) -> tuple[Invoice, Outcome]:
         with transaction(db):
             return self._act(db, invoice_id, state.refund, now, refund_tx=tx_hash)
 
-    def remainder(self, db: Database, invoice_id: str, now: int) -> tuple[Invoice, Outcome]:
+    def remainder(self, db: Db, invoice_id: str, now: int) -> tuple[Invoice, Outcome]:
         """Close a PARTIAL invoice and open a child for what is missing."""
         with transaction(db):
             parent = self.get(db, invoice_id)
@@ -741,7 +741,7 @@ class Ledger:
     # ------------------------------------------------------------------ assign by hand
 
     def assign(
-        self, db: Database, transfer_id: str, invoice_id: str, now: int
+        self, db: Db, transfer_id: str, invoice_id: str, now: int
     ) -> tuple[Invoice, Outcome]:
         """Make a stored unmatched or late transfer a payment of an invoice (the merchant's
         `POST /v1/transfers/{id}/assign`), in one transaction. The invoice then settles
@@ -789,7 +789,7 @@ class Ledger:
 
     def _settle(
         self,
-        db: Database,
+        db: Db,
         invoices: Iterable[Invoice],
         view: state.ChainView,
         added: dict[str, int],
@@ -802,7 +802,7 @@ class Ledger:
             )
             self._move(db, inv, steps, now, out, block_time=added.get(inv.id))
 
-    def apply_scan(self, db: Database, batch: ScanBatch, now: int) -> Outcome:
+    def apply_scan(self, db: Db, batch: ScanBatch, now: int) -> Outcome:
         """Record a scanned range and advance the cursor, in one transaction."""
         out = Outcome()
         with self._view_kept_on_failure(batch.network), transaction(db):
@@ -822,7 +822,7 @@ class Ledger:
             raise
 
     def _record(
-        self, db: Database, transfers: list[Transfer], now: int, out: Outcome,
+        self, db: Db, transfers: list[Transfer], now: int, out: Outcome,
         *, in_time_after_expiry: bool = False,
     ) -> tuple[dict[str, Invoice], dict[str, int]]:
         """Store the transfers not stored before (a transfer is never counted twice), each as
@@ -854,8 +854,8 @@ class Ledger:
                 t.invoice_id = None
             row = transfer_row(t, now)
             cur = db.execute(
-                f"INSERT OR IGNORE INTO transfers ({','.join(row)}) "
-                f"VALUES ({','.join('?' * len(row))})",
+                f"INSERT INTO transfers ({','.join(row)}) "
+                f"VALUES ({','.join('?' * len(row))}) ON CONFLICT DO NOTHING",
                 list(row.values()),
             )
             if not cur.rowcount:
@@ -873,7 +873,7 @@ class Ledger:
         return owners, added
 
     def _apply_scan(
-        self, db: Database, batch: ScanBatch, net: NetworkInfo, now: int, out: Outcome
+        self, db: Db, batch: ScanBatch, net: NetworkInfo, now: int, out: Outcome
     ) -> None:
         owners, added = self._record(db, batch.transfers, now, out)
         self._advance(db, batch, now)
@@ -922,7 +922,7 @@ class Ledger:
         self._note_waiting(batch.network, candidates.values(), view, now)
 
     def _waiting_due(
-        self, db: Database, network: str, view: state.ChainView, old: state.ChainView
+        self, db: Db, network: str, view: state.ChainView, old: state.ChainView
     ) -> list[str] | None:
         """The WAITING invoices of a network whose status may change at this head: those
         whose next shallow payment reaches its confirmations by now, those another process
@@ -953,7 +953,7 @@ class Ledger:
         self._waiting_seen[network] = now
 
     def apply_rescan(
-        self, db: Database, rescan_id: int, batch: ScanBatch, now: int
+        self, db: Db, rescan_id: int, batch: ScanBatch, now: int
     ) -> Outcome:
         """Record what a rescan of blocks up to `batch.to_block` found, in one transaction
         with the rescan's progress: only transfers not stored before are added (so nothing
@@ -998,7 +998,7 @@ class Ledger:
         return out
 
     def start_rescan(
-        self, db: Database, network: str, start: int, end: int, now: int
+        self, db: Db, network: str, start: int, end: int, now: int
     ) -> dict[str, Any]:
         """The rescan of `start..end` of a network: an unfinished one of the same range goes
         on where it stopped (resumed), else a new one starts. Its row as a dict."""
@@ -1011,16 +1011,15 @@ class Ledger:
                            "WHERE id = ?", [now, rows[0]["id"]])
                 rescan_id = rows[0]["id"]
             else:
-                cur = db.execute(
+                rescan_id = db.execute(
                     "INSERT INTO rescans (network, from_block, to_block, next_block, state, "
-                    "created_at, updated_at) VALUES (?, ?, ?, ?, 'running', ?, ?)",
+                    "created_at, updated_at) VALUES (?, ?, ?, ?, 'running', ?, ?) RETURNING id",
                     [network, start, end, start, now, now],
-                )
-                rescan_id = cur.lastrowid
+                ).fetchone()[0]
         return dict(next(iter(db.query("SELECT * FROM rescans WHERE id = ?", [rescan_id]))))
 
     def stop_rescan(
-        self, db: Database, rescan_id: int, now: int, error: str | None = None
+        self, db: Db, rescan_id: int, now: int, error: str | None = None
     ) -> None:
         """Mark a rescan interrupted ("stopped", resumable) or failed (with its error)."""
         with transaction(db):
@@ -1032,7 +1031,7 @@ class Ledger:
 
     def _announce_late(
         self,
-        db: Database,
+        db: Db,
         network: str,
         view: state.ChainView,
         known: dict[str, Invoice],
@@ -1074,7 +1073,7 @@ class Ledger:
             if inv not in out.touched:
                 out.touched.append(inv)
 
-    def _advance(self, db: Database, batch: ScanBatch, now: int) -> None:
+    def _advance(self, db: Db, batch: ScanBatch, now: int) -> None:
         net = self.networks[batch.network]
         db.execute(
             "INSERT INTO cursors (network, chain_id, scanned_block, scanned_hash, scanned_time, "
@@ -1083,14 +1082,17 @@ class Ledger:
             "ON CONFLICT(network) DO UPDATE SET scanned_block = excluded.scanned_block, "
             "scanned_hash = excluded.scanned_hash, scanned_time = excluded.scanned_time, "
             "head_block = excluded.head_block, updated_at = excluded.updated_at, "
-            "final_block = COALESCE(excluded.final_block, final_block), "
-            "finalized_block = COALESCE(excluded.finalized_block, finalized_block)",
+            "final_block = COALESCE(excluded.final_block, cursors.final_block), "
+            "finalized_block = COALESCE(excluded.finalized_block, cursors.finalized_block)",
             [batch.network, net.chain_id, batch.to_block, batch.to_hash, batch.to_time,
              batch.head, now, batch.final_block, batch.finalized_block],
         )
         if batch.blocks:
-            db.conn.executemany(
-                "INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?)",
+            db.executemany(
+                "INSERT INTO blocks (network, number, hash, parent_hash, timestamp) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (network, number) DO UPDATE SET "
+                "hash = excluded.hash, parent_hash = excluded.parent_hash, "
+                "timestamp = excluded.timestamp",
                 [(batch.network, *b) for b in batch.blocks],
             )
         db.execute(
@@ -1099,7 +1101,7 @@ class Ledger:
         )
 
     def undo_above(
-        self, db: Database, network: str, ancestor: int, head: int, now: int
+        self, db: Db, network: str, ancestor: int, head: int, now: int
     ) -> Outcome:
         """A reorg replaced the blocks above `ancestor`: forget what they held and re-settle
         every invoice they paid. The follower then rescans from `ancestor + 1`."""
@@ -1109,7 +1111,7 @@ class Ledger:
         return out
 
     def _undo_above(
-        self, db: Database, network: str, ancestor: int, head: int, now: int, out: Outcome
+        self, db: Db, network: str, ancestor: int, head: int, now: int, out: Outcome
     ) -> None:
         net = self.networks[network]
         ids = [
@@ -1152,21 +1154,21 @@ class Ledger:
             if inv not in out.touched:
                 out.touched.append(inv)
 
-    def start_network(self, db: Database, network: str, block: int, now: int) -> bool:
+    def start_network(self, db: Db, network: str, block: int, now: int) -> bool:
         """Write a new network's start: the follower scans from `block` on. Written before
         any invoice of the network can be created (`create` refuses one without it), so no
         payment to an invoice can be in a block below the start. False if already started."""
         net = self.networks[network]
         with transaction(db):
             cur = db.execute(
-                "INSERT OR IGNORE INTO cursors (network, chain_id, scanned_block, "
+                "INSERT INTO cursors (network, chain_id, scanned_block, "
                 "scanned_hash, scanned_time, head_block, updated_at) "
-                "VALUES (?, ?, ?, NULL, NULL, ?, ?)",
+                "VALUES (?, ?, ?, NULL, NULL, ?, ?) ON CONFLICT DO NOTHING",
                 [network, net.chain_id, block - 1, block, now],
             )
             return bool(cur.rowcount)
 
-    def started(self, db: Database, network: str) -> bool:
+    def started(self, db: Db, network: str) -> bool:
         """The network's start block is written (a network never stops being started, so
         a yes is remembered: creates do not ask the database again)."""
         if network in self._started:
@@ -1178,11 +1180,11 @@ class Ledger:
             self._started.add(network)
         return found
 
-    def cursor(self, db: Database, network: str) -> dict[str, Any] | None:
+    def cursor(self, db: Db, network: str) -> dict[str, Any] | None:
         rows = list(db.query("SELECT * FROM cursors WHERE network = ?", [network]))
         return rows[0] if rows else None
 
-    def recent_blocks(self, db: Database, network: str) -> dict[int, tuple[str, str]]:
+    def recent_blocks(self, db: Db, network: str) -> dict[int, tuple[str, str]]:
         return {
             r["number"]: (r["hash"], r["parent_hash"])
             for r in db.query(
@@ -1204,7 +1206,7 @@ def _below(block: int | None, ancestor: int) -> int | None:
 
 
 def _confirmed_time(
-    db: Database, network: str, scanned: int, scanned_time: int | None, head: int, required: int
+    db: Db, network: str, scanned: int, scanned_time: int | None, head: int, required: int
 ) -> int | None:
     """Timestamp of the newest scanned block that has `required` confirmations."""
     deep = head - required + 1
@@ -1245,4 +1247,4 @@ def _stored_order(t: Transfer) -> tuple[int, int, str]:
 
 def _in_ids(ids: Iterable[str]) -> str:
     n = len(list(ids))
-    return f"id IN ({','.join('?' * n)})" if n else "0"
+    return f"id IN ({','.join('?' * n)})" if n else "1 = 0"

@@ -2,7 +2,7 @@
 
 The ledger writes one `deliveries` row (state `pending`, `next_attempt_at` = now) in the same
 transaction as each event; the sender (callbacks.py) reads due rows here and records every
-attempt here. Functions take the `Database` first so they can be passed to `Store.run`.
+attempt here. Functions take the `Db` first so they can be passed to `Store.run`.
 
 Per-invoice order: a delivery is due only when no earlier event of the same invoice is still
 `pending`; an earlier one that is `failed` (given up) does not hold the later ones back.
@@ -17,9 +17,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from typing import Any, Literal
 
-from sqlite_utils import Database
-
 from watcher.errors import Gone
+from watcher.storage.base import Db
 from watcher.storage.rows import reset_delivery_head
 from watcher.storage.sqlite import transaction
 
@@ -32,6 +31,16 @@ MAX_ERROR = 500
 #: kept with every change of state (see `store.reset_delivery_head`); the partial index
 #: `deliveries_heads` holds exactly these rows, so reading them is O(due).
 _HEAD = "d.state = 'pending' AND d.head = 1"
+#: the due heads, oldest first, ties in event order: both read from the index of heads
+#: (`{skip}`: the busy invoices left out)
+DUE_SQL = (
+    "SELECT d.event_id, d.event_seq, d.invoice_id, d.event, d.url, d.attempts, "
+    "d.window_attempts, COALESCE(d.window_start, d.created_at) AS window_start, "
+    "d.created_at, d.next_attempt_at, e.body "
+    "FROM deliveries d INDEXED BY deliveries_heads JOIN events e ON e.id = d.event_id "
+    f"WHERE d.next_attempt_at <= ? AND {_HEAD}{{skip}} "
+    "ORDER BY d.next_attempt_at, d.event_seq LIMIT ?"
+)
 _CHUNK = 500
 
 
@@ -41,7 +50,7 @@ def _not_busy(busy: Collection[str]) -> tuple[str, list[str]]:
     return f" AND d.invoice_id NOT IN ({','.join('?' * len(busy))})", list(busy)
 
 
-def due(db: Database, now: float, limit: int, busy: Collection[str]) -> list[dict[str, Any]]:
+def due(db: Db, now: float, limit: int, busy: Collection[str]) -> list[dict[str, Any]]:
     """Up to `limit` deliveries to attempt now, oldest due first, with the event's `body`.
 
     A row is due when it is `pending`, `next_attempt_at <= now`, it is the earliest pending
@@ -52,17 +61,7 @@ def due(db: Database, now: float, limit: int, busy: Collection[str]) -> list[dic
     if limit <= 0:
         return []
     skip, params = _not_busy(busy)
-    rows = db.query(
-        "SELECT d.event_id, d.event_seq, d.invoice_id, d.event, d.url, d.attempts, "
-        "d.window_attempts, COALESCE(d.window_start, d.created_at) AS window_start, "
-        "d.created_at, d.next_attempt_at, e.body "
-        "FROM deliveries d INDEXED BY deliveries_heads JOIN events e ON e.id = d.event_id "
-        f"WHERE d.next_attempt_at <= ? AND {_HEAD}{skip} "
-        # Ties keep insertion (rowid) order, i.e. commit order, straight from the index:
-        # adding event_seq here would sort every due row on each poll.
-        "ORDER BY d.next_attempt_at LIMIT ?",
-        [now, *params, limit],
-    )
+    rows = db.query(DUE_SQL.format(skip=skip), [now, *params, limit])
     out = []
     for row in rows:
         body = row["body"]
@@ -71,7 +70,7 @@ def due(db: Database, now: float, limit: int, busy: Collection[str]) -> list[dic
     return out
 
 
-def next_due_at(db: Database, busy: Collection[str] = ()) -> float | None:
+def next_due_at(db: Db, busy: Collection[str] = ()) -> float | None:
     """When the next delivery becomes due (may be in the past), None if nothing waits.
 
     Only the earliest pending event of each invoice counts (the others wait for it);
@@ -86,7 +85,7 @@ def next_due_at(db: Database, busy: Collection[str] = ()) -> float | None:
 
 
 def record_attempt(
-    db: Database,
+    db: Db,
     event_id: str,
     at: float,
     status_code: int | None,
@@ -123,7 +122,7 @@ def record_attempt(
             _reset_head_of(db, event_id)
 
 
-def redeliver(db: Database, event_id: str, now: float) -> bool:
+def redeliver(db: Db, event_id: str, now: float) -> bool:
     """Queue a delivery again (whatever its state), due at `now`, with a fresh retry
     window. False if no delivery has this event id; `Gone` (410) if retention pruned the
     event's body (only a delivered event's is), so there is nothing to send."""
@@ -147,7 +146,7 @@ def redeliver(db: Database, event_id: str, now: float) -> bool:
         return bool(cur.rowcount)
 
 
-def _reset_head_of(db: Database, event_id: str) -> None:
+def _reset_head_of(db: Db, event_id: str) -> None:
     row = db.execute(
         "SELECT invoice_id FROM deliveries WHERE event_id = ?", [event_id]
     ).fetchone()
@@ -155,13 +154,13 @@ def _reset_head_of(db: Database, event_id: str) -> None:
         reset_delivery_head(db, row[0])
 
 
-def queue_depth(db: Database) -> int:
+def queue_depth(db: Db) -> int:
     """Deliveries still pending (due now or waiting for a retry or an earlier event)."""
     row = db.execute("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'").fetchone()
     return int(row[0]) if row else 0
 
 
-def list_deliveries(db: Database, failed_only: bool, limit: int) -> list[dict[str, Any]]:
+def list_deliveries(db: Db, failed_only: bool, limit: int) -> list[dict[str, Any]]:
     """Deliveries, newest event first (only `failed` ones if `failed_only`)."""
     where = "WHERE state = 'failed' " if failed_only else ""
     return list(
@@ -174,7 +173,7 @@ def list_deliveries(db: Database, failed_only: bool, limit: int) -> list[dict[st
     )
 
 
-def attempts_for(db: Database, event_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+def attempts_for(db: Db, event_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
     """The attempts of each event id, oldest first: at, status_code, error, duration_ms.
     Every requested id is a key (an empty list when it has no attempt yet)."""
     ids = list(dict.fromkeys(event_ids))

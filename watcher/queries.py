@@ -5,16 +5,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlite_utils import Database
-
 from watcher.models import Invoice
+from watcher.storage.base import Db
 from watcher.storage.rows import load_invoices
 
 if TYPE_CHECKING:
     from watcher import requests as rq
 
 
-def list_invoices(db: Database, q: rq.InvoiceQuery) -> tuple[list[Invoice], int | None]:
+def list_invoices(db: Db, q: rq.InvoiceQuery) -> tuple[list[Invoice], int | None]:
     """Newest first; (invoices, position for the next page or None)."""
     where: list[str] = []
     params: list[Any] = []
@@ -33,7 +32,7 @@ def list_invoices(db: Database, q: rq.InvoiceQuery) -> tuple[list[Invoice], int 
     if q.page.before is not None:
         where.append("seq < ?")
         params.append(q.page.before)
-    sql = " AND ".join(where) or "1"
+    sql = " AND ".join(where) or "1 = 1"
     rows = load_invoices(db, f"{sql} ORDER BY seq DESC LIMIT ?", [*params, q.page.limit + 1])
     more = len(rows) > q.page.limit
     rows = rows[: q.page.limit]

@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlite_utils import Database
-
 from watcher import timeutil
 from watcher.errors import RpcError, WatcherError
 from watcher.follower import NATIVE_RANGE, ChainMoved, Follower, FollowerConfig, Header
@@ -27,6 +25,7 @@ from watcher.ledger import Ledger, Outcome, ScanBatch
 from watcher.matching import WatchIndex
 from watcher.models import Asset, Status
 from watcher.rpc import RpcClient
+from watcher.storage.base import Db
 from watcher.storage.rows import load_invoices
 from watcher.storage.sqlite import Store
 
@@ -55,7 +54,7 @@ class Progress:
 
 
 def candidates(
-    db: Database, network: str, since: int, until: int, late_window: int
+    db: Db, network: str, since: int, until: int, late_window: int
 ) -> list[Any]:
     """The invoices of a network a transfer in a block stamped `since..until` could reach:
     their window opened by `until` and their late window ends at or after `since`."""

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import orjson
-from sqlite_utils import Database
 
+from watcher.storage.base import Db
 from watcher.storage.sqlite import transaction
 from watcher.timeutil import iso
 
@@ -67,9 +67,10 @@ def stub_body(event_id: str, event: str, created_at: int, invoice_id: str) -> by
 
 
 # The statements that write. Each picks its batch through its index (migration 0014) and
-# checks the conditions again on the rows it writes; the unary `+` keeps the planner from
-# driving those checks through an index (which would visit every row of the kind, not the
-# batch): the rows are found by rowid.
+# checks the conditions again on the rows it writes; the unary `+` (`|| ''` on text, which
+# PostgreSQL's `+` does not take) keeps SQLite's planner from driving those checks through
+# an index (which would visit every row of the kind, not the batch): the rows are found by
+# rowid.
 
 DELETE_ATTEMPTS = (
     "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts INDEXED BY attempts_at "
@@ -99,11 +100,11 @@ DELETE_UNMATCHED = (
     "DELETE FROM transfers WHERE rowid IN (SELECT rowid FROM transfers "
     "INDEXED BY transfers_unmatched_seen WHERE kind = 'unmatched' "
     "AND invoice_id IS NULL AND seen_at < ? ORDER BY seen_at LIMIT ?) "
-    "AND +kind = 'unmatched' AND +invoice_id IS NULL AND +seen_at < ?"
+    "AND kind || '' = 'unmatched' AND invoice_id || '' IS NULL AND +seen_at < ?"
 )
 
 
-def prune_attempts(db: Database, cutoff: float, batch: int) -> tuple[int, int]:
+def prune_attempts(db: Db, cutoff: float, batch: int) -> tuple[int, int]:
     """Delete up to `batch` attempts made before `cutoff` (oldest first), in one
     transaction; (rows picked, rows deleted)."""
     with transaction(db):
@@ -112,7 +113,7 @@ def prune_attempts(db: Database, cutoff: float, batch: int) -> tuple[int, int]:
 
 
 def prune_event_bodies(
-    db: Database, cutoff: int, batch: int, now: int, after: EventKey = _FIRST_EVENT
+    db: Db, cutoff: int, batch: int, now: int, after: EventKey = _FIRST_EVENT
 ) -> tuple[int, int, EventKey | None]:
     """Replace the bodies of up to `batch` events created before `cutoff` (oldest first,
     after `after` in (created_at, seq) order) whose deliveries are all delivered, or that
@@ -123,7 +124,7 @@ def prune_event_bodies(
         rows = db.execute(SELECT_EVENTS, [cutoff, after[0], after[1], batch]).fetchall()
         if not rows:
             return 0, 0, None
-        cur = db.conn.executemany(
+        cur = db.executemany(
             UPDATE_EVENT,
             [(stub_body(eid, event, created, inv), now, seq, cutoff)
              for seq, eid, event, created, inv in rows],
@@ -132,7 +133,7 @@ def prune_event_bodies(
         return len(rows), cur.rowcount, (int(last[3]), int(last[0]))
 
 
-def prune_unmatched_transfers(db: Database, cutoff: int, batch: int) -> tuple[int, int]:
+def prune_unmatched_transfers(db: Db, cutoff: int, batch: int) -> tuple[int, int]:
     """Delete up to `batch` unmatched transfers first seen before `cutoff` (oldest first),
     in one transaction; (rows picked, rows deleted). Only kind `unmatched` without an
     invoice: payments and late payments are never deleted."""
@@ -182,7 +183,7 @@ class Pass:
     def done(self) -> bool:
         return not self.todo
 
-    def step(self, db: Database) -> tuple[str, int]:
+    def step(self, db: Db) -> tuple[str, int]:
         """One batch of one kind: (kind, rows pruned)."""
         self._next %= len(self.todo)
         kind = self.todo[self._next]
@@ -207,7 +208,7 @@ class Pass:
         return kind, changed
 
 
-def prune_all(db: Database, ages: Ages, now: float) -> Pass:
+def prune_all(db: Db, ages: Ages, now: float) -> Pass:
     """A whole pass on this thread (tools, tests, the bench); the daemon uses `Retention`."""
     p = Pass(ages, now)
     while not p.done:

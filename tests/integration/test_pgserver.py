@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from tests.integration.pgserver import start_postgres
+from tests.pgserver import start_postgres
 
 
 def test_a_throwaway_server_starts_stops_and_keeps_its_data() -> None:

@@ -8,7 +8,6 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,8 +72,9 @@ class Env:
 
 
 @pytest.fixture
-async def env(tmp_path: Path, aiohttp_client: ClientFactory) -> AsyncIterator[Env]:
-    store = await Store(tmp_path / "watcher.db").open()
+async def env(database: str, aiohttp_client: ClientFactory) -> AsyncIterator[Env]:
+    """The API over a store on each engine (SQLite, PostgreSQL)."""
+    store = await Store(database).open()
     ledger = make_ledger()
     await store.run(ledger.start_network, NET, 1, 0)
     outcomes: list[Outcome] = []

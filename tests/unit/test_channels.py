@@ -7,7 +7,6 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -57,8 +56,8 @@ class Env:
         return [e["id"] for e in (await resp.json())["data"]]
 
 
-async def make_env(tmp_path: Path, aiohttp_client: Any, **limits: Any) -> Env:
-    store = await Store(tmp_path / "watcher.db").open()
+async def make_env(database: str, aiohttp_client: Any, **limits: Any) -> Env:
+    store = await Store(database).open()
     ledger = make_ledger()
     await store.run(ledger.start_network, NET, 1, 0)
     hub = Hub(store, tick=0.05)
@@ -75,8 +74,8 @@ async def make_env(tmp_path: Path, aiohttp_client: Any, **limits: Any) -> Env:
 
 
 @pytest.fixture
-async def env(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[Env]:
-    e = await make_env(tmp_path, aiohttp_client)
+async def env(database: str, aiohttp_client: Any) -> AsyncIterator[Env]:
+    e = await make_env(database, aiohttp_client)
     task = asyncio.create_task(e.hub.run())
     yield e
     task.cancel()
@@ -232,9 +231,9 @@ async def test_an_oversized_message_closes_with_1009(env: Env) -> None:
     assert ws.close_code == 1009
 
 
-async def test_a_slow_consumer_is_cut_off(tmp_path: Path,
+async def test_a_slow_consumer_is_cut_off(database: str,
                                                              aiohttp_client: Any) -> None:
-    e = await make_env(tmp_path, aiohttp_client, queue_size=4)
+    e = await make_env(database, aiohttp_client, queue_size=4)
     slow = await e.socket()
     await subscribe(slow, subscribe="all")
     for _ in range(12):  # committed before the hub pumps: one burst of 12 > 4
@@ -256,9 +255,9 @@ async def test_a_slow_consumer_is_cut_off(tmp_path: Path,
     await e.store.close()
 
 
-async def test_a_reading_client_gets_every_message_of_a_burst(tmp_path: Path,
+async def test_a_reading_client_gets_every_message_of_a_burst(database: str,
                                                               aiohttp_client: Any) -> None:
-    e = await make_env(tmp_path, aiohttp_client, queue_size=64)
+    e = await make_env(database, aiohttp_client, queue_size=64)
     ws = await e.socket()
     await subscribe(ws, subscribe="all")
     for _ in range(40):
@@ -272,8 +271,8 @@ async def test_a_reading_client_gets_every_message_of_a_burst(tmp_path: Path,
     await e.store.close()
 
 
-async def test_connection_and_subscription_limits(tmp_path: Path, aiohttp_client: Any) -> None:
-    e = await make_env(tmp_path, aiohttp_client, max_connections=1, max_subscriptions=2)
+async def test_connection_and_subscription_limits(database: str, aiohttp_client: Any) -> None:
+    e = await make_env(database, aiohttp_client, max_connections=1, max_subscriptions=2)
     ws = await e.socket()
     with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
         await e.socket()
@@ -307,9 +306,9 @@ async def test_messages_are_counted(env: Env) -> None:
     await ws.close()
 
 
-async def test_heartbeat_pings_and_closes_a_silent_client(tmp_path: Path,
+async def test_heartbeat_pings_and_closes_a_silent_client(database: str,
                                                          aiohttp_client: Any) -> None:
-    e = await make_env(tmp_path, aiohttp_client, heartbeat=1.0)
+    e = await make_env(database, aiohttp_client, heartbeat=1.0)
     ws = await e.client.ws_connect("/v1/ws", headers=AUTH, autoping=False)
     kinds = []
     while True:

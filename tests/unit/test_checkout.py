@@ -57,8 +57,8 @@ class Env:
 
 
 @pytest.fixture
-async def env(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[Env]:
-    store = await Store(tmp_path / "watcher.db").open()
+async def env(database: str, aiohttp_client: Any) -> AsyncIterator[Env]:
+    store = await Store(database).open()
     ledger = make_ledger()
     await store.run(ledger.start_network, NET, 1, 0)
     hub = Hub(store, tick=0.05)

@@ -11,7 +11,6 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -100,8 +99,8 @@ class Env:
 
 
 @pytest.fixture
-async def env(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[Env]:
-    store = await Store(tmp_path / "watcher.db").open()
+async def env(database: str, aiohttp_client: Any) -> AsyncIterator[Env]:
+    store = await Store(database).open()
     ledger = make_ledger()
     await store.run(ledger.start_network, NET, 1, 0)
     book = RateBook({"ETH/USD": [FixedSource("2500")], "USDT/USD": [FixedSource("1")],

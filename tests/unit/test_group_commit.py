@@ -4,31 +4,30 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-from sqlite_utils import Database
 
 from watcher.errors import Conflict, StoreError
+from watcher.storage.base import Db
 from watcher.storage.sqlite import GroupCommit, Store
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store(tmp_path / "g.db").open()
+async def store(database: str) -> AsyncIterator[Store]:
+    s = await Store(database).open()
     await s.run(lambda db: db.execute("CREATE TABLE t (k TEXT PRIMARY KEY)"))
     yield s
     await s.close()
 
 
-def write(db: Database, keys: list[str]) -> list[str | Exception]:
+def write(db: Db, keys: list[str]) -> list[str | Exception]:
     out: list[str | Exception] = []
-    with db.atomic():
+    with db.transaction():
         for k in keys:
             if k == "boom":
                 raise RuntimeError("the whole batch fails")
             try:
-                with db.atomic():
+                with db.transaction():
                     db.execute("INSERT INTO t VALUES (?)", [k])
                     if k.startswith("bad"):
                         raise Conflict(f"{k} refused")

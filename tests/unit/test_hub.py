@@ -3,7 +3,6 @@ subscriptions and their floor, bounded queues."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -28,8 +27,8 @@ def drain(conn: Connection) -> list[Any]:
 
 
 @pytest.fixture
-async def hub(tmp_path: Path) -> Any:
-    store = await Store(tmp_path / "h.db").open()
+async def hub(database: str) -> Any:
+    store = await Store(database).open()
     h = Hub(store)
     await h.start()
     yield h

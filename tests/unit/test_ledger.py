@@ -11,16 +11,17 @@ import time
 import uuid
 from collections.abc import Iterator
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
-from sqlite_utils import Database
 
 from watcher.errors import Conflict, Invalid, NotFound
 from watcher.ledger import Ledger, NetworkInfo, NewInvoice, Outcome, ScanBatch
 from watcher.models import Asset, Invoice, Status, Transfer
-from watcher.storage import sqlite
+from watcher.storage.base import Db
+from watcher.storage.postgres import PgDatabase
+from watcher.storage.sqlite import connect_database
 
 NET = "testnet"
 TOKEN = "0x1111111111111111111111111111111111111111"
@@ -61,7 +62,7 @@ def tx_hash() -> str:
 
 
 def pay(
-    db: Database, ledger: Ledger, inv: Invoice, amount: int, *, deep: bool, now: int
+    db: Db, ledger: Ledger, inv: Invoice, amount: int, *, deep: bool, now: int
 ) -> Outcome:
     """Record a payment of `amount` to `inv` in a scanned block; `deep` gives it enough
     confirmations to settle, otherwise it waits for them."""
@@ -73,7 +74,7 @@ def pay(
 
 
 def invoice_in(
-    db: Database, /, ledger: Ledger, status: Status, now: int, **kw: Any
+    db: Db, /, ledger: Ledger, status: Status, now: int, **kw: Any
 ) -> Invoice:
     """A fresh invoice brought into `status` through the ledger (REVERSED by SQL)."""
     inv, _, _ = ledger.create(db, new(address=None, **kw), now)
@@ -94,16 +95,16 @@ def invoice_in(
     return got
 
 
-def rows(db: Database, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+def rows(db: Db, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
     return list(db.query(sql, params or []))
 
 
-def events_of(db: Database, invoice_id: str) -> list[str]:
+def events_of(db: Db, invoice_id: str) -> list[str]:
     return [r["event"] for r in rows(
         db, "SELECT event FROM events WHERE invoice_id = ? ORDER BY seq", [invoice_id])]
 
 
-def deliveries_of(db: Database, invoice_id: str) -> list[str]:
+def deliveries_of(db: Db, invoice_id: str) -> list[str]:
     return [r["event"] for r in rows(
         db, "SELECT event FROM deliveries WHERE invoice_id = ? ORDER BY event_seq", [invoice_id])]
 
@@ -112,11 +113,12 @@ def deliveries_of(db: Database, invoice_id: str) -> list[str]:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = sqlite.connect(tmp_path / "watcher.db")
-    make_ledger().start_network(database, NET, 1, 0)
-    yield database
-    database.close()
+def db(database: str) -> Iterator[Db]:
+    """A migrated database on each engine (SQLite, PostgreSQL), the network started."""
+    connection = connect_database(database)
+    make_ledger().start_network(connection, NET, 1, 0)
+    yield connection
+    connection.close()
 
 
 @pytest.fixture
@@ -130,7 +132,7 @@ NOW = int(time.time())
 # ---------------------------------------------------------------- create
 
 
-def test_create_dedicated_writes_invoice_event_and_delivery(db: Database, ledger: Ledger) -> None:
+def test_create_dedicated_writes_invoice_event_and_delivery(db: Db, ledger: Ledger) -> None:
     inv, created, out = ledger.create(db, new(asset="ETH", address=DEDICATED,
                                                amount=10**18), NOW)
     assert created
@@ -143,7 +145,7 @@ def test_create_dedicated_writes_invoice_event_and_delivery(db: Database, ledger
     assert d["url"] == HOOK and d["state"] == "pending"
 
 
-def test_create_without_any_callback_url_writes_event_but_no_delivery(db: Database) -> None:
+def test_create_without_any_callback_url_writes_event_but_no_delivery(db: Db) -> None:
     ledger = make_ledger(callback_url=None)
     inv, _, _ = ledger.create(db, new(), NOW)
     assert events_of(db, inv.id) == ["invoice.created"]
@@ -152,7 +154,7 @@ def test_create_without_any_callback_url_writes_event_but_no_delivery(db: Databa
     assert deliveries_of(db, with_url.id) == ["invoice.created"]
 
 
-def test_external_id_is_idempotent_by_fingerprint(db: Database, ledger: Ledger) -> None:
+def test_external_id_is_idempotent_by_fingerprint(db: Db, ledger: Ledger) -> None:
     first, created, _ = ledger.create(db, new(external_id="o-1", fingerprint="f1"), NOW)
     again, created_again, out = ledger.create(db, new(external_id="o-1", fingerprint="f1"), NOW)
     assert created and not created_again
@@ -163,7 +165,7 @@ def test_external_id_is_idempotent_by_fingerprint(db: Database, ledger: Ledger) 
     assert len(rows(db, "SELECT id FROM invoices")) == 1
 
 
-def test_one_open_invoice_per_dedicated_address(db: Database, ledger: Ledger) -> None:
+def test_one_open_invoice_per_dedicated_address(db: Db, ledger: Ledger) -> None:
     first, _, _ = ledger.create(db, new(asset="ETH", address=DEDICATED, amount=1), NOW)
     with pytest.raises(Conflict) as exc:
         ledger.create(db, new(asset="ETH", address=DEDICATED.lower(), amount=2), NOW)
@@ -176,7 +178,7 @@ def test_one_open_invoice_per_dedicated_address(db: Database, ledger: Ledger) ->
 
 
 def test_shared_address_amounts_are_unique_among_open_invoices(
-    db: Database, ledger: Ledger
+    db: Db, ledger: Ledger
 ) -> None:
     made = [ledger.create(db, new(amount=5_000_000), NOW)[0] for _ in range(5)]
     assert [i.amount for i in made] == [5_000_000 + k for k in range(5)]
@@ -189,7 +191,7 @@ def test_shared_address_amounts_are_unique_among_open_invoices(
     assert other.amount == 7_000_000
 
 
-def test_shared_mode_needs_a_shared_address(db: Database, ledger: Ledger) -> None:
+def test_shared_mode_needs_a_shared_address(db: Db, ledger: Ledger) -> None:
     with pytest.raises(Invalid) as exc:
         ledger.create(db, new(asset="ETH"), NOW)
     assert exc.value.field == "address"
@@ -204,7 +206,7 @@ def test_shared_mode_needs_a_shared_address(db: Database, ledger: Ledger) -> Non
     ],
 )
 def test_create_rejects_bad_requests(
-    db: Database, ledger: Ledger, req: NewInvoice, field: str
+    db: Db, ledger: Ledger, req: NewInvoice, field: str
 ) -> None:
     with pytest.raises(Invalid) as exc:
         ledger.create(db, req, NOW)
@@ -224,7 +226,7 @@ RULES = {
 REFUND_TX = "0x" + "ab" * 32
 
 
-def act(db: Database, ledger: Ledger, name: str, invoice_id: str) -> tuple[Invoice, Outcome]:
+def act(db: Db, ledger: Ledger, name: str, invoice_id: str) -> tuple[Invoice, Outcome]:
     if name == "refund":
         return ledger.refund(db, invoice_id, NOW, REFUND_TX)
     action = ledger.cancel if name == "cancel" else ledger.accept
@@ -234,7 +236,7 @@ def act(db: Database, ledger: Ledger, name: str, invoice_id: str) -> tuple[Invoi
 @pytest.mark.parametrize("status", ALL)
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_action_rules_from_every_status(
-    db: Database, ledger: Ledger, name: str, status: Status
+    db: Db, ledger: Ledger, name: str, status: Status
 ) -> None:
     allowed, target = RULES[name]
     inv = invoice_in(db, ledger, status, NOW)
@@ -256,7 +258,7 @@ def test_action_rules_from_every_status(
 
 
 @pytest.mark.parametrize("status", ALL)
-def test_remainder_only_from_partial(db: Database, ledger: Ledger, status: Status) -> None:
+def test_remainder_only_from_partial(db: Db, ledger: Ledger, status: Status) -> None:
     inv = invoice_in(db, ledger, status, NOW, callback_url="https://a.example/cb",
                      email="a@b.example")
     if status != Status.PARTIAL:
@@ -277,7 +279,7 @@ def test_remainder_only_from_partial(db: Database, ledger: Ledger, status: Statu
 
 
 def test_remainder_at_a_dedicated_address_reuses_the_address(
-    db: Database, ledger: Ledger
+    db: Db, ledger: Ledger
 ) -> None:
     inv, _, _ = ledger.create(db, new(asset="ETH", address=DEDICATED, amount=10**18), NOW)
     pay(db, ledger, inv, 4 * 10**17, deep=True, now=NOW)
@@ -286,7 +288,7 @@ def test_remainder_at_a_dedicated_address_reuses_the_address(
     assert child.amount == 6 * 10**17
 
 
-def test_actions_on_unknown_invoice_are_not_found(db: Database, ledger: Ledger) -> None:
+def test_actions_on_unknown_invoice_are_not_found(db: Db, ledger: Ledger) -> None:
     for act in (ledger.cancel, ledger.accept, ledger.remainder):
         with pytest.raises(NotFound):
             act(db, "missing", NOW)
@@ -295,7 +297,7 @@ def test_actions_on_unknown_invoice_are_not_found(db: Database, ledger: Ledger) 
 
 
 def test_every_status_change_writes_an_event_and_a_delivery(
-    db: Database, ledger: Ledger
+    db: Db, ledger: Ledger
 ) -> None:
     inv, _, _ = ledger.create(db, new(), NOW)
     pay(db, ledger, inv, inv.amount, deep=True, now=NOW)
@@ -312,7 +314,17 @@ def test_every_status_change_writes_an_event_and_a_delivery(
 # ---------------------------------------------------------------- one transaction
 
 
-def _fail_on(db: Database, table: str, op: str = "INSERT") -> None:
+#: what an injected failure raises, on either engine
+FAILED = (sqlite3.IntegrityError, psycopg.errors.RaiseException)
+
+
+def _fail_on(db: Db, table: str, op: str = "INSERT") -> None:
+    if isinstance(db, PgDatabase):
+        db.execute("CREATE FUNCTION injected() RETURNS trigger LANGUAGE plpgsql AS "
+                   "$$ BEGIN RAISE EXCEPTION 'injected failure'; END $$")
+        db.execute(f"CREATE TRIGGER fail_{table} AFTER {op} ON {table} "
+                   "FOR EACH ROW EXECUTE FUNCTION injected()")
+        return
     db.execute(
         f"CREATE TRIGGER fail_{table} AFTER {op} ON {table} "
         "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
@@ -320,21 +332,21 @@ def _fail_on(db: Database, table: str, op: str = "INSERT") -> None:
 
 
 def test_create_rolls_back_invoice_and_event_when_the_outbox_insert_fails(
-    db: Database, ledger: Ledger
+    db: Db, ledger: Ledger
 ) -> None:
     _fail_on(db, "deliveries")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(FAILED):
         ledger.create(db, new(), NOW)
     assert rows(db, "SELECT id FROM invoices") == []
     assert rows(db, "SELECT id FROM events") == []
 
 
 def test_cancel_rolls_back_event_and_delivery_when_the_status_update_fails(
-    db: Database, ledger: Ledger
+    db: Db, ledger: Ledger
 ) -> None:
     inv, _, _ = ledger.create(db, new(), NOW)
     _fail_on(db, "invoices", "UPDATE")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(FAILED):
         ledger.cancel(db, inv.id, NOW)
     assert events_of(db, inv.id) == ["invoice.created"]
     assert deliveries_of(db, inv.id) == ["invoice.created"]
@@ -342,18 +354,18 @@ def test_cancel_rolls_back_event_and_delivery_when_the_status_update_fails(
 
 
 def test_remainder_rolls_back_parent_close_when_the_child_fails(
-    db: Database, ledger: Ledger
+    db: Db, ledger: Ledger
 ) -> None:
     inv = invoice_in(db, ledger, Status.PARTIAL, NOW)
     _fail_on(db, "deliveries")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(FAILED):
         ledger.remainder(db, inv.id, NOW)
     assert ledger.get(db, inv.id).closed_at is None
     assert len(rows(db, "SELECT id FROM invoices")) == 1
 
 
 def test_waiting_invoices_are_reloaded_only_when_they_can_move(
-    db: Database, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+    db: Db, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Work proportional to what changed: a range at whose head no waiting invoice's
     payment can reach its confirmations reads none of them."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,8 +32,8 @@ class Failing:
 
 
 @pytest.fixture
-async def client(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[TestClient[Any, Any]]:
-    store = await Store(tmp_path / "w.db").open()
+async def client(database: str, aiohttp_client: Any) -> AsyncIterator[TestClient[Any, Any]]:
+    store = await Store(database).open()
     ledger = make_ledger()
     await store.run(ledger.start_network, NET, 1, 0)
     book = RateBook(

@@ -12,7 +12,6 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
-from sqlite_utils import Database
 
 from tests.integration.receiver import create_invoices, event_ids, make_ledger
 from tests.unit.test_dashboard import Env as DashEnv
@@ -25,8 +24,9 @@ from watcher.errors import Gone
 from watcher.metrics import RETENTION_KINDS, Metrics
 from watcher.models import Status, Transfer
 from watcher.retention import Ages, Pass, Retention, prune_all, stub_body
+from watcher.storage.base import Db
 from watcher.storage.rows import transfer_row
-from watcher.storage.sqlite import Store, connect
+from watcher.storage.sqlite import SqliteDatabase, Store, connect, connect_database
 from watcher.web.api import ApiContext, create_app, invoice_events
 from watcher.web.hub import Hub
 
@@ -39,10 +39,18 @@ AGES = Ages(attempts=90 * DAY, event_bodies=180 * DAY, unmatched_transfers=90 * 
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = connect(tmp_path / "retention.db")
-    yield database
-    database.close()
+def sqlite_db(tmp_path: Path) -> Iterator[SqliteDatabase]:
+    connection = connect(tmp_path / "retention.db")
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def db(database: str) -> Iterator[Db]:
+    """A migrated database on each engine (SQLite, PostgreSQL)."""
+    connection = connect_database(database)
+    yield connection
+    connection.close()
 
 
 def only(kind: str, batch: int = 10) -> Ages:
@@ -51,7 +59,7 @@ def only(kind: str, batch: int = 10) -> Ages:
 
 
 def add_transfer(
-    db: Database, n: int, kind: str, seen_at: int, invoice_id: str | None = None
+    db: Db, n: int, kind: str, seen_at: int, invoice_id: str | None = None
 ) -> str:
     t = Transfer(
         network="local", asset="ETH", tx_hash=f"0x{n:064x}", log_index=n % 7,
@@ -64,21 +72,21 @@ def add_transfer(
     return t.id
 
 
-def transfer_ids(db: Database) -> set[str]:
+def transfer_ids(db: Db) -> set[str]:
     return {r[0] for r in db.execute("SELECT id FROM transfers").fetchall()}
 
 
-def set_state(db: Database, event_id: str, state: str) -> None:
+def set_state(db: Db, event_id: str, state: str) -> None:
     db.execute("UPDATE deliveries SET state = ?, head = 0 WHERE event_id = ?", [state, event_id])
 
 
-def body_of(db: Database, event_id: str) -> dict[str, Any]:
+def body_of(db: Db, event_id: str) -> dict[str, Any]:
     raw = db.execute("SELECT body FROM events WHERE id = ?", [event_id]).fetchone()[0]
     data: dict[str, Any] = orjson.loads(raw)
     return data
 
 
-def pruned_ids(db: Database) -> set[str]:
+def pruned_ids(db: Db) -> set[str]:
     rows = db.execute("SELECT id FROM events WHERE pruned_at IS NOT NULL").fetchall()
     return {r[0] for r in rows}
 
@@ -86,7 +94,7 @@ def pruned_ids(db: Database) -> set[str]:
 # ---------------------------------------------------------------- what goes, what stays
 
 
-def test_attempts_older_than_the_age_go_newer_ones_stay(db: Database) -> None:
+def test_attempts_older_than_the_age_go_newer_ones_stay(db: Db) -> None:
     create_invoices(db, make_ledger(), 1, URL, OLD)
     (evt,) = event_ids(db)
     times = [OLD, NOW - 91 * DAY, NOW - 90 * DAY + 1, NEW, NOW]
@@ -101,7 +109,7 @@ def test_attempts_older_than_the_age_go_newer_ones_stay(db: Database) -> None:
     assert (d["state"], d["attempts"]) == ("delivered", 6)  # the delivery keeps its count
 
 
-def test_unmatched_transfers_go_payments_and_late_payments_never(db: Database) -> None:
+def test_unmatched_transfers_go_payments_and_late_payments_never(db: Db) -> None:
     ledger = ledger_with_hook()
     ledger.start_network(db, "testnet", 1, OLD)
     inv = invoice_in(db, ledger, Status.COMPLETED, OLD)  # a real payment, old
@@ -123,7 +131,7 @@ def test_unmatched_transfers_go_payments_and_late_payments_never(db: Database) -
     assert prune_all(db, only("unmatched_transfers"), NOW).pruned["unmatched_transfers"] == 0
 
 
-def test_event_bodies_of_delivered_events_and_events_without_delivery_go(db: Database) -> None:
+def test_event_bodies_of_delivered_events_and_events_without_delivery_go(db: Db) -> None:
     ids = create_invoices(db, make_ledger(), 5, URL, OLD, cancel=True)  # 10 events
     events = event_ids(db)
     delivered, pending, failed, fresh = events[0:4], events[4:6], events[6:8], events[8:10]
@@ -169,7 +177,7 @@ def test_event_bodies_of_delivered_events_and_events_without_delivery_go(db: Dat
     assert prune_all(db, only("event_bodies"), NOW).pruned["event_bodies"] == 0
 
 
-def test_a_failed_or_pending_delivery_keeps_its_body_among_many(db: Database) -> None:
+def test_a_failed_or_pending_delivery_keeps_its_body_among_many(db: Db) -> None:
     """More kept events than a batch come first in age order: the pass goes past them."""
     create_invoices(db, make_ledger(), 30, URL, OLD)
     events = event_ids(db)
@@ -184,7 +192,7 @@ def test_a_failed_or_pending_delivery_keeps_its_body_among_many(db: Database) ->
     assert p.batches == 2  # 4 + 1: the 25 kept ones cost no batch of their own
 
 
-def test_off_prunes_nothing(db: Database) -> None:
+def test_off_prunes_nothing(db: Db) -> None:
     create_invoices(db, make_ledger(), 3, URL, OLD)
     for e in event_ids(db):
         outbox.record_attempt(db, e, float(OLD), 200, None, 1, "delivered", None)
@@ -200,7 +208,11 @@ def test_off_prunes_nothing(db: Database) -> None:
 # ---------------------------------------------------------------- batches
 
 
-def test_each_batch_is_one_short_transaction_of_at_most_batch_rows(db: Database) -> None:
+def test_each_batch_is_one_short_transaction_of_at_most_batch_rows(
+    sqlite_db: SqliteDatabase,
+) -> None:
+    """SQLite's statement trace: one `BEGIN IMMEDIATE` ... `COMMIT` per batch."""
+    db = sqlite_db
     create_invoices(db, make_ledger(), 23, URL, OLD)
     for e in event_ids(db):
         outbox.record_attempt(db, e, float(OLD), 200, None, 1, "delivered", None)
@@ -217,7 +229,7 @@ def test_each_batch_is_one_short_transaction_of_at_most_batch_rows(db: Database)
             kind, changed = p.step(db)
             steps.append((kind, changed))
             assert db.conn.total_changes - before == changed <= 10
-            assert not db.conn.in_transaction
+            assert not db.in_transaction
             assert statements[0] == "BEGIN IMMEDIATE" and statements[-1] == "COMMIT"
             assert statements.count("BEGIN IMMEDIATE") == 1
             writes = [s for s in statements if s.startswith(("DELETE", "UPDATE"))]
@@ -233,9 +245,10 @@ def test_each_batch_is_one_short_transaction_of_at_most_batch_rows(db: Database)
     assert p.pruned == dict.fromkeys(retention.KINDS, 23)
 
 
-def test_the_batches_use_their_indexes(db: Database) -> None:
+def test_the_batches_use_their_indexes(sqlite_db: SqliteDatabase) -> None:
     """Each batch reads its candidates through an index (migration 0014), never a scan of
-    the whole table."""
+    the whole table (SQLite's plan: the statements name their indexes there)."""
+    db = sqlite_db
     plans = {
         "attempts": "SELECT id FROM attempts INDEXED BY attempts_at WHERE at < 1 "
                     "ORDER BY at LIMIT 5",
@@ -328,7 +341,7 @@ def test_metric_kinds_are_the_retention_kinds() -> None:
 # ---------------------------------------------------------------- readers of a pruned event
 
 
-def _delivered_and_pruned(db: Database) -> tuple[str, list[str]]:
+def _delivered_and_pruned(db: Db) -> tuple[str, list[str]]:
     """An old invoice whose two events were delivered, then pruned; (invoice, events)."""
     (inv,) = create_invoices(db, make_ledger(), 1, URL, OLD, cancel=True)
     events = event_ids(db, [inv])
@@ -339,11 +352,11 @@ def _delivered_and_pruned(db: Database) -> tuple[str, list[str]]:
     return inv, events
 
 
-def test_redeliver_of_a_pruned_event_is_gone(db: Database) -> None:
+def test_redeliver_of_a_pruned_event_is_gone(db: Db) -> None:
     _, events = _delivered_and_pruned(db)
     with pytest.raises(Gone, match="pruned") as info:
         outbox.redeliver(db, events[0], float(NOW))
-    assert info.value.status == 410 and not db.conn.in_transaction
+    assert info.value.status == 410 and not db.in_transaction
     assert db.execute("SELECT state FROM deliveries WHERE event_id = ?",
                       [events[0]]).fetchone()[0] == "delivered"  # nothing queued
     (other,) = create_invoices(db, make_ledger(), 1, URL, NOW, first=5)
@@ -353,9 +366,9 @@ def test_redeliver_of_a_pruned_event_is_gone(db: Database) -> None:
 
 
 @pytest.fixture
-async def api(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[tuple[TestClient[Any, Any],
-                                                                          Store]]:
-    store = await Store(tmp_path / "api.db").open()
+async def api(database: str, aiohttp_client: Any) -> AsyncIterator[tuple[TestClient[Any, Any],
+                                                                         Store]]:
+    store = await Store(database).open()
     ctx = ApiContext(store, make_ledger(), ["k"])
     client = await aiohttp_client(create_app(ctx))
     yield client, store
@@ -383,7 +396,7 @@ async def test_the_dashboard_copes_with_a_pruned_event(env: DashEnv) -> None:  #
     inv = await env.make(Status.COMPLETED)
     events = await env.store.run(event_ids, [inv.id])
 
-    def prune(db: Database) -> None:
+    def prune(db: Db) -> None:
         for e in events:
             set_state(db, e, "delivered")
         db.execute("UPDATE events SET created_at = ? WHERE invoice_id = ?", [OLD, inv.id])

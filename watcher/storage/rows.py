@@ -7,7 +7,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
-from sqlite_utils import Database
 
 from watcher.models import (
     OPEN_STATUSES,
@@ -17,6 +16,7 @@ from watcher.models import (
     Status,
     Transfer,
 )
+from watcher.storage.base import Db
 
 
 def rescan_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -30,7 +30,7 @@ def rescan_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def latest_rescans(db: Database) -> dict[str, dict[str, Any]]:
+def latest_rescans(db: Db) -> dict[str, dict[str, Any]]:
     """The newest rescan of each network, as JSON."""
     rows = db.query(
         "SELECT * FROM rescans WHERE id IN (SELECT MAX(id) FROM rescans GROUP BY network)"
@@ -38,14 +38,14 @@ def latest_rescans(db: Database) -> dict[str, dict[str, Any]]:
     return {r["network"]: rescan_json(r) for r in rows}
 
 
-def next_derivation_index(db: Database, start: int) -> int:
+def next_derivation_index(db: Db, start: int) -> int:
     """The next index to hand out: after the highest taken, and not below `start`."""
     top = db.execute("SELECT MAX(idx) FROM derived_addresses").fetchone()[0]
     return start if top is None else max(start, int(top) + 1)
 
 
 def insert_derived_address(
-    db: Database, index: int, address: str, key_id: str, now: int
+    db: Db, index: int, address: str, key_id: str, now: int
 ) -> None:
     db.execute(
         "INSERT INTO derived_addresses (idx, address, key_id, created_at) VALUES (?, ?, ?, ?)",
@@ -53,14 +53,14 @@ def insert_derived_address(
     )
 
 
-def newest_derived_address(db: Database) -> dict[str, Any] | None:
+def newest_derived_address(db: Db) -> dict[str, Any] | None:
     """The derived address with the highest index, or None."""
     rows = list(db.query("SELECT * FROM derived_addresses ORDER BY idx DESC LIMIT 1"))
     return rows[0] if rows else None
 
 
 def derived_addresses(
-    db: Database, after: int | None = None, limit: int | None = None
+    db: Db, after: int | None = None, limit: int | None = None
 ) -> list[dict[str, Any]]:
     """Derived addresses in index order (from after `after`), each with its invoices'
     `(id, network, asset, status)` under `invoices`."""
@@ -99,11 +99,12 @@ def derived_addresses(
     return rows
 
 
-def reset_delivery_head(db: Database, invoice_id: str) -> None:
+def reset_delivery_head(db: Db, invoice_id: str) -> None:
     """Mark the earliest pending delivery of an invoice as its head (and only that one)."""
     db.execute(
-        "UPDATE deliveries SET head = COALESCE(state = 'pending' AND event_seq = (SELECT "
-        "MIN(event_seq) FROM deliveries WHERE invoice_id = ? AND state = 'pending'), 0) "
+        "UPDATE deliveries SET head = CASE WHEN state = 'pending' AND event_seq = (SELECT "
+        "MIN(event_seq) FROM deliveries WHERE invoice_id = ? AND state = 'pending') "
+        "THEN 1 ELSE 0 END "
         "WHERE invoice_id = ? "
         "AND (state = 'pending' OR head = 1)",
         [invoice_id, invoice_id],
@@ -131,7 +132,7 @@ def transfer_from_row(row: dict[str, Any]) -> Transfer:
     )
 
 
-def load_transfers_by_id(db: Database, ids: Iterable[str]) -> list[Transfer]:
+def load_transfers_by_id(db: Db, ids: Iterable[str]) -> list[Transfer]:
     """The stored transfers with these ids (those that exist)."""
     wanted = list(ids)
     if not wanted:
@@ -141,7 +142,7 @@ def load_transfers_by_id(db: Database, ids: Iterable[str]) -> list[Transfer]:
     return [transfer_from_row(r) for r in rows]
 
 
-def assign_transfer(db: Database, transfer_id: str, invoice_id: str) -> None:
+def assign_transfer(db: Db, transfer_id: str, invoice_id: str) -> None:
     """Make a stored transfer a payment of `invoice_id` by hand: kind payment, `assigned`,
     and `announced`, so no late-payment callback is ever written for it."""
     db.execute(
@@ -277,7 +278,7 @@ def invoice_row(inv: Invoice) -> dict[str, Any]:
 _TRANSFER_ORDER = "ORDER BY block, log_index"
 
 
-def load_invoices(db: Database, where: str, params: Iterable[Any] = ()) -> list[Invoice]:
+def load_invoices(db: Db, where: str, params: Iterable[Any] = ()) -> list[Invoice]:
     """Invoices matching a WHERE clause, with their payments and late payments."""
     rows = list(db.query(f"SELECT * FROM invoices WHERE {where}", list(params)))
     if not rows:
@@ -296,7 +297,7 @@ def load_invoices(db: Database, where: str, params: Iterable[Any] = ()) -> list[
     return _with_legs(db, rows, by_invoice)
 
 
-def load_legs(db: Database, invoice_ids: list[str]) -> dict[str, list[Leg]]:
+def load_legs(db: Db, invoice_ids: list[str]) -> dict[str, list[Leg]]:
     """The methods each invoice was switched away from, oldest first."""
     found: dict[str, list[Leg]] = {}
     for start in range(0, len(invoice_ids), 500):
@@ -315,7 +316,7 @@ def load_legs(db: Database, invoice_ids: list[str]) -> dict[str, list[Leg]]:
     return found
 
 
-def insert_leg(db: Database, invoice_id: str, leg: Leg) -> None:
+def insert_leg(db: Db, invoice_id: str, leg: Leg) -> None:
     db.execute(
         "INSERT INTO invoice_legs (invoice_id, n, network, asset, decimals, to_addr, to_lower, "
         "shared, amount, derivation_index, opens_at, closed_at) "
@@ -326,22 +327,23 @@ def insert_leg(db: Database, invoice_id: str, leg: Leg) -> None:
     )
 
 
-def load_invoice(db: Database, invoice_id: str) -> Invoice | None:
+def load_invoice(db: Db, invoice_id: str) -> Invoice | None:
     found = load_invoices(db, "id = ?", [invoice_id])
     return found[0] if found else None
 
 
-def insert_invoice(db: Database, inv: Invoice) -> Invoice:
+def insert_invoice(db: Db, inv: Invoice) -> Invoice:
     row = invoice_row(inv)
     cur = db.execute(
-        f"INSERT INTO invoices ({','.join(row)}) VALUES ({','.join('?' * len(row))})",
+        f"INSERT INTO invoices ({','.join(row)}) VALUES ({','.join('?' * len(row))}) "
+        "RETURNING seq",
         list(row.values()),
     )
-    inv.seq = int(cur.lastrowid or 0)
+    inv.seq = int(cur.fetchone()[0])
     return inv
 
 
-def update_invoice_method(db: Database, inv: Invoice) -> None:
+def update_invoice_method(db: Db, inv: Invoice) -> None:
     """Write a chosen method's fields (and everything `update_invoice` writes)."""
     row = invoice_row(inv)
     del row["id"]
@@ -349,7 +351,7 @@ def update_invoice_method(db: Database, inv: Invoice) -> None:
     db.execute(f"UPDATE invoices SET {sets} WHERE id = ?", [*row.values(), inv.id])
 
 
-def update_invoice(db: Database, inv: Invoice) -> None:
+def update_invoice(db: Db, inv: Invoice) -> None:
     db.execute(
         "UPDATE invoices SET status = ?, updated_at = ?, closed_at = ?, refund_tx = ? "
         "WHERE id = ?",
@@ -357,7 +359,7 @@ def update_invoice(db: Database, inv: Invoice) -> None:
     )
 
 
-def watched_invoices(db: Database, network: str, since: int) -> list[Invoice]:
+def watched_invoices(db: Db, network: str, since: int) -> list[Invoice]:
     """Open invoices of a network, and those that stopped collecting at or after `since`
     (still within their late-payment window). Payments are not loaded."""
     return list(iter_watched_invoices(db, network, since))
@@ -367,14 +369,14 @@ def watched_invoices(db: Database, network: str, since: int) -> list[Invoice]:
 _INDEX_CHUNK = 2000
 
 
-def iter_watched_invoices(db: Database, network: str, since: int) -> Iterator[Invoice]:
+def iter_watched_invoices(db: Db, network: str, since: int) -> Iterator[Invoice]:
     """`watched_invoices`, a chunk of rows at a time: filling a watch index of 100,000
     invoices never holds them all as objects at once (the allocator would keep that peak
     for the life of the process). Must be consumed on the connection's thread."""
     statuses = ",".join(f"'{s.value}'" for s in OPEN_STATUSES)
     cursor = db.execute(
         f"SELECT * FROM invoices WHERE network = ? AND (status IN ({statuses}) "
-        "OR MIN(COALESCE(closed_at, expire_at), expire_at) >= ?) UNION "
+        "OR (CASE WHEN closed_at < expire_at THEN closed_at ELSE expire_at END) >= ?) UNION "
         "SELECT * FROM invoices WHERE id IN (SELECT invoice_id FROM invoice_legs "
         "WHERE network = ? AND closed_at >= ?)",
         [network, since, network, since],
@@ -385,7 +387,7 @@ def iter_watched_invoices(db: Database, network: str, since: int) -> Iterator[In
 
 
 def _with_legs(
-    db: Database, rows: list[dict[str, Any]],
+    db: Db, rows: list[dict[str, Any]],
     transfers: dict[str, list[Transfer]] | None = None,
 ) -> list[Invoice]:
     """Invoices from rows, with the methods switched away from, and with their payments
@@ -396,12 +398,12 @@ def _with_legs(
     return [invoice_from_row(r, found.get(r["id"], ()), legs.get(r["id"], ())) for r in rows]
 
 
-def index_invoices(db: Database, network: str, late_window: int) -> list[Invoice]:
+def index_invoices(db: Db, network: str, late_window: int) -> list[Invoice]:
     """`iter_index_invoices` as a list (tests, tools; the daemon streams)."""
     return list(iter_index_invoices(db, network, late_window))
 
 
-def iter_index_invoices(db: Database, network: str, late_window: int) -> Iterator[Invoice]:
+def iter_index_invoices(db: Db, network: str, late_window: int) -> Iterator[Invoice]:
     """The invoices a network's watch index starts with: every open one, and every one
     that stopped collecting late enough that a block the follower has not yet scanned (or
     that a reorg may still replace) can hold a late payment for it. Decided by the
@@ -419,7 +421,7 @@ def iter_index_invoices(db: Database, network: str, late_window: int) -> Iterato
     return iter_watched_invoices(db, network, since)
 
 
-def invoices_updated_since(db: Database, since: int, network: str) -> list[Invoice]:
+def invoices_updated_since(db: Db, since: int, network: str) -> list[Invoice]:
     """Invoices of a network changed at or after `since`, and those that left it for
     another method since then (payments not loaded)."""
     return _with_legs(db, list(db.query(
@@ -432,17 +434,18 @@ def invoices_updated_since(db: Database, since: int, network: str) -> list[Invoi
 
 
 def invoices_changed_elsewhere(
-    db: Database, since: int, network: str, version: int | None
-) -> tuple[int, list[Invoice] | None, list[str]]:
-    """What the per-head refresh needs: (`PRAGMA data_version` now, the invoices, their
+    db: Db, since: int, network: str, version: int | None
+) -> tuple[int | None, list[Invoice] | None, list[str]]:
+    """What the per-head refresh needs: (`db.data_version()` now, the invoices, their
     ids). When another connection (the CLI) committed since `version`, the invoices of
     `invoices_updated_since` (ids empty). Otherwise only the daemon's own writes happened,
     and they reach its index with their outcomes: just the ids (None for the invoices), so
     the caller loads those its index does not hold yet (an outcome not reported by the time
     the follower looks; see `invoices_by_ids`). Reloading every invoice the API had just
-    created cost 25-65 ms of the writer per block at hundreds of creates a second."""
-    now_version = int(db.execute("PRAGMA data_version").fetchone()[0])
-    if now_version != version:
+    created cost 25-65 ms of the writer per block at hundreds of creates a second. A
+    database that cannot tell (PostgreSQL, where other instances write) is read in full."""
+    now_version = db.data_version()
+    if now_version is None or now_version != version:
         return now_version, invoices_updated_since(db, since, network), []
     ids = [r[0] for r in db.execute(
         "SELECT id FROM invoices INDEXED BY invoices_updated "
@@ -452,13 +455,13 @@ def invoices_changed_elsewhere(
     return now_version, None, ids
 
 
-def invoices_by_ids(db: Database, ids: list[str]) -> list[Invoice]:
+def invoices_by_ids(db: Db, ids: list[str]) -> list[Invoice]:
     """The invoices with these ids, with their legs (payments not loaded)."""
     marks = ",".join("?" * len(ids))
     return _with_legs(db, list(db.query(f"SELECT * FROM invoices WHERE id IN ({marks})", ids)))
 
 
-def status_counts(db: Database) -> dict[str, int]:
+def status_counts(db: Db) -> dict[str, int]:
     return {
         r["status"]: r["n"]
         for r in db.query("SELECT status, COUNT(*) AS n FROM invoices GROUP BY status")

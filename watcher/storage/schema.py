@@ -405,3 +405,16 @@ def _m0014(db: Database) -> None:
         "CREATE INDEX transfers_unmatched_seen ON transfers(seen_at) WHERE kind = 'unmatched'",
     ):
         db.execute(statement)
+
+
+@migrations(name="0015_heads_in_event_order")
+def _m0015(db: Database) -> None:
+    # Due deliveries with the same `next_attempt_at` go in event order, read straight from
+    # the index (no sort): before, ties kept SQLite's insertion order, which PostgreSQL
+    # does not promise.
+    for statement in (
+        "DROP INDEX deliveries_heads",
+        "CREATE INDEX deliveries_heads ON deliveries(next_attempt_at, event_seq) "
+        "WHERE state = 'pending' AND head = 1",
+    ):
+        db.execute(statement)

@@ -11,9 +11,9 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 from sqlite_utils import Database
 
 from watcher.errors import StoreError
+from watcher.storage.base import Db
 from watcher.storage.schema import migrations
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 WRITER_AUTOCHECKPOINT = 10_000
 
 
-def connect(path: str | Path) -> Database:
+def connect(path: str | Path) -> SqliteDatabase:
     """Open (creating with mode 0600) and migrate the database. Call on the owning thread."""
     path = Path(path)
     if str(path) != ":memory:":
@@ -55,7 +56,7 @@ def connect(path: str | Path) -> Database:
                 f"the database directory is read-only (WAL files go there): {path.parent}"
             )
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-    db = Database(conn)
+    db = SqliteDatabase(conn)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
     db.execute("PRAGMA busy_timeout=5000")
@@ -64,27 +65,59 @@ def connect(path: str | Path) -> Database:
     return db
 
 
-@contextmanager
-def transaction(db: Database) -> Iterator[Database]:
-    """A write transaction. The outermost one starts with `BEGIN IMMEDIATE`: it takes the
-    write lock first, waiting up to `busy_timeout` for another writer (the CLI). A deferred
-    `BEGIN` that reads and then writes fails at once with "database is locked" when another
-    process wrote in between (WAL cannot upgrade a stale read snapshot). Nested calls are
-    savepoints."""
-    conn = db.conn
-    if conn.in_transaction:
-        with db.atomic():
-            yield db
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-    except BaseException:
+class SqliteDatabase(Database):
+    """sqlite-utils' `Database` with the rest of the `base.Db` interface."""
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> sqlite3.Cursor:
+        return self.conn.executemany(sql, rows)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqliteDatabase]:
+        """A write transaction. The outermost one starts with `BEGIN IMMEDIATE`: it takes
+        the write lock first, waiting up to `busy_timeout` for another writer (the CLI). A
+        deferred `BEGIN` that reads and then writes fails at once with "database is locked"
+        when another process wrote in between (WAL cannot upgrade a stale read snapshot).
+        Nested calls are savepoints."""
+        conn = self.conn
         if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    else:
-        conn.execute("COMMIT")
+            with self.atomic():
+                yield self
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def data_version(self) -> int:
+        """`PRAGMA data_version`: changes when another connection commits."""
+        return int(self.execute("PRAGMA data_version").fetchone()[0])
+
+
+def transaction(db: Db) -> AbstractContextManager[Any]:
+    """`db.transaction()`: a write transaction, nested calls savepoints."""
+    return db.transaction()
+
+
+def is_postgres_url(database: str) -> bool:
+    return database.startswith(("postgresql://", "postgres://"))
+
+
+def connect_database(database: str | Path) -> Db:
+    """A migrated connection to a SQLite file or a `postgresql://` URL, for this thread."""
+    if is_postgres_url(str(database)):
+        from watcher.storage import postgres
+
+        return postgres.connect(str(database))
+    return connect(database)
 
 
 def store_error(exc: sqlite3.Error) -> StoreError:
@@ -139,29 +172,40 @@ class Checkpointer:
 
 class Store:
     """The database, the one thread that owns its writing connection, and a reading thread
-    with a read-only connection of its own: with WAL, reads (`read`) see the last commit
-    and never wait for a write in progress (a large range commit). With `checkpoints`
-    (the daemon), a `Checkpointer` keeps WAL checkpoints off the writer's commits."""
+    with a connection of its own: with WAL (and on PostgreSQL), reads (`read`) see the last
+    commit and never wait for a write in progress (a large range commit). `database` is a
+    SQLite file or a `postgresql://` URL. With `checkpoints` (the daemon, on SQLite), a
+    `Checkpointer` keeps WAL checkpoints off the writer's commits."""
 
-    def __init__(self, path: str | Path, *, checkpoints: bool = False) -> None:
-        self.path = Path(path)
+    def __init__(self, database: str | Path, *, checkpoints: bool = False) -> None:
+        self.database = str(database)
+        self.postgres = is_postgres_url(self.database)
+        self.path = Path(database)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
-        self._db: Database | None = None
-        self._rdb: Database | None = None
+        self._db: Db | None = None
+        self._rdb: Db | None = None
         self._checkpoints = checkpoints
         self.checkpointer: Checkpointer | None = None
 
     async def open(self) -> Store:
-        self._db = await self._submit(connect, self.path)
+        if self.postgres:
+            from watcher.storage import postgres
+
+            self._db = await self._submit(postgres.connect, self.database)
+            self._rdb = await self._submit(
+                partial(postgres.connect, migrate=False), self.database, executor=self._reader
+            )
+            return self
+        sdb = await self._submit(connect, self.path)
+        self._db = sdb
         if str(self.path) != ":memory:":
             self._rdb = await self._submit(_connect_reader, self.path, executor=self._reader)
             if self._checkpoints:
                 self.checkpointer = Checkpointer(self.path)
                 self.checkpointer.start()
-                db = self._db
                 await self._submit(
-                    lambda: db.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT}")
+                    lambda: sdb.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT}")
                 )
         return self
 
@@ -175,9 +219,16 @@ class Store:
             return await loop.run_in_executor(executor or self._executor, partial(fn, *args))
         except sqlite3.Error as exc:
             raise store_error(exc) from exc
+        except Exception as exc:
+            if self.postgres:
+                from watcher.storage import postgres
+
+                if isinstance(exc, postgres.DatabaseError):
+                    raise postgres.store_error(exc) from exc
+            raise
 
     async def read(
-        self, fn: Callable[Concatenate[Database, P], T], *args: P.args, **kwargs: P.kwargs
+        self, fn: Callable[Concatenate[Db, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run `fn(db, *args)`, which only reads, on the reading thread (on the writer's when
         the database is in memory)."""
@@ -187,7 +238,7 @@ class Store:
         return await self._submit(lambda: fn(rdb, *args, **kwargs), executor=self._reader)
 
     async def run(
-        self, fn: Callable[Concatenate[Database, P], T], *args: P.args, **kwargs: P.kwargs
+        self, fn: Callable[Concatenate[Db, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run `fn(db, *args)` on the writer thread."""
         if self._db is None:
@@ -211,12 +262,12 @@ class Store:
         self._executor.shutdown(wait=True)
 
 
-def _connect_reader(path: Path) -> Database:
+def _connect_reader(path: Path) -> SqliteDatabase:
     """A read-only connection to a migrated database (for `Store.read`)."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout=5000")
     conn.execute("PRAGMA query_only=ON")
-    return Database(conn)
+    return SqliteDatabase(conn)
 
 
 class GroupCommit(Generic[I, T]):
@@ -230,7 +281,7 @@ class GroupCommit(Generic[I, T]):
     """
 
     def __init__(
-        self, store: Store, write: Callable[[Database, list[I]], list[T | Exception]]
+        self, store: Store, write: Callable[[Db, list[I]], list[T | Exception]]
     ) -> None:
         self.store = store
         self.write = write

@@ -19,7 +19,6 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from sqlite_utils import Database
 
 from watcher import ledger as ledger_mod
 from watcher import requests as rq
@@ -38,6 +37,7 @@ from watcher.pricing.book import RateBook
 from watcher.queries import list_invoices
 from watcher.render import address_json, transfer_json
 from watcher.rpc import RpcClient
+from watcher.storage.base import Db
 from watcher.storage.rows import derived_addresses, latest_rescans, load_invoice, transfer_from_row
 from watcher.storage.sqlite import GroupCommit, Store
 from watcher.timeutil import iso
@@ -219,7 +219,7 @@ async def _body(request: web.Request, *, required: bool) -> dict[str, Any]:
 # ---------------------------------------------------------------- database functions
 
 
-def _get_invoice(db: Database, invoice_id: str) -> Invoice:
+def _get_invoice(db: Db, invoice_id: str) -> Invoice:
     inv = load_invoice(db, invoice_id)
     if inv is None:
         raise NotFound(f"no invoice {invoice_id}", field="id")
@@ -228,7 +228,7 @@ def _get_invoice(db: Database, invoice_id: str) -> Invoice:
 
 
 def _decimals(
-    db: Database, networks: dict[str, ledger_mod.NetworkInfo]
+    db: Db, networks: dict[str, ledger_mod.NetworkInfo]
 ) -> Callable[[str, str], int]:
     cache: dict[tuple[str, str], int] = {}
 
@@ -283,7 +283,7 @@ async def address_report(
 
 
 def list_transfers(
-    db: Database, q: rq.TransferQuery, networks: dict[str, ledger_mod.NetworkInfo]
+    db: Db, q: rq.TransferQuery, networks: dict[str, ledger_mod.NetworkInfo]
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Transfers newest seen first; (JSON objects, position for the next page or None)."""
     where: list[str] = []
@@ -296,7 +296,7 @@ def list_transfers(
     if q.page.before is not None:
         where.append("rowid < ?")
         params.append(q.page.before)
-    sql = " AND ".join(where) or "1"
+    sql = " AND ".join(where) or "1 = 1"
     rows = list(
         db.query(
             f"SELECT rowid AS _pos, * FROM transfers WHERE {sql} ORDER BY rowid DESC LIMIT ?",
@@ -319,7 +319,7 @@ def _time(value: float | None) -> str | None:
     return None if value is None else iso(int(value))
 
 
-def invoice_events(db: Database, invoice_id: str) -> list[dict[str, Any]] | None:
+def invoice_events(db: Db, invoice_id: str) -> list[dict[str, Any]] | None:
     """The invoice's events, oldest first, each with its delivery; None if no invoice."""
     if db.execute("SELECT 1 FROM invoices WHERE id = ?", [invoice_id]).fetchone() is None:
         return None
@@ -375,7 +375,7 @@ def invoice_events(db: Database, invoice_id: str) -> list[dict[str, Any]] | None
 
 
 def fallback_networks(
-    db: Database, networks: dict[str, ledger_mod.NetworkInfo]
+    db: Db, networks: dict[str, ledger_mod.NetworkInfo]
 ) -> list[dict[str, Any]]:
     """Network status from the configuration and the `cursors` table, for when the daemon
     does not provide a live one."""

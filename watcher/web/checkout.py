@@ -27,13 +27,13 @@ import jinja2
 import orjson
 import segno
 from aiohttp import web
-from sqlite_utils import Database
 
 from watcher import __version__
 from watcher.errors import ApiError, BadRequest, Invalid, PayloadTooLarge, StoreError
 from watcher.ledger import Ledger, Outcome
 from watcher.models import Invoice
 from watcher.publicview import public_view
+from watcher.storage.base import Db
 from watcher.storage.rows import load_invoice
 from watcher.storage.sqlite import Store
 from watcher.timeutil import now as _clock
@@ -208,7 +208,7 @@ async def _load(ctx: CheckoutContext, invoice_id: str) -> dict[str, Any]:
     return ctx.ledger.render(inv)
 
 
-def _invoice_and_seq(db: Database, invoice_id: str) -> tuple[Invoice | None, int]:
+def _invoice_and_seq(db: Db, invoice_id: str) -> tuple[Invoice | None, int]:
     """The invoice and the position of its newest event, read together."""
     row = db.execute("SELECT MAX(seq) FROM events WHERE invoice_id = ?", [invoice_id]).fetchone()
     return load_invoice(db, invoice_id), int(row[0] or 0)

@@ -264,7 +264,7 @@ def invoice_where(f: Filters) -> Where:
     if f.cursor:
         where.append("seq < ?")
         params.append(rq.decode_cursor(f.cursor))
-    return Where(" AND ".join(where) or "1", params)
+    return Where(" AND ".join(where) or "1 = 1", params)
 
 
 def next_link(f: Filters, position: int | None) -> str | None:

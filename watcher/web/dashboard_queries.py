@@ -1,17 +1,16 @@
 """What the merchant dashboard reads from the database (never writes: every change goes
 through the ledger and the outbox functions the API uses). Each function takes the
-`Database` first, for `Store.run`."""
+`Db` first, for `Store.run`."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlite_utils import Database
-
 from watcher.models import Invoice
 from watcher.outbox import attempts_for
 from watcher.render import transfer_json
+from watcher.storage.base import Db
 from watcher.storage.rows import load_invoices, transfer_from_row
 from watcher.timeutil import iso
 from watcher.web.dashboard_forms import Where
@@ -22,7 +21,7 @@ ASSIGNABLE = ("unmatched", "late")
 REDELIVER_ALL_MAX = 1000
 
 
-def find_invoices(db: Database, where: Where, limit: int) -> tuple[list[Invoice], int | None]:
+def find_invoices(db: Db, where: Where, limit: int) -> tuple[list[Invoice], int | None]:
     """Newest first; (invoices, position for the next page or None)."""
     found = load_invoices(db, f"{where.sql} ORDER BY seq DESC LIMIT ?", [*where.params, limit + 1])
     more = len(found) > limit
@@ -30,7 +29,7 @@ def find_invoices(db: Database, where: Where, limit: int) -> tuple[list[Invoice]
     return found, (found[-1].seq if more and found else None)
 
 
-def invoice_statuses(db: Database, ids: Iterable[str]) -> dict[str, str]:
+def invoice_statuses(db: Db, ids: Iterable[str]) -> dict[str, str]:
     """The status of each of these invoices (those that exist)."""
     wanted = list(dict.fromkeys(ids))[:200]
     if not wanted:
@@ -42,7 +41,7 @@ def invoice_statuses(db: Database, ids: Iterable[str]) -> dict[str, str]:
     }
 
 
-def children_of(db: Database, invoice_id: str) -> list[str]:
+def children_of(db: Db, invoice_id: str) -> list[str]:
     """The remainder invoices of an invoice (its children), oldest first."""
     return [
         r[0] for r in db.execute(
@@ -51,7 +50,7 @@ def children_of(db: Database, invoice_id: str) -> list[str]:
     ]
 
 
-def _decimals(db: Database, known: Mapping[tuple[str, str], int], network: str,
+def _decimals(db: Db, known: Mapping[tuple[str, str], int], network: str,
               asset: str) -> int:
     if (network, asset) in known:
         return known[(network, asset)]
@@ -63,7 +62,7 @@ def _decimals(db: Database, known: Mapping[tuple[str, str], int], network: str,
 
 
 def assignable_transfers(
-    db: Database,
+    db: Db,
     kind: str,
     network: str | None,
     before: int | None,
@@ -99,7 +98,7 @@ def assignable_transfers(
 
 
 def transfer_by_id(
-    db: Database, transfer_id: str, decimals: Mapping[tuple[str, str], int]
+    db: Db, transfer_id: str, decimals: Mapping[tuple[str, str], int]
 ) -> dict[str, Any] | None:
     row = next(iter(db.query("SELECT * FROM transfers WHERE id = ?", [transfer_id])), None)
     if row is None:
@@ -109,7 +108,7 @@ def transfer_by_id(
 
 
 def failed_deliveries(
-    db: Database, before: int | None, limit: int
+    db: Db, before: int | None, limit: int
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Deliveries that gave up, newest event first, each with its attempts; (rows,
     position for the next page or None)."""
@@ -135,7 +134,7 @@ def failed_deliveries(
     return rows, (rows[-1]["event_seq"] if more and rows else None)
 
 
-def failed_event_ids(db: Database, limit: int = REDELIVER_ALL_MAX) -> list[str]:
+def failed_event_ids(db: Db, limit: int = REDELIVER_ALL_MAX) -> list[str]:
     """The events of failed deliveries, oldest first (the order they are sent again)."""
     return [
         r[0] for r in db.execute(
@@ -145,7 +144,7 @@ def failed_event_ids(db: Database, limit: int = REDELIVER_ALL_MAX) -> list[str]:
     ]
 
 
-def delivery_counts(db: Database) -> dict[str, int]:
+def delivery_counts(db: Db) -> dict[str, int]:
     """Deliveries by state (pending, delivered, failed)."""
     return {
         r[0]: r[1] for r in db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state")

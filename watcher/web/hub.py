@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlite_utils import Database
 
+from watcher.storage.base import Db
 from watcher.storage.sqlite import Store
 
 log = logging.getLogger(__name__)
@@ -282,12 +282,12 @@ _EVENT_ROWS = (
 )
 
 
-def _max_seq(db: Database) -> int:
+def _max_seq(db: Db) -> int:
     row = db.execute("SELECT MAX(seq) FROM events").fetchone()
     return int(row[0] or 0)
 
 
-def _rows_after(db: Database, seq: int, limit: int) -> list[tuple[Any, ...]]:
+def _rows_after(db: Db, seq: int, limit: int) -> list[tuple[Any, ...]]:
     return list(
         db.execute(
             f"{_EVENT_ROWS} WHERE e.seq > ? ORDER BY e.seq LIMIT ?", [seq, limit]
@@ -296,7 +296,7 @@ def _rows_after(db: Database, seq: int, limit: int) -> list[tuple[Any, ...]]:
 
 
 def _replay_rows(
-    db: Database, key: Key, after: int, upto: int, limit: int
+    db: Db, key: Key, after: int, upto: int, limit: int
 ) -> list[tuple[Any, ...]]:
     kind, value = key
     base = f"{_EVENT_ROWS} WHERE e.seq > ? AND e.seq <= ?"
@@ -310,6 +310,6 @@ def _replay_rows(
     return list(db.execute(base + " ORDER BY e.seq LIMIT ?", [*params, limit]).fetchall())
 
 
-def _event_seq(db: Database, event_id: str) -> int | None:
+def _event_seq(db: Db, event_id: str) -> int | None:
     row = db.execute("SELECT seq FROM events WHERE id = ?", [event_id]).fetchone()
     return None if row is None else int(row[0])

@@ -6,7 +6,7 @@ its SHA-256 (`dashboard_sessions`, migration 0011), so a copy of the database op
 session. The API key it was opened with is kept as a fingerprint, never the key: a session
 ends when its key leaves the configuration. Each session has its own CSRF token, compared
 in constant time. Expiry (idle and absolute) uses the host's clock: sessions are not chain
-decisions. Functions that take the `Database` first run on the store's writer thread.
+decisions. Functions that take the `Db` first run on the store's writer thread.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlite_utils import Database
 
+from watcher.storage.base import Db
 from watcher.storage.sqlite import transaction
 
 #: The session's cookie (path /dashboard).
@@ -97,7 +97,7 @@ class Policy:
 
 
 def open_session(
-    db: Database, id_hash: str, csrf: str, fingerprint: str, now: int, policy: Policy
+    db: Db, id_hash: str, csrf: str, fingerprint: str, now: int, policy: Policy
 ) -> None:
     """Store a new session (and forget the ones that are over by time)."""
     with transaction(db):
@@ -112,7 +112,7 @@ def open_session(
         )
 
 
-def load_session(db: Database, id_hash: str) -> Session | None:
+def load_session(db: Db, id_hash: str) -> Session | None:
     row = db.execute(
         "SELECT id_hash, csrf, key_fingerprint, created_at, last_seen FROM dashboard_sessions "
         "WHERE id_hash = ?",
@@ -121,15 +121,15 @@ def load_session(db: Database, id_hash: str) -> Session | None:
     return None if row is None else Session(*row)
 
 
-def touch_session(db: Database, id_hash: str, now: int) -> None:
+def touch_session(db: Db, id_hash: str, now: int) -> None:
     db.execute("UPDATE dashboard_sessions SET last_seen = ? WHERE id_hash = ?", [now, id_hash])
 
 
-def close_session(db: Database, id_hash: str) -> None:
+def close_session(db: Db, id_hash: str) -> None:
     db.execute("DELETE FROM dashboard_sessions WHERE id_hash = ?", [id_hash])
 
 
-def put_flash(db: Database, id_hash: str, kind: str, text: str) -> None:
+def put_flash(db: Db, id_hash: str, kind: str, text: str) -> None:
     """One message for the session's next page (`kind` "ok" or "error")."""
     db.execute(
         "UPDATE dashboard_sessions SET flash = ? WHERE id_hash = ?",
@@ -137,7 +137,7 @@ def put_flash(db: Database, id_hash: str, kind: str, text: str) -> None:
     )
 
 
-def take_flash(db: Database, id_hash: str) -> dict[str, Any] | None:
+def take_flash(db: Db, id_hash: str) -> dict[str, Any] | None:
     """The session's message, removed (a page without one writes nothing; this runs on the
     store's one thread, so nothing comes between the read and the removal)."""
     row = db.execute(

@@ -1,0 +1,354 @@
+"""PostgreSQL through psycopg 3, behind the same small interface as SQLite (`base.Db`).
+
+The ledger, outbox and queries write one SQL dialect, the part SQLite and PostgreSQL share:
+`?` placeholders (turned into psycopg's `%s` here, once per statement text), `INSERT ...
+ON CONFLICT`, `RETURNING`, integer 0/1 flags, amounts as TEXT holding base-unit integers
+(exact, and the same semantics as SQLite's), times as BIGINT unix seconds.
+
+psycopg 3 rather than asyncpg: every database call already runs on a store thread
+(`Store.run`), with the ledger's transactions written as plain synchronous code; psycopg's
+synchronous connection fits that unchanged, where asyncpg would make the ledger async.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import psycopg
+from psycopg import pq
+from psycopg.rows import dict_row
+
+from watcher.errors import StoreError
+
+#: what a PostgreSQL failure raises (`Store` turns it into a `StoreError`)
+DatabaseError = psycopg.Error
+
+#: the schema this code writes; a database at a newer version is refused
+SCHEMA_VERSION = 1
+
+_TOKEN = re.compile(
+    r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|\?|%|\s+INDEXED BY \w+", re.IGNORECASE
+)
+
+
+@lru_cache(maxsize=1024)
+def format_sql(sql: str) -> str:
+    """`?` placeholders -> `%s`, a literal `%` -> `%%`, SQLite's `INDEXED BY` planner hints
+    dropped (PostgreSQL's planner chooses alone); quoted text and comments untouched."""
+
+    def swap(m: re.Match[str]) -> str:
+        token = m.group(0)
+        if token == "?":
+            return "%s"
+        if token == "%":
+            return "%%"
+        return "" if token[:1].isspace() else token
+
+    return _TOKEN.sub(swap, sql)
+
+
+@dataclass(frozen=True)
+class _Changed:
+    """What `executemany` answers: the rows its statements changed."""
+
+    rowcount: int
+
+
+class PgDatabase:
+    """One PostgreSQL connection (autocommit outside `transaction()`), used by one thread."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        return self.conn.execute(format_sql(sql), params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> _Changed:
+        """One statement for each row (pipelined); `rowcount` sums what they changed
+        (psycopg's own `rowcount` after `executemany` reads -1 inside a transaction)."""
+        with self.conn.cursor() as cur:
+            cur.executemany(format_sql(sql), rows, returning=True)
+            total = 0
+            while True:
+                total += max(cur.rowcount, 0)
+                if not cur.nextset():
+                    break
+        return _Changed(total)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(format_sql(sql), params)
+            yield from cur
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.info.transaction_status != pq.TransactionStatus.IDLE
+
+    @contextmanager
+    def transaction(self) -> Iterator[PgDatabase]:
+        """One transaction; nested calls are savepoints."""
+        with self.conn.transaction():
+            yield self
+
+    def data_version(self) -> int | None:
+        """None: PostgreSQL has no cheap "another connection committed" counter, so the
+        per-head refresh reads what changed since its last look every time."""
+        return None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def store_error(exc: psycopg.Error) -> StoreError:
+    """A typed error naming the cause, without the URL (it may hold a password)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, psycopg.OperationalError):
+        return StoreError(f"PostgreSQL is unreachable: {text}")
+    return StoreError(f"database error: {text}")
+
+
+def connect(url: str, *, migrate: bool = True) -> PgDatabase:
+    """Connect (autocommit) and, with `migrate`, create or check the schema."""
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise store_error(exc) from None
+    db = PgDatabase(conn)
+    if migrate:
+        try:
+            apply_schema(db)
+        except BaseException:
+            db.close()
+            raise
+    return db
+
+
+def schema_version(db: PgDatabase) -> int:
+    row = db.execute(
+        "SELECT to_regclass('schema_version') IS NOT NULL"
+    ).fetchone()
+    if not row or not row[0]:
+        return 0
+    found = db.execute("SELECT version FROM schema_version").fetchone()
+    return int(found[0]) if found else 0
+
+
+def apply_schema(db: PgDatabase) -> None:
+    """Bring the schema to `SCHEMA_VERSION`, in one transaction under an advisory lock (two
+    instances starting together do it once); refuse a newer one, naming both versions."""
+    with db.transaction():
+        db.execute("SELECT pg_advisory_xact_lock(?)", [_SCHEMA_LOCK])
+        version = schema_version(db)
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the database schema is version {version}, newer than this "
+                f"payment-watcher's {SCHEMA_VERSION}: upgrade payment-watcher"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[target]:
+                db.execute(statement)
+        if version == 0:
+            db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            db.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
+        elif version < SCHEMA_VERSION:
+            db.execute("UPDATE schema_version SET version = ?", [SCHEMA_VERSION])
+
+
+#: pg_advisory_xact_lock key of schema changes ("pw-schema")
+_SCHEMA_LOCK = 0x70772D736368656D
+
+# The schema of SQLite's 15 migrations, as PostgreSQL's version 1. Flags stay INTEGER 0/1
+# and amounts TEXT, so both databases answer the same SQL the same way. `transfers.rowid`
+# stands for SQLite's implicit rowid (the API's transfer pages and retention use it).
+_V1 = (
+    """CREATE TABLE invoices (
+        seq BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        parent_id TEXT,
+        external_id TEXT,
+        fingerprint TEXT,
+        status TEXT NOT NULL,
+        network TEXT,
+        chain_id BIGINT,
+        asset TEXT,
+        token_address TEXT,
+        decimals INTEGER,
+        to_addr TEXT,
+        to_lower TEXT,
+        shared INTEGER NOT NULL,
+        amount TEXT,
+        requested_amount TEXT,
+        price TEXT,
+        currency TEXT,
+        email TEXT,
+        payload TEXT,
+        callback_url TEXT,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        expire_at BIGINT NOT NULL,
+        closed_at BIGINT,
+        refund_tx TEXT,
+        opens_at BIGINT,
+        client_id TEXT,
+        redirect_url TEXT,
+        rate TEXT,
+        rate_source TEXT,
+        rate_at BIGINT,
+        derivation_index BIGINT,
+        title TEXT,
+        description TEXT,
+        methods TEXT
+    )""",
+    "CREATE UNIQUE INDEX invoices_external_id ON invoices(external_id) "
+    "WHERE external_id IS NOT NULL",
+    "CREATE INDEX invoices_status ON invoices(network, status, expire_at)",
+    "CREATE INDEX invoices_address ON invoices(network, asset, to_lower, status)",
+    "CREATE INDEX invoices_list ON invoices(status, seq)",
+    "CREATE INDEX invoices_updated ON invoices(updated_at)",
+    "CREATE INDEX invoices_client ON invoices(client_id, seq) WHERE client_id IS NOT NULL",
+    "CREATE INDEX invoices_derivation ON invoices(derivation_index) "
+    "WHERE derivation_index IS NOT NULL",
+    "CREATE INDEX invoices_unchosen ON invoices(expire_at) "
+    "WHERE network IS NULL AND status = 'PENDING'",
+    """CREATE TABLE invoice_legs (
+        invoice_id TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        network TEXT NOT NULL,
+        asset TEXT NOT NULL,
+        decimals INTEGER NOT NULL,
+        to_addr TEXT NOT NULL,
+        to_lower TEXT NOT NULL,
+        shared INTEGER NOT NULL,
+        amount TEXT NOT NULL,
+        derivation_index BIGINT,
+        opens_at BIGINT,
+        closed_at BIGINT NOT NULL,
+        PRIMARY KEY (invoice_id, n)
+    )""",
+    "CREATE INDEX invoice_legs_address ON invoice_legs(network, asset, to_lower)",
+    "CREATE INDEX invoice_legs_closed ON invoice_legs(network, closed_at)",
+    """CREATE TABLE events (
+        seq BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        invoice_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        status TEXT,
+        created_at BIGINT NOT NULL,
+        body BYTEA NOT NULL,
+        cause TEXT,
+        pruned_at BIGINT
+    )""",
+    "CREATE INDEX events_invoice ON events(invoice_id, seq)",
+    "CREATE INDEX events_unpruned ON events(created_at) WHERE pruned_at IS NULL",
+    """CREATE TABLE deliveries (
+        event_id TEXT PRIMARY KEY,
+        event_seq BIGINT NOT NULL,
+        invoice_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        url TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION NOT NULL,
+        created_at BIGINT NOT NULL,
+        delivered_at BIGINT,
+        last_error TEXT,
+        window_start DOUBLE PRECISION,
+        window_attempts INTEGER NOT NULL DEFAULT 0,
+        head INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX deliveries_due ON deliveries(state, next_attempt_at)",
+    "CREATE INDEX deliveries_invoice ON deliveries(invoice_id, event_seq)",
+    "CREATE INDEX deliveries_heads ON deliveries(next_attempt_at, event_seq) "
+    "WHERE state = 'pending' AND head = 1",
+    """CREATE TABLE attempts (
+        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        status_code INTEGER,
+        error TEXT,
+        duration_ms INTEGER NOT NULL
+    )""",
+    "CREATE INDEX attempts_event ON attempts(event_id, id)",
+    "CREATE INDEX attempts_at ON attempts(at)",
+    """CREATE TABLE cursors (
+        network TEXT PRIMARY KEY,
+        chain_id BIGINT NOT NULL,
+        scanned_block BIGINT,
+        scanned_hash TEXT,
+        scanned_time BIGINT,
+        head_block BIGINT,
+        updated_at BIGINT NOT NULL,
+        final_block BIGINT,
+        finalized_block BIGINT
+    )""",
+    """CREATE TABLE blocks (
+        network TEXT NOT NULL,
+        number BIGINT NOT NULL,
+        hash TEXT NOT NULL,
+        parent_hash TEXT NOT NULL,
+        timestamp BIGINT NOT NULL,
+        PRIMARY KEY (network, number)
+    )""",
+    """CREATE TABLE derived_addresses (
+        idx BIGINT PRIMARY KEY,
+        address TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+    )""",
+    """CREATE TABLE transfers (
+        rowid BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+        id TEXT NOT NULL UNIQUE,
+        network TEXT NOT NULL,
+        tx_hash TEXT NOT NULL,
+        log_index INTEGER NOT NULL,
+        trace TEXT NOT NULL DEFAULT '',
+        asset TEXT NOT NULL,
+        from_addr TEXT NOT NULL,
+        to_addr TEXT NOT NULL,
+        amount TEXT NOT NULL,
+        block BIGINT NOT NULL,
+        block_hash TEXT NOT NULL,
+        timestamp BIGINT NOT NULL,
+        invoice_id TEXT,
+        kind TEXT NOT NULL,
+        seen_at BIGINT NOT NULL,
+        announced INTEGER NOT NULL DEFAULT 1,
+        assigned INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (network, tx_hash, log_index, trace)
+    )""",
+    "CREATE INDEX transfers_invoice ON transfers(invoice_id)",
+    "CREATE INDEX transfers_block ON transfers(network, block)",
+    "CREATE INDEX transfers_kind ON transfers(kind, network)",
+    "CREATE INDEX transfers_unannounced ON transfers(network, block) WHERE announced = 0",
+    "CREATE INDEX transfers_unmatched_seen ON transfers(seen_at) WHERE kind = 'unmatched'",
+    "CREATE VIEW payments AS SELECT * FROM transfers WHERE kind = 'payment'",
+    """CREATE TABLE rescans (
+        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        network TEXT NOT NULL,
+        from_block BIGINT NOT NULL,
+        to_block BIGINT NOT NULL,
+        next_block BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        added INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    )""",
+    "CREATE INDEX rescans_network ON rescans(network, state)",
+    """CREATE TABLE dashboard_sessions (
+        id_hash TEXT PRIMARY KEY,
+        csrf TEXT NOT NULL,
+        key_fingerprint TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL,
+        flash TEXT
+    )""",
+    "CREATE INDEX dashboard_sessions_seen ON dashboard_sessions(last_seen)",
+)
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1}
