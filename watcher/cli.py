@@ -19,7 +19,7 @@ import click
 
 from watcher import CONFIG_ENV, __version__
 from watcher.amounts import format_amount
-from watcher.errors import ApiError, ConfigError, StoreError
+from watcher.errors import ApiError, ConfigError, StoreError, StoreRefused
 
 if TYPE_CHECKING:  # imported where used: `--help` and light commands start fast
     import aiohttp
@@ -74,6 +74,9 @@ def report_errors() -> Iterator[None]:
         raise click.exceptions.Exit(EXIT_ERROR) from None
     except ApiError as e:
         _error(e.message)
+        raise click.exceptions.Exit(EXIT_ERROR) from None
+    except StoreRefused as e:
+        _error(str(e))
         raise click.exceptions.Exit(EXIT_ERROR) from None
     except StoreError as e:
         _error(str(e))
@@ -348,15 +351,20 @@ def networks_command(as_json: bool) -> None:
 # `settings.require_runnable()`.
 
 
+def _password(settings: Settings) -> str | None:
+    secret = settings.database_password
+    return secret.get_secret_value() if secret is not None else None
+
+
 def _store_call(settings: Settings, fn: Callable[..., R], *args: Any) -> R:
     """Run `fn(db, *args)` on the database of `settings` and close it: on this thread, with
     no event loop or store threads to start."""
     import sqlite3
 
-    from watcher.storage.sqlite import connect, store_error
+    from watcher.storage.sqlite import connect_database, store_error
 
     try:
-        db = connect(settings.database)
+        db = connect_database(settings.database, password=_password(settings))
     except sqlite3.Error as exc:
         raise store_error(exc) from exc
     try:
@@ -475,7 +483,7 @@ def invoices_create(
         from watcher.rpc import RpcClient
         from watcher.storage.sqlite import Store
 
-        store = await Store(settings.database).open()
+        store = await Store(settings.database, password=_password(settings)).open()
         try:
             net = settings.enabled_networks().get(req.network) if req.network else None
             if net is not None and req.network is not None:
@@ -738,7 +746,7 @@ def addresses_list(
     nets = settings.enabled_networks()
 
     async def go() -> dict[str, Any]:
-        store = await Store(settings.database).open()
+        store = await Store(settings.database, password=_password(settings)).open()
         rpcs = {
             n: RpcClient(n, net.rpc, max_attempts=2)
             for n, net in nets.items() if with_balance and network in (None, n)
@@ -838,7 +846,7 @@ def rescan_command(config_path: Path | None, network: str, start: int, end: int 
     terminal = sys.stdout.isatty()
 
     async def go() -> Progress:
-        store = await Store(settings.database).open()
+        store = await Store(settings.database, password=_password(settings)).open()
         try:
             await store.run(ledger.load_views)
             async with RpcClient(network, net.rpc, max_attempts=3) as rpc:

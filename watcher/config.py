@@ -32,6 +32,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -51,6 +52,7 @@ from watcher import networks as shipped
 from watcher.amounts import default_step, parse_amount, parse_fraction
 from watcher.errors import AmountError, ConfigError
 from watcher.models import Asset
+from watcher.storage.base import is_postgres_url
 from watcher.timeutil import parse_duration
 
 if TYPE_CHECKING:
@@ -60,6 +62,7 @@ ENV_PREFIX = "PAYMENT_WATCHER_"
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 API_KEYS_CREDENTIAL = "api_keys"
 CALLBACKS_SECRET_CREDENTIAL = "callbacks_secret"
+DATABASE_PASSWORD_CREDENTIAL = "database_password"
 DEFAULT_DATABASE = "/var/lib/payment-watcher/watcher.db"
 #: `max_lag_blocks` defaults to about this much chain time, and at least MIN_LAG_BLOCKS.
 LAG_SECONDS = 120
@@ -778,6 +781,44 @@ def merge_network(base: dict[str, Any], table: dict[str, Any]) -> dict[str, Any]
 # ---------------------------------------------------------------- settings
 
 
+#: An instance's name in `[cluster]`: what `/v1/networks` and `status` show as a leader.
+_INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}\Z")
+
+
+class ClusterConfig(_Section):
+    """Several instances on one PostgreSQL database (contract section 13)."""
+
+    failover_after: Annotated[Duration, Field(gt=0, le=3600)] = 30
+    instance_name: str | None = None  # default: the host name and the process id
+
+    @field_validator("instance_name")
+    @classmethod
+    def _check_instance_name(cls, value: str | None) -> str | None:
+        if value is not None and not _INSTANCE_NAME.match(value):
+            raise ValueError("must be 1-63 letters, digits, '.', '_', ':' or '-', starting "
+                             "with a letter or digit")
+        return value
+
+
+def _postgres_url_problem(url: str) -> str | None:
+    """Why a `postgresql://` URL cannot be used, or None."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        return f"not a valid URL: {exc}"
+    if parts.password is not None:
+        return ("holds a password: put it in database_password_file (or the systemd "
+                f"credential {DATABASE_PASSWORD_CREDENTIAL}) instead")
+    if not parts.hostname and "host=" not in parts.query:
+        return "names no host: postgresql://USER@HOST[:PORT]/DATABASE"
+    if not parts.path.strip("/"):
+        return "names no database: postgresql://USER@HOST[:PORT]/DATABASE"
+    return None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -786,7 +827,9 @@ class Settings(BaseSettings):
         extra="forbid",
     )
 
-    database: Path = Path(DEFAULT_DATABASE)
+    #: a SQLite file, or a `postgresql://USER@HOST[:PORT]/DATABASE` URL
+    database: str = DEFAULT_DATABASE
+    database_password_file: Path | None = None
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["text", "json"] = "text"
     api: ApiConfig = Field(default_factory=ApiConfig)
@@ -799,7 +842,9 @@ class Settings(BaseSettings):
     rates: RatesConfig = Field(default_factory=RatesConfig)
     addresses: AddressesConfig = Field(default_factory=AddressesConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    cluster: ClusterConfig | None = None
     networks: dict[str, NetworkConfig] = Field(default_factory=dict)
+    _database_password: SecretStr | None = PrivateAttr(default=None)
 
     @classmethod
     def settings_customise_sources(
@@ -818,10 +863,45 @@ class Settings(BaseSettings):
 
     @field_validator("database")
     @classmethod
-    def _check_database(cls, value: Path) -> Path:
-        if not str(value).strip() or str(value) == ".":
-            raise ValueError("must be a file path")
+    def _check_database(cls, value: str) -> str:
+        if is_postgres_url(value):
+            problem = _postgres_url_problem(value)
+            if problem:
+                raise ValueError(problem)
+            return value
+        if not value.strip() or value == ".":
+            raise ValueError("must be a file path or a postgresql:// URL")
         return value
+
+    @field_validator("database_password_file")
+    @classmethod
+    def _check_password_file(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            _parse_secret(_read_secret(path), path)
+        return path
+
+    @model_validator(mode="after")
+    def _check_engine(self) -> Settings:
+        """PostgreSQL's keys only with a PostgreSQL database; its password from
+        `database_password_file` or the systemd credential `database_password`."""
+        if not self.postgres:
+            for key, value in (("database_password_file", self.database_password_file),
+                               ("cluster", self.cluster)):
+                if value is not None:
+                    raise ValueError(f"{key}: only with a postgresql:// database")
+            return self
+        source = self.database_password_file or _credential(DATABASE_PASSWORD_CREDENTIAL)
+        if source is not None:
+            self._database_password = _parse_secret(_read_secret(source), source)
+        return self
+
+    @property
+    def postgres(self) -> bool:
+        return is_postgres_url(self.database)
+
+    @property
+    def database_password(self) -> SecretStr | None:
+        return self._database_password
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -180,7 +180,11 @@ class Daemon:
     def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.store = Store(settings.database, checkpoints=True)
+        self.store = Store(
+            settings.database, checkpoints=True,
+            password=settings.database_password.get_secret_value()
+            if settings.database_password is not None else None,
+        )
         self.ledger = build_ledger(settings)
         self.networks: dict[str, NetworkConfig] = settings.enabled_networks()
         self.indexes = {

@@ -133,4 +133,9 @@ class ChainIdMismatch(RpcFatal):
 
 
 class StoreError(WatcherError):
-    """The database cannot be used (locked, read-only, disk full)."""
+    """The database cannot be used (locked, read-only, disk full, unreachable)."""
+
+
+class StoreRefused(StoreError):
+    """The database cannot be used and retrying will not help: credentials refused, a
+    schema newer than the code. The CLI exits 2 (systemd does not restart it)."""

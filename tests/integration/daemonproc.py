@@ -81,6 +81,7 @@ class DaemonConfig:
     log_level: str = "info"
     port: int = 0  # 0: a free port chosen by the kernel at each start
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    database_url: str | None = None  # a postgresql:// URL instead of the SQLite file
 
     @property
     def database(self) -> Path:
@@ -106,7 +107,7 @@ class DaemonConfig:
         }
         out: dict[str, dict[str, Any]] = {
             "": {
-                "database": str(self.database),
+                "database": self.database_url or str(self.database),
                 "log_format": self.log_format,
                 "log_level": self.log_level,
             },

@@ -46,9 +46,10 @@ ETH = 10**18
 
 
 async def test_invoices_through_every_status(
-    daemons: Daemons, rx: Receiver, chain: DevChain, token: str, payer: str
+    daemons: Daemons, rx: Receiver, chain: DevChain, token: str, payer: str, database: str
 ) -> None:
-    d = await daemons.start(callback_url=rx.url)
+    """On each engine: SQLite, PostgreSQL."""
+    d = await daemons.start(callback_url=rx.url, database_url=database)
     addr = {k: chain.new_account() for k in ("done", "part", "cancel", "rem", "exp")}
 
     # PENDING -> WAITING_FOR_CONFIRMATIONS -> COMPLETED (native) -> REFUNDED
@@ -146,9 +147,10 @@ async def test_invoices_through_every_status(
 
 
 async def test_reorg_reverses_a_completed_invoice_and_unpays_a_waiting_one(
-    daemons: Daemons, rx: Receiver, chain: DevChain, token: str, payer: str
+    daemons: Daemons, rx: Receiver, chain: DevChain, token: str, payer: str, database: str
 ) -> None:
-    d = await daemons.start(callback_url=rx.url)
+    """On each engine: SQLite, PostgreSQL."""
+    d = await daemons.start(callback_url=rx.url, database_url=database)
     a, b = chain.new_account(), chain.new_account()
     done = await d.create("USDT", "5", a)
     waiting = await d.create("USDT", "5", b)

@@ -10,6 +10,11 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 
+def is_postgres_url(database: str) -> bool:
+    """`database` names a PostgreSQL server (else it is a SQLite file)."""
+    return database.startswith(("postgresql://", "postgres://"))
+
+
 class Cursor(Protocol):
     @property
     def rowcount(self) -> int: ...

@@ -23,7 +23,7 @@ import psycopg
 from psycopg import pq
 from psycopg.rows import dict_row
 
-from watcher.errors import StoreError
+from watcher.errors import StoreError, StoreRefused
 
 #: what a PostgreSQL failure raises (`Store` turns it into a `StoreError`)
 DatabaseError = psycopg.Error
@@ -104,20 +104,31 @@ class PgDatabase:
         self.conn.close()
 
 
+#: what a failed connection says when retrying cannot help (credentials, names)
+_REFUSED = ("authentication failed", "does not exist", "no password supplied",
+            "no pg_hba.conf entry", "permission denied", "invalid", "SSL")
+
+
 def store_error(exc: psycopg.Error) -> StoreError:
-    """A typed error naming the cause, without the URL (it may hold a password)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """A typed error naming the cause in one line, without the password."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, psycopg.OperationalError):
         return StoreError(f"PostgreSQL is unreachable: {text}")
     return StoreError(f"database error: {text}")
 
 
-def connect(url: str, *, migrate: bool = True) -> PgDatabase:
-    """Connect (autocommit) and, with `migrate`, create or check the schema."""
+def connect(url: str, *, password: str | None = None, migrate: bool = True) -> PgDatabase:
+    """Connect (autocommit) and, with `migrate`, create or check the schema. A server that
+    refuses these credentials or names raises `StoreRefused` (retrying cannot help); one
+    that cannot be reached, `StoreError` (systemd's `Restart=` tries again)."""
     try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        conn = psycopg.connect(url, password=password, autocommit=True, connect_timeout=10)
     except psycopg.Error as exc:
-        raise store_error(exc) from None
+        text = " ".join(str(exc).split())
+        where = f"database: cannot connect to PostgreSQL ({_safe(url)}): {text}"
+        if any(marker in text for marker in _REFUSED):
+            raise StoreRefused(where) from None
+        raise StoreError(where) from None
     db = PgDatabase(conn)
     if migrate:
         try:
@@ -126,6 +137,16 @@ def connect(url: str, *, migrate: bool = True) -> PgDatabase:
             db.close()
             raise
     return db
+
+
+def _safe(url: str) -> str:
+    """The URL without a query (it may carry options) and without any password."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{user}{parts.hostname or ''}{port}{parts.path}"
 
 
 def schema_version(db: PgDatabase) -> int:
@@ -145,9 +166,9 @@ def apply_schema(db: PgDatabase) -> None:
         db.execute("SELECT pg_advisory_xact_lock(?)", [_SCHEMA_LOCK])
         version = schema_version(db)
         if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"the database schema is version {version}, newer than this "
-                f"payment-watcher's {SCHEMA_VERSION}: upgrade payment-watcher"
+            raise StoreRefused(
+                f"database: its schema is version {version}, newer than this "
+                f"payment-watcher's {SCHEMA_VERSION}: run a newer payment-watcher"
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
             for statement in _MIGRATIONS[target]:

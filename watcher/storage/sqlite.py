@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from sqlite_utils import Database
 
-from watcher.errors import StoreError
-from watcher.storage.base import Db
+from watcher.errors import StoreError, StoreRefused
+from watcher.storage.base import Db, is_postgres_url
 from watcher.storage.schema import migrations
 
 if TYPE_CHECKING:
@@ -61,6 +61,15 @@ def connect(path: str | Path) -> SqliteDatabase:
     db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
     db.execute("PRAGMA busy_timeout=5000")
     db.execute("PRAGMA foreign_keys=ON")
+    known = {m.name for m in migrations._migrations}
+    unknown = [m.name for m in migrations.applied(db) if m.name not in known]
+    if unknown:
+        db.close()
+        raise StoreRefused(
+            f"database: {path} has migration {unknown[-1]}, newer than this "
+            f"payment-watcher's last ({migrations._migrations[-1].name}): run a newer "
+            "payment-watcher"
+        )
     migrations.apply(db)
     return db
 
@@ -107,16 +116,12 @@ def transaction(db: Db) -> AbstractContextManager[Any]:
     return db.transaction()
 
 
-def is_postgres_url(database: str) -> bool:
-    return database.startswith(("postgresql://", "postgres://"))
-
-
-def connect_database(database: str | Path) -> Db:
+def connect_database(database: str | Path, *, password: str | None = None) -> Db:
     """A migrated connection to a SQLite file or a `postgresql://` URL, for this thread."""
     if is_postgres_url(str(database)):
         from watcher.storage import postgres
 
-        return postgres.connect(str(database))
+        return postgres.connect(str(database), password=password)
     return connect(database)
 
 
@@ -177,8 +182,11 @@ class Store:
     SQLite file or a `postgresql://` URL. With `checkpoints` (the daemon, on SQLite), a
     `Checkpointer` keeps WAL checkpoints off the writer's commits."""
 
-    def __init__(self, database: str | Path, *, checkpoints: bool = False) -> None:
+    def __init__(
+        self, database: str | Path, *, checkpoints: bool = False, password: str | None = None
+    ) -> None:
         self.database = str(database)
+        self._password = password
         self.postgres = is_postgres_url(self.database)
         self.path = Path(database)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
@@ -192,9 +200,12 @@ class Store:
         if self.postgres:
             from watcher.storage import postgres
 
-            self._db = await self._submit(postgres.connect, self.database)
+            self._db = await self._submit(
+                partial(postgres.connect, password=self._password), self.database
+            )
             self._rdb = await self._submit(
-                partial(postgres.connect, migrate=False), self.database, executor=self._reader
+                partial(postgres.connect, password=self._password, migrate=False),
+                self.database, executor=self._reader,
             )
             return self
         sdb = await self._submit(connect, self.path)

@@ -1,0 +1,78 @@
+"""Starting on PostgreSQL: the CLI reads and writes there; an unreachable server, refused
+names and a newer schema each give one line naming `database` (contract section 13)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import psycopg
+from click.testing import CliRunner
+
+from tests.integration.promfixture import free_port
+from tests.pgserver import PgDatabases
+from watcher.cli import main
+from watcher.storage import postgres
+from watcher.storage.sqlite import connect
+
+
+def run(config: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, [*args, "--config", str(config)])
+    return result.exit_code, result.output
+
+
+def config(tmp_path: Path, database: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(f'database = "{database}"\n[api]\napi_keys = ["k"]\n'
+                    '[networks.anvil]\nchain_id = 31337\nrpc = ["http://127.0.0.1:9"]\n')
+    return path
+
+
+def one_error_line(output: str) -> str:
+    lines = [ln for ln in output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: database: "), output
+    return lines[0]
+
+
+def test_the_cli_works_on_postgres(tmp_path: Path, pg_databases: PgDatabases) -> None:
+    path = config(tmp_path, pg_databases.new())
+    code, out = run(path, "invoices", "list")
+    assert code == 0, out
+    code, out = run(path, "status", "--json")
+    assert code == 0 and '"invoices": {}' in out, out
+
+
+def test_an_unreachable_server_exits_1_for_systemd_to_retry(tmp_path: Path) -> None:
+    path = config(tmp_path, f"postgresql://watcher@127.0.0.1:{free_port()}/payments")
+    code, out = run(path, "invoices", "list")
+    line = one_error_line(out)
+    assert code == 1 and "cannot connect to PostgreSQL" in line and "/payments" in line
+
+
+def test_refused_names_exit_2(tmp_path: Path, pg_databases: PgDatabases) -> None:
+    path = config(tmp_path, pg_databases.url("no_such_database"))
+    code, out = run(path, "invoices", "list")
+    line = one_error_line(out)
+    assert code == 2 and "does not exist" in line, out
+
+
+def test_a_newer_schema_is_refused_naming_both_versions(
+    tmp_path: Path, pg_databases: PgDatabases
+) -> None:
+    url = pg_databases.new()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE schema_version SET version = 99")
+    code, out = run(config(tmp_path, url), "invoices", "list")
+    line = one_error_line(out)
+    assert code == 2 and "version 99" in line and f"'s {postgres.SCHEMA_VERSION}" in line
+
+
+def test_a_newer_sqlite_schema_is_refused(tmp_path: Path) -> None:
+    db_path = tmp_path / "w.db"
+    connect(db_path).close()
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+                     "VALUES ('payment-watcher', '0099_future', '2030-01-01')")
+    code, out = run(config(tmp_path, str(db_path)), "invoices", "list")
+    line = one_error_line(out)
+    assert code == 2 and "0099_future" in line and "0015_heads_in_event_order" in line
