@@ -2,45 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.unit.test_config import Write, clean_env, problems_of, write
 from watcher.config import load_settings
-from watcher.errors import ConfigError
 
 ANVIL = '[networks.anvil]\nrpc = ["http://127.0.0.1:8545"]\n'
 URL = "postgresql://watcher@db.internal:5432/payments"
 
-Write = Callable[[str], Path]
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("PAYMENT_WATCHER_") or key == "CREDENTIALS_DIRECTORY":
-            monkeypatch.delenv(key)
-
-
-@pytest.fixture
-def write(tmp_path: Path) -> Write:
-    def _write(text: str) -> Path:
-        path = tmp_path / "config.toml"
-        path.write_text(text)
-        return path
-
-    return _write
-
-
-def problems_of(path: Path) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load_settings(path)
-    problems = info.value.problems
-    assert problems and all("\n" not in p for p in problems)
-    return problems
+__all__ = ["clean_env", "write"]  # the shared fixtures, used by name
 
 
 def test_a_postgres_url_with_its_password_file_and_cluster(write: Write, tmp_path: Path) -> None:
