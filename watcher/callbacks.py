@@ -128,10 +128,12 @@ def _cycle(
     limit: int,
     busy: Collection[str],
     depth: bool,
+    lease: float | None = None,
 ) -> tuple[list[dict[str, Any]], float | None, int | None]:
     """One trip to the writer thread: record the finished attempts (one transaction), then
-    the due rows; when the next one is due (only if fewer than `limit` were due: otherwise a
-    finishing send wakes the sender); the queue depth if asked."""
+    the due rows (claimed for `lease` seconds when instances share the outbox); when the
+    next one is due (only if fewer than `limit` were due: otherwise a finishing send wakes
+    the sender); the queue depth if asked."""
     if done:
         with transaction(db):
             for d in done:
@@ -139,7 +141,8 @@ def _cycle(
                     db, d.row["event_id"], d.at, d.result.status, d.result.error,
                     d.duration_ms, d.outcome, d.next_at,
                 )  # fmt: skip
-    rows = outbox.due(db, now, limit, busy)
+    rows = (outbox.claim(db, now, limit, busy, lease) if lease is not None
+            else outbox.due(db, now, limit, busy))
     next_at = None
     if len(rows) < limit:
         next_at = outbox.next_due_at(db, set(busy) | {r["invoice_id"] for r in rows})
@@ -168,6 +171,7 @@ class CallbackSender:
         schedule: Sequence[float] = DEFAULT_SCHEDULE,
         poll_interval: float = 2.0,
         grace: float = 3.0,
+        lease: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -190,6 +194,9 @@ class CallbackSender:
         self.poll_interval = poll_interval
         #: How long `stop()` lets in-flight sends finish before cancelling them.
         self.grace = grace
+        #: Instances sharing the outbox (PostgreSQL): how long a claimed delivery stays
+        #: this instance's (`outbox.claim`); None: one instance, no claims.
+        self.lease = lease
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._running = False
@@ -253,7 +260,7 @@ class CallbackSender:
         )
         try:
             rows, next_at, depth = await self.store.run(
-                _cycle, done, self.clock(), free, busy, want_depth
+                _cycle, done, self.clock(), free, busy, want_depth, self.lease
             )
         except Exception as exc:
             log.error("callbacks: cannot use the outbox: %s", exc)

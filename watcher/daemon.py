@@ -157,6 +157,12 @@ def follower_config(name: str, net: NetworkConfig) -> FollowerConfig:
     )
 
 
+def claim_lease(timeout: float) -> float:
+    """How long an instance keeps a claimed callback: past a send's `timeout` and the
+    grace a stopping sender gives it, with room for recording the attempt."""
+    return 2 * timeout + 10
+
+
 def build_ledger(settings: Settings) -> Ledger:
     nets = {
         name: NetworkInfo(name, n.chain_id, n.confirmations, n.assets(), n.finality)
@@ -250,6 +256,7 @@ class Daemon:
             max_age=cb.max_age,
             concurrency=cb.concurrency,
             metrics=self.metrics,
+            lease=claim_lease(cb.timeout) if self.store.postgres else None,
         )
         if self.settings.rates.pairs:
             await self._start_rates()

@@ -50,24 +50,50 @@ def _not_busy(busy: Collection[str]) -> tuple[str, list[str]]:
     return f" AND d.invoice_id NOT IN ({','.join('?' * len(busy))})", list(busy)
 
 
-def due(db: Db, now: float, limit: int, busy: Collection[str]) -> list[dict[str, Any]]:
+def due(
+    db: Db, now: float, limit: int, busy: Collection[str], *, lock: bool = False
+) -> list[dict[str, Any]]:
     """Up to `limit` deliveries to attempt now, oldest due first, with the event's `body`.
 
     A row is due when it is `pending`, `next_attempt_at <= now`, it is the earliest pending
     event of its invoice, and its invoice is not in `busy` (being sent right now).
     Each row: event_id, event_seq, invoice_id, event, url, attempts, window_attempts,
-    window_start, created_at, next_attempt_at, body (bytes).
+    window_start, created_at, next_attempt_at, body (bytes). `lock` (inside a transaction,
+    see `claim`): the rows are locked, and rows another transaction locked are skipped.
     """
     if limit <= 0:
         return []
     skip, params = _not_busy(busy)
-    rows = db.query(DUE_SQL.format(skip=skip), [now, *params, limit])
+    sql = DUE_SQL.format(skip=skip)
+    if lock and db.dialect == "postgres":
+        sql += " FOR UPDATE OF d SKIP LOCKED"
+    rows = db.query(sql, [now, *params, limit])
     out = []
     for row in rows:
         body = row["body"]
         row["body"] = body.encode() if isinstance(body, str) else bytes(body)
         out.append(row)
     return out
+
+
+def claim(
+    db: Db, now: float, limit: int, busy: Collection[str], lease: float
+) -> list[dict[str, Any]]:
+    """`due`, claimed for this instance (several instances share the outbox): in one
+    transaction the rows are locked (`FOR UPDATE SKIP LOCKED` on PostgreSQL: another
+    instance's claim passes them over) and their `next_attempt_at` moved `lease` seconds
+    on, so no other instance takes them while this one sends. An instance that dies
+    mid-send leaves them due again when the lease ends (sent at least once, never by two
+    instances at once as long as `lease` outlasts a send). Recording the attempt sets
+    `next_attempt_at` anew."""
+    with transaction(db):
+        rows = due(db, now, limit, busy, lock=True)
+        if rows:
+            db.executemany(
+                "UPDATE deliveries SET next_attempt_at = ? WHERE event_id = ?",
+                [(now + lease, r["event_id"]) for r in rows],
+            )
+    return rows
 
 
 def next_due_at(db: Db, busy: Collection[str] = ()) -> float | None:

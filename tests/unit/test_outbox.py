@@ -158,3 +158,50 @@ def test_the_due_queries_read_only_heads_from_their_index(tmp_path: Path) -> Non
         plan = " ".join(str(r[3]) for r in db.execute("EXPLAIN QUERY PLAN " + sql, args))
         assert "deliveries_heads" in plan and "CORRELATED" not in plan, plan
         assert "TEMP B-TREE" not in plan, plan  # in index order: nothing sorted
+
+
+def test_claims_keep_a_delivery_to_one_instance_until_its_lease_ends(database: str) -> None:
+    """Two instances (two connections) share the outbox: what one claims, the other does
+    not get, until the lease ends (the claimer died mid-send): then it is due again."""
+    one, two = connect_database(database), connect_database(database)
+    try:
+        create_invoices(one, make_ledger(), 4, URL, T0)
+        first = outbox.claim(one, T0, 2, set(), lease=30)
+        second = outbox.claim(two, T0, 10, set(), lease=30)
+        assert len(first) == 2 and len(second) == 2
+        assert {r["event_id"] for r in first}.isdisjoint(r["event_id"] for r in second)
+        assert outbox.claim(one, T0 + 29, 10, set(), lease=30) == []
+        again = outbox.claim(two, T0 + 31, 10, set(), lease=30)  # nobody recorded an attempt
+        assert sorted(r["event_id"] for r in again) == sorted(
+            r["event_id"] for r in first + second)
+        # recorded: gone from the queue whatever the lease said
+        for r in again:
+            outbox.record_attempt(two, r["event_id"], T0 + 31, 200, None, 1, "delivered", None)
+        assert outbox.claim(one, T0 + 1_000, 10, set(), lease=30) == []
+    finally:
+        one.close()
+        two.close()
+
+
+def test_concurrent_claims_never_share_a_row(database: str) -> None:
+    """Claims racing from threads, each with its own connection: every row is claimed
+    exactly once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    setup = connect_database(database)
+    create_invoices(setup, make_ledger(), 40, URL, T0)
+    setup.close()
+
+    def claimer(_: int) -> list[str]:
+        db = connect_database(database)
+        try:
+            got: list[str] = []
+            while rows := outbox.claim(db, T0, 3, set(), lease=60):
+                got += [r["event_id"] for r in rows]
+            return got
+        finally:
+            db.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        claimed = [e for got in pool.map(claimer, range(4)) for e in got]
+    assert len(claimed) == 40 and len(set(claimed)) == 40

@@ -32,6 +32,9 @@ class Cursor(Protocol):
 
 
 class Db(Protocol):
+    #: "sqlite" or "postgres": for the few statements only one of them has
+    dialect: str
+
     def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Cursor: ...
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> Any: ...

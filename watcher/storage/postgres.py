@@ -62,6 +62,8 @@ class _Changed:
 class PgDatabase:
     """One PostgreSQL connection (autocommit outside `transaction()`), used by one thread."""
 
+    dialect = "postgres"
+
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
 
@@ -91,8 +93,15 @@ class PgDatabase:
 
     @contextmanager
     def transaction(self) -> Iterator[PgDatabase]:
-        """One transaction; nested calls are savepoints."""
+        """A write transaction; nested calls are savepoints. The outermost one first takes
+        the database's write lock (`pg_advisory_xact_lock`, held to its end), as SQLite's
+        `BEGIN IMMEDIATE` does: write transactions of every instance run one at a time, so
+        events are numbered in commit order (a reader that has seen event N has seen every
+        event before it) and an invoice's changes never interleave."""
+        outer = not self.in_transaction
         with self.conn.transaction():
+            if outer:
+                self.conn.execute("SELECT pg_advisory_xact_lock(%s)", [WRITE_LOCK])
             yield self
 
     def data_version(self) -> int | None:
@@ -182,6 +191,8 @@ def apply_schema(db: PgDatabase) -> None:
 
 #: pg_advisory_xact_lock key of schema changes ("pw-schema")
 _SCHEMA_LOCK = 0x70772D736368656D
+#: pg_advisory_xact_lock key every write transaction takes first ("pw-write")
+WRITE_LOCK = 0x70772D7772697465
 
 # The schema of SQLite's 15 migrations, as PostgreSQL's version 1. Flags stay INTEGER 0/1
 # and amounts TEXT, so both databases answer the same SQL the same way. `transfers.rowid`

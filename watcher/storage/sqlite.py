@@ -77,6 +77,8 @@ def connect(path: str | Path) -> SqliteDatabase:
 class SqliteDatabase(Database):
     """sqlite-utils' `Database` with the rest of the `base.Db` interface."""
 
+    dialect = "sqlite"
+
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> sqlite3.Cursor:
         return self.conn.executemany(sql, rows)
 
