@@ -861,6 +861,11 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
+    @field_validator("database", mode="before")
+    @classmethod
+    def _database_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, os.PathLike) else value
+
     @field_validator("database")
     @classmethod
     def _check_database(cls, value: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from watcher import __version__, capabilities, timeutil
+from watcher import __version__, capabilities, cluster, timeutil
 from watcher.callbacks import CallbackSender
 from watcher.capabilities import Needs
 from watcher.config import NetworkConfig, Settings
@@ -41,6 +42,7 @@ from watcher.sdnotify import Notifier
 from watcher.storage.base import Db
 from watcher.storage.rows import (
     iter_index_invoices,
+    last_event_seq,
     newest_derived_address,
     rescan_json,
     status_counts,
@@ -199,6 +201,16 @@ class Daemon:
         }
         self.rpcs: dict[str, RpcClient] = {}
         self.followers: dict[str, Follower] = {}
+        cl = settings.cluster
+        #: this instance's name: who leads a network, on every instance's API
+        self.instance = (cl.instance_name if cl and cl.instance_name
+                         else cluster.default_instance_name())
+        self.failover_after = cl.failover_after if cl else 30
+        #: several instances on PostgreSQL: per network, who leads it and where it is
+        #: (the leader's `leaders` row and the `cursors` row), read by the standbys
+        self.cluster_view: dict[str, dict[str, Any]] = {}
+        #: False after a store call failed, True after one worked (`/readyz`)
+        self.database_ok = True
         self._rescans: dict[str, asyncio.Task[Any]] = {}
         self.sender: CallbackSender | None = None
         self.notifier = Notifier()
@@ -229,8 +241,10 @@ class Daemon:
         await self.store.run(self.ledger.load_views)
         late = self.settings.invoices.late_payment_window
         for name, index in self.indexes.items():
-            await self.store.run(fill_index, index, name, late)
             self.metrics.add_network(name, index.assets)
+            if self.store.postgres:
+                continue  # filled when this instance wins the network (`_lead`)
+            await self.store.run(fill_index, index, name, late)
             log.info("%s: watching %d invoices", name, len(index), extra={"network": name})
         await self._announce_derivation()
         for name, net in self.networks.items():
@@ -242,12 +256,13 @@ class Daemon:
                           self.networks[name].start_block)
             for name in self.networks
         ))
-        for name, net in self.networks.items():
-            cfg = follower_config(name, net)
-            self.followers[name] = Follower(
-                cfg, self.rpcs[name], self.store, self.ledger, self.indexes[name],
-                self.on_outcome, self.metrics,
-            )
+        if not self.store.postgres:
+            for name, net in self.networks.items():
+                self.followers[name] = Follower(
+                    follower_config(name, net), self.rpcs[name], self.store, self.ledger,
+                    self.indexes[name], self.on_outcome, self.metrics,
+                )
+                self.metrics.leader.labels(network=name).set(1)
         cb = self.settings.callbacks
         self.sender = CallbackSender(
             self.store,
@@ -266,6 +281,9 @@ class Daemon:
             await self._start_checkout()
         for name, f in self.followers.items():
             self._spawn(f.run(), f"follow-{name}")
+        if self.store.postgres:
+            for name in self.networks:
+                self._spawn(self._lead(name), f"lead-{name}")
         self._spawn(self.hub.run(), "hub")
         if self.rates is not None:
             self._spawn(self.rates.run(self.settings.rates.refresh_interval, timeutil.now),
@@ -458,6 +476,81 @@ class Daemon:
             self.failed = True
             self._stopped.set()  # exit non-zero: systemd restarts us (Restart=on-failure)
 
+    # ------------------------------------------------------------------ leadership
+
+    async def _lead(self, name: str) -> None:
+        """Several instances on PostgreSQL: follow `name` while this instance leads it;
+        otherwise try to take it over every `failover_after / 3` seconds (a leader that
+        dies frees its lock with its connection)."""
+        every = max(0.5, min(self.failover_after / 3, 10.0))
+        while True:
+            try:
+                won = await self.store.run(cluster.try_lead, name, self.instance,
+                                           timeutil.now())
+                self.database_ok = True
+            except StoreError as exc:
+                self.database_ok = False
+                log.warning("%s: cannot reach the database to lead: %s", name, exc,
+                            extra={"network": name})
+                won = False
+            if won:
+                await self._follow_as_leader(name, every)
+            await self._watch_leader(name)
+            await asyncio.sleep(every)
+
+    async def _watch_leader(self, name: str) -> None:
+        """A standby's view of `name`: who leads it and how far it has scanned."""
+        def read(db: Db) -> dict[str, Any]:
+            return {"leader": cluster.leaders(db).get(name),
+                    "cursor": self.ledger.cursor(db, name)}
+        try:
+            self.cluster_view[name] = await self.store.read(read)
+            self.database_ok = True
+        except StoreError:
+            self.database_ok = False
+
+    async def _follow_as_leader(self, name: str, every: float) -> None:
+        """Won `name`: a fresh index and follower, fenced on the lock, until the lock is
+        lost (connection gone) or the follower stops."""
+        log.info("%s: this instance (%s) leads it now", name, self.instance,
+                 extra={"network": name})
+        late = self.settings.invoices.late_payment_window
+        index = WatchIndex(self.networks[name].assets(), late)
+        seq = await self.store.run(last_event_seq)  # before the fill: nothing between
+        await self.store.run(fill_index, index, name, late)
+        self.indexes[name] = index
+        follower = Follower(
+            follower_config(name, self.networks[name]), self.rpcs[name], self.store,
+            self.ledger, index, self.on_outcome, self.metrics,
+            fence=functools.partial(cluster.fence, network=name), event_seq=seq,
+        )
+        self.followers[name] = follower
+        self.metrics.leader.labels(network=name).set(1)
+        task = asyncio.create_task(follower.run(), name=f"follow-{name}")
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=every)
+                if task.done():
+                    break
+                try:
+                    if not await self.store.run(cluster.still_leads, name, self.instance,
+                                                timeutil.now()):
+                        break
+                except StoreError:
+                    self.database_ok = False
+                    break  # the connection, and the lock with it, is gone
+        finally:
+            follower.stop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            self.followers.pop(name, None)
+            self.metrics.leader.labels(network=name).set(0)
+            with contextlib.suppress(StoreError):
+                await self.store.run(cluster.resign, name)
+        log.warning("%s: this instance (%s) no longer leads it", name, self.instance,
+                    extra={"network": name})
+
     # ------------------------------------------------------------------ outcomes
 
     def on_outcome(self, outcome: Outcome) -> None:
@@ -465,7 +558,7 @@ class Daemon:
         for inv in outcome.touched:
             for network in inv.networks():  # its method's, and those it switched from
                 index = self.indexes.get(network)
-                if index is not None:
+                if index is not None and network in self.followers:  # followed here
                     index.put(inv)
         now = timeutil.now()
         for ch in outcome.changes:
@@ -533,6 +626,12 @@ class Daemon:
             rpc = self.rpcs.get(name)
             head = f.head if f else None
             scanned = f.scanned if f else None
+            leader: str | None = self.instance if f else None
+            view = self.cluster_view.get(name)
+            if f is None and view is not None:  # a standby: as the leader last wrote it
+                cursor = view.get("cursor") or {}
+                head, scanned = cursor.get("head_block"), cursor.get("scanned_block")
+                leader = (view.get("leader") or {}).get("instance")
             out.append({
                 "name": name,
                 "chainId": net.chain_id,
@@ -542,6 +641,8 @@ class Daemon:
                 "confirmations": net.confirmations,
                 "rpc": rpc.health() if rpc else [],
                 "lastError": f.last_error if f else None,
+                "leader": leader,
+                "isLeader": f is not None,
                 "assets": [
                     {"symbol": a.symbol, "decimals": a.decimals, "tokenAddress": a.token,
                      "sharedAddress": a.shared_address}
@@ -560,9 +661,15 @@ class Daemon:
         return not stalled
 
     def readiness(self) -> tuple[bool, str]:
+        if not self.database_ok:
+            return False, "the database is unreachable"
         behind = []
         for name, net in self.networks.items():
             f = self.followers.get(name)
+            if f is None and self.store.postgres:
+                if (self.cluster_view.get(name) or {}).get("leader") is None:
+                    behind.append(f"{name}: no instance leads it yet")
+                continue  # another instance follows it
             if f is None or f.head is None or f.scanned is None:
                 behind.append(f"{name}: not synced yet")
             elif f.head - f.scanned > net.max_lag_blocks:

@@ -139,3 +139,8 @@ class StoreError(WatcherError):
 class StoreRefused(StoreError):
     """The database cannot be used and retrying will not help: credentials refused, a
     schema newer than the code. The CLI exits 2 (systemd does not restart it)."""
+
+
+class NotLeader(WatcherError):
+    """Several instances on PostgreSQL: this one no longer leads the network it was about
+    to commit for (`cluster.fence`); the commit is rolled back and the follower stops."""

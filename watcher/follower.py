@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -43,15 +43,23 @@ from eth_hash.auto import keccak
 
 from watcher import timeutil, traces
 from watcher.addresses import checksum_address
-from watcher.errors import RangeTooLarge, RpcError, RpcFatal, RpcRetryable, StoreError
+from watcher.errors import (
+    NotLeader,
+    RangeTooLarge,
+    RpcError,
+    RpcFatal,
+    RpcRetryable,
+    StoreError,
+)
 from watcher.ledger import Ledger, Outcome, ScanBatch
 from watcher.logs import Throttle
 from watcher.matching import Route, WatchIndex
 from watcher.metrics import Metrics
 from watcher.models import Transfer
 from watcher.rpc import RpcClient
-from watcher.storage.rows import invoices_by_ids, invoices_changed_elsewhere
-from watcher.storage.sqlite import Store
+from watcher.storage.base import Db
+from watcher.storage.rows import invoices_after_event, invoices_by_ids, invoices_changed_elsewhere
+from watcher.storage.sqlite import Store, transaction
 from watcher.tuning import LOG_PARTS, Tuner
 
 log = logging.getLogger("watcher.follower")
@@ -178,6 +186,16 @@ def _log_amount(lg: dict[str, Any]) -> int:
     return int(data[:66], 16) if len(data) > 2 else 0
 
 
+T = TypeVar("T")
+
+
+def _fenced(db: Db, fence: Callable[[Db], None], fn: Callable[..., T], *args: Any) -> T:
+    """`fn(db, *args)` in a transaction that first runs `fence` (it raises to refuse)."""
+    with transaction(db):
+        fence(db)
+        return fn(db, *args)
+
+
 class Follower:
     """Follows one network. `run()` never returns until cancelled; RPC or store trouble, or
     any unexpected error, is logged, retried, and shown in `health`."""
@@ -191,8 +209,17 @@ class Follower:
         index: WatchIndex,
         on_outcome: Callable[[Outcome], None],
         metrics: Metrics | None = None,
+        *,
+        fence: Callable[[Db], None] | None = None,
+        event_seq: int | None = None,
     ) -> None:
         self.cfg = cfg
+        #: several instances (PostgreSQL): run inside every chain commit's transaction
+        #: first, raising `NotLeader` when this instance no longer leads the network
+        self.fence = fence
+        #: several instances: the newest event taken into the index (`_refresh_index`
+        #: reads the invoices of the events after it); None: one instance, see there
+        self._event_seq = event_seq
         self.rpc = rpc
         self.store = store
         self.ledger = ledger
@@ -260,6 +287,8 @@ class Follower:
                 try:
                     await self.sync_once()
                     self.last_error = None
+                except NotLeader:
+                    raise  # another instance follows the network now
                 except (RpcError, StoreError, aiohttp.ClientError, OSError) as exc:
                     self._note_error(exc)
                     pause = max(pause, 1.0)
@@ -299,6 +328,12 @@ class Follower:
         self._hashes = await self.store.run(self.ledger.recent_blocks, self.network)
         self._refreshed = timeutil.now()
 
+    async def _commit(self, fn: Callable[..., T], *args: Any) -> T:
+        """A chain commit on the writer: fenced when instances share the database."""
+        if self.fence is None:
+            return await self.store.run(fn, *args)
+        return await self.store.run(_fenced, self.fence, fn, *args)
+
     async def _refresh_index(self) -> None:
         """Take invoices another process (the CLI) created or changed into the index, and
         those of this process not in it yet (a create's outcome reaches the index when its
@@ -307,6 +342,16 @@ class Follower:
         committed before this query is watched for every block up to that head, and one
         committed after it can only be paid in a later block."""
         now = timeutil.now()
+        if self._event_seq is not None:
+            # other instances write too: the invoices of every event committed since the
+            # last look (write transactions commit one at a time, in event order, so
+            # none is passed over); a missed create would be a missed payment
+            self._event_seq, found = await self.store.run(
+                invoices_after_event, self.network, self._event_seq
+            )
+            for inv in found:
+                self.index.put(inv)
+            return
         self._data_version, changed, ids = await self.store.run(
             invoices_changed_elsewhere, self._refreshed - 1, self.network, self._data_version
         )
@@ -363,9 +408,7 @@ class Follower:
             # for this network (the ledger refuses creates until then), so nothing that
             # could pay an invoice lies below it.
             start = tip.number if self.cfg.start_block is None else self.cfg.start_block
-            await self.store.run(
-                self.ledger.start_network, self.network, start, timeutil.now()
-            )
+            await self._commit(self.ledger.start_network, self.network, start, timeutil.now())
             await self._load()
             log.info("%s: starting at block %s", self.network, (self.scanned or 0) + 1,
                      extra={"network": self.network})
@@ -435,7 +478,7 @@ class Follower:
             final_block=self._tags[0],
             finalized_block=self._tags[1],
         )
-        outcome = await self.store.run(self.ledger.apply_scan, batch, timeutil.now())
+        outcome = await self._commit(self.ledger.apply_scan, batch, timeutil.now())
         for h in stored:
             self._hashes[h.number] = (h.hash, h.parent)
         for n in [n for n in self._hashes if n < end - self.keep]:
@@ -956,7 +999,7 @@ class Follower:
             "%s: reorg: blocks above %d replaced (depth %d)", self.network, ancestor, depth,
             extra={"network": self.network, "block": ancestor},
         )
-        outcome = await self.store.run(
+        outcome = await self._commit(
             self.ledger.undo_above, self.network, ancestor, self.head or ancestor, timeutil.now()
         )
         for k in [k for k in self._hashes if k > ancestor]:

@@ -84,6 +84,10 @@ class Metrics:
         self.scan_lag_blocks = Gauge(
             "scan_lag_blocks", "Blocks between the chain head and the scanned block.", net, **kw
         )
+        self.leader = Gauge(
+            "leader", "1 while this instance follows the network (it leads it; always 1 "
+            "with SQLite), else 0.", net, **kw
+        )
         self.blocks_scanned = Counter(
             "blocks_scanned", "Blocks scanned (rescanned after a reorg: counted again).", net, **kw
         )
@@ -186,6 +190,7 @@ class Metrics:
         `set_heights`: a head of 0 would be a lie, a missing series means "not known yet".
         """
         self.blocks_scanned.labels(network=network)
+        self.leader.labels(network=network).set(0)
         self.reorgs.labels(network=network)
         self.detection_latency.labels(network=network)
         for status in Status:

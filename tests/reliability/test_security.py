@@ -211,7 +211,7 @@ def test_sql_is_parameterised_in_the_code() -> None:
                          re.IGNORECASE)
     # placeholders ("?,?,?"), fixed fragments and WHERE clauses built of those
     allowed = {"where", "sql", "marks", "statuses", "skip", "_HEAD", "_OPEN_SQL",
-               "_TRANSFER_ORDER", "','.join(row)", "','.join('?' * len(row))",
+               "_TRANSFER_ORDER", "changed", "','.join(row)", "','.join('?' * len(row))",
                "','.join('?' * len(q.statuses))", "','.join('?' * n)",
                "','.join('?' * len(busy))", "','.join('?' * len(chunk))",
                "sets"}  # "column = ?, ..." over invoice_row's fixed keys

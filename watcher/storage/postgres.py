@@ -109,6 +109,11 @@ class PgDatabase:
         per-head refresh reads what changed since its last look every time."""
         return None
 
+    @property
+    def broken(self) -> bool:
+        """The connection is lost (server restarted, network failed) or closed."""
+        return self.conn.broken or self.conn.closed
+
     def close(self) -> None:
         self.conn.close()
 
@@ -381,6 +386,13 @@ _V1 = (
         flash TEXT
     )""",
     "CREATE INDEX dashboard_sessions_seen ON dashboard_sessions(last_seen)",
+    # who leads each network (watcher.cluster), for every instance's API and status
+    """CREATE TABLE leaders (
+        network TEXT PRIMARY KEY,
+        instance TEXT NOT NULL,
+        since BIGINT NOT NULL,
+        seen_at BIGINT NOT NULL
+    )""",
 )
 
 _MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1}

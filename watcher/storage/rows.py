@@ -455,6 +455,27 @@ def invoices_changed_elsewhere(
     return now_version, None, ids
 
 
+def last_event_seq(db: Db) -> int:
+    row = db.execute("SELECT MAX(seq) FROM events").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def invoices_after_event(db: Db, network: str, after: int) -> tuple[int, list[Invoice]]:
+    """(the newest event now, the invoices on `network` (or that switched from it) with an
+    event after `after`): what changed, whichever instance wrote it (several instances on
+    PostgreSQL, where events are numbered in commit order). Every change the follower must
+    know of (create, method chosen or switched, status) writes an event."""
+    newest = last_event_seq(db)
+    if newest <= after:
+        return newest, []
+    changed = ("SELECT DISTINCT invoice_id FROM events WHERE seq > ? AND seq <= ?")
+    return newest, _with_legs(db, list(db.query(
+        f"SELECT * FROM invoices WHERE id IN ({changed}) AND network = ? UNION "
+        f"SELECT * FROM invoices WHERE id IN (SELECT invoice_id FROM invoice_legs "
+        f"WHERE network = ? AND invoice_id IN ({changed}))",
+        [after, newest, network, network, after, newest])))
+
+
 def invoices_by_ids(db: Db, ids: list[str]) -> list[Invoice]:
     """The invoices with these ids, with their legs (payments not loaded)."""
     marks = ",".join("?" * len(ids))

@@ -7,6 +7,7 @@ base-unit integers (SQLite INTEGER stops at 2^63); times are INTEGER unix second
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -248,6 +249,10 @@ class Store:
         rdb = self._rdb
         if rdb is None:
             return await self.run(fn, *args, **kwargs)
+        if self.postgres:
+            return await self._submit(
+                lambda: fn(self._connected(reader=True), *args, **kwargs), executor=self._reader
+            )
         return await self._submit(lambda: fn(rdb, *args, **kwargs), executor=self._reader)
 
     async def run(
@@ -256,8 +261,31 @@ class Store:
         """Run `fn(db, *args)` on the writer thread."""
         if self._db is None:
             raise StoreError("the store is not open")
+        if self.postgres:
+            return await self._submit(lambda: fn(self._connected(), *args, **kwargs))
         db = self._db
         return await self._submit(lambda: fn(db, *args, **kwargs))
+
+    def _connected(self, *, reader: bool = False) -> Db:
+        """PostgreSQL, on the connection's own thread: the connection, opened again first
+        if it broke (the server restarted, the network failed). Session state, such as a
+        network's leadership lock, is not carried over: it is won again or not at all."""
+        from watcher.storage import postgres
+
+        db = self._rdb if reader else self._db
+        assert isinstance(db, postgres.PgDatabase)
+        if not db.broken:
+            return db
+        with contextlib.suppress(Exception):
+            db.close()
+        fresh = postgres.connect(self.database, password=self._password, migrate=False)
+        log.warning("database: connected again to PostgreSQL (%s)",
+                    "reader" if reader else "writer")
+        if reader:
+            self._rdb = fresh
+        else:
+            self._db = fresh
+        return fresh
 
     async def close(self) -> None:
         if self.checkpointer is not None:
