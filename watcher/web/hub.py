@@ -23,6 +23,8 @@ from typing import Any
 
 import orjson
 
+from watcher.errors import StoreError
+from watcher.logs import Throttle
 from watcher.storage.base import Db
 from watcher.storage.sqlite import Store
 
@@ -154,6 +156,7 @@ class Hub:
         #: Per network, called with its new head (the checkout's sockets recount
         #: confirmations).
         self.head_listeners: dict[str, set[Callable[[int], None]]] = {}
+        self._throttle = Throttle(60)
 
     # ------------------------------------------------------------------ feeding
 
@@ -171,7 +174,11 @@ class Hub:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.tick)
             self._wake.clear()
-            await self.pump()
+            try:
+                await self.pump()
+            except StoreError as exc:  # the database is away: publish when it is back
+                self._throttle.log(log, logging.WARNING, "store", "hub: %s", exc)
+                continue
             self._check_heads()
 
     def _check_heads(self) -> None:

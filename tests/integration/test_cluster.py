@@ -1,0 +1,160 @@
+"""Two daemons on one PostgreSQL database (contract section 13): kill -9 of the leader every
+few seconds during a payment storm loses and doubles nothing; one leader per network at any
+moment; no callback is sent by both at once; stopping PostgreSQL gives 503s and the work
+resumes without loss when it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from typing import Any
+
+import psycopg
+
+from tests.integration.daemonproc import DaemonProc, Daemons, poll
+from tests.integration.receiver import Receiver, Reply
+from tests.pgserver import PgDatabases
+from watcher.amounts import format_amount
+from watcher.devchain import DevChain
+
+USDT = 10**6
+#: the receiver holds each callback this long: two sends of one event that overlap (two
+#: instances at once) arrive closer together than this
+HOLD = 0.3
+
+
+def cluster_config(name: str, url: str) -> dict[str, Any]:
+    return {
+        "database_url": url,
+        "callback_timeout": 1.0,  # a claim's lease: 2 x 1 + 10 s
+        "extra": {"cluster": {"failover_after": "3s", "instance_name": name}},
+    }
+
+
+async def leading(d: DaemonProc) -> bool | None:
+    """Whether `d` says it follows the network (None: not answering)."""
+    if not d.alive() or not d.port:
+        return None
+    try:
+        status, body = await d.request("GET", "/v1/networks")
+    except Exception:
+        return None
+    if status != 200:
+        return None
+    return bool(body["data"][0]["isLeader"])
+
+
+async def test_kill_9_of_the_leader_during_a_payment_storm(
+    daemons: Daemons, chain: DevChain, token: str, payer: str, pg_databases: PgDatabases
+) -> None:
+    url = pg_databases.new()
+    rx = Receiver(default=Reply(200, delay=HOLD))
+    await rx.start()
+    a = await daemons.start(callback_url=rx.url, **cluster_config("a", url))
+    b = await daemons.start(callback_url=rx.url, **cluster_config("b", url))
+    pair = (a, b)
+    both_led: list[float] = []
+    stop_watch = asyncio.Event()
+
+    async def watch() -> None:  # never two instances saying they lead at once
+        while not stop_watch.is_set():
+            views = await asyncio.gather(*(leading(d) for d in pair))
+            if all(views):
+                both_led.append(time.monotonic())
+            await asyncio.sleep(0.1)
+
+    async def leader() -> DaemonProc:
+        async def find() -> DaemonProc | None:
+            for d in pair:
+                if await leading(d):
+                    return d
+            return None
+        found: DaemonProc = await poll(find, 20, interval=0.1, what="a leader")
+        return found
+
+    watcher = asyncio.create_task(watch())
+    try:
+        first = await leader()
+        invoices: list[tuple[str, str, int]] = []  # (id, address, base units)
+        for i in range(24):
+            address = chain.new_account()
+            units = (i + 1) * USDT + i  # distinct, not round
+            amount = format_amount(units, 6)
+            invoices.append((await pair[i % 2].create("USDT", amount, address), address, units))
+        kills = 0
+        for round_ in range(4):
+            for _, address, units in invoices[round_ * 6:(round_ + 1) * 6]:
+                chain.send_token(token, payer, address, units)
+            doomed = await leader()
+            doomed.kill()
+            kills += 1
+            await asyncio.sleep(0.5)
+            await doomed.start()
+        assert kills == 4
+        chain.mine(3)
+        survivor = await leader()
+        for inv_id, _, units in invoices:
+            inv = await survivor.wait_status(inv_id, "COMPLETED", timeout=60)
+            assert inv["amountPaid"] == format_amount(units, 6)
+            assert len(inv["payments"]) == 1  # recorded once, whoever recorded it
+        # every event delivered at least once (a killed sender's claim goes to the other
+        # after its lease)
+        with psycopg.connect(url) as conn:
+            events = {r[0] for r in conn.execute("SELECT id FROM events")}
+            transfers = conn.execute("SELECT COUNT(*) FROM transfers").fetchone()[0]
+        assert transfers == 24 and len(events) >= 24 * 3  # created, waiting, completed
+        await rx.wait_for(lambda r: events <= r.delivery_ids(200), timeout=60)
+    finally:
+        stop_watch.set()
+        with contextlib.suppress(Exception):
+            await watcher
+        await rx.stop()
+    assert first in pair
+    for d, name in ((a, "a"), (b, "b")):  # the lead changed hands at each kill
+        assert d.log_text().count(f"this instance ({name}) leads it now") >= 2, d.log_text()
+    assert both_led == []
+    arrivals: dict[str, list[float]] = {}
+    for r in rx.requests:
+        arrivals.setdefault(r.delivery_id, []).append(r.at)
+    overlapping = {e: times for e, times in arrivals.items()
+                   if any(t2 - t1 < HOLD for t1, t2 in itertools.pairwise(times))}
+    assert overlapping == {}, overlapping  # never sent by both at once
+
+
+async def test_postgres_down_gives_503_and_the_work_resumes(
+    daemons: Daemons, rx: Receiver, chain: DevChain, token: str, payer: str,
+    pg_databases: PgDatabases,
+) -> None:
+    url = pg_databases.new()
+    d = await daemons.start(callback_url=rx.url, **cluster_config("solo", url))
+    address = chain.new_account()
+    inv_id = await d.create("USDT", "2.5", address)
+    await poll(lambda: leading(d), 20, interval=0.1, what="leading")
+    server = pg_databases.server
+    server.stop("immediate")
+    try:
+        async def refused() -> bool:
+            status, body = await d.request("GET", f"/v1/invoices/{inv_id}")
+            return status == 503 and body["error"]["code"] == "unavailable"
+        await poll(refused, 20, interval=0.2, what="503 while PostgreSQL is down")
+
+        async def not_ready() -> bool:
+            status, _ = await d.request("GET", "/readyz", auth=False)
+            return status == 503
+        await poll(not_ready, 10, interval=0.2, what="/readyz 503 while PostgreSQL is down")
+        status, _ = await d.request("GET", "/healthz", auth=False)
+        assert status == 200
+        chain.send_token(token, payer, address, 2_500_000)  # paid while the database is away
+        chain.mine(3)
+        await asyncio.sleep(2)
+    finally:
+        server.start()
+    inv = await d.wait_status(inv_id, "COMPLETED", timeout=60)
+    assert inv["amountPaid"] == "2.5"
+    await rx.wait_for(
+        lambda r: [x.event for x in r.for_invoice(inv_id)][-1:] == ["invoice.completed"],
+        timeout=30)
+    status, _ = await d.request("GET", "/readyz", auth=False)
+    assert status == 200
