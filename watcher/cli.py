@@ -927,6 +927,51 @@ def rates_command(config_path: Path | None) -> None:
                    f"{row['ageSeconds']} s old, {state}")
 
 
+@main.command("migrate-to-postgres")
+@click.option("--from", "source", required=True, metavar="SQLITE",
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The SQLite database file (stop the daemon first).")
+@click.option("--to", "target", required=True, metavar="URL",
+              help="postgresql://USER@HOST[:PORT]/DATABASE of a new, empty database.")
+@click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="A file holding the PostgreSQL password.")
+@handles_errors
+def migrate_to_postgres(source: Path, target: str, password_file: Path | None) -> None:
+    """Copy everything from a SQLite database into an empty PostgreSQL one (one
+    transaction; row counts and amount sums checked before it commits)."""
+    from watcher.config import postgres_url_problem
+    from watcher.errors import ConfigError
+    from watcher.storage import migrate, postgres
+    from watcher.storage.sqlite import connect
+
+    problem = postgres_url_problem(target) if target.startswith(
+        ("postgresql://", "postgres://")) else "must be a postgresql:// URL"
+    if problem:
+        raise ConfigError([f"--to: {problem}"])
+    password = None
+    if password_file is not None:
+        try:
+            password = password_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError([f"--password-file: cannot read {password_file}: "
+                               f"{exc.strerror}"]) from None
+    pg = postgres.connect(target, password=password)
+    try:
+        lite = connect(source)
+        try:
+            report = migrate.copy(lite, pg)
+        finally:
+            lite.close()
+    finally:
+        pg.close()
+    for table, n in report.rows.items():
+        say(f"{table:<20} {n:>10} rows")
+    for name, total in report.sums.items():
+        say(f"{name:<28} sum {total}")
+    say(click.style("copied", fg="green") + f": {sum(report.rows.values())} rows; counts and "
+        "amount sums match. Point `database` at the PostgreSQL URL and start the daemon.")
+
+
 @main.command("status")
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
@@ -938,11 +983,14 @@ def status_command(config_path: Path | None, as_json: bool) -> None:
 
     settings = load_config(config_path)
 
-    def read(db: Any) -> tuple[list[dict[str, Any]], dict[str, int], int]:
-        cursors = list(db.query("SELECT * FROM cursors"))
-        return cursors, status_counts(db), queue_depth(db)
+    def read(db: Any) -> tuple[list[dict[str, Any]], dict[str, int], int, dict[str, Any]]:
+        from watcher import cluster
 
-    cursors, counts, depth = _store_call(settings, read)
+        cursors = list(db.query("SELECT * FROM cursors"))
+        leaders = cluster.leaders(db) if settings.postgres else {}
+        return cursors, status_counts(db), queue_depth(db), leaders
+
+    cursors, counts, depth, leaders = _store_call(settings, read)
     live = _live_networks(settings)
     by_name = {c["network"]: c for c in cursors}
     networks: list[dict[str, Any]] = []
@@ -952,13 +1000,18 @@ def status_command(config_path: Path | None, as_json: bool) -> None:
         head = row.get("headBlock", c.get("head_block"))
         scanned = row.get("scannedBlock", c.get("scanned_block"))
         lag = head - scanned if head is not None and scanned is not None else None
+        # who follows the network: the leaders table (several instances on PostgreSQL),
+        # else the running daemon itself
+        leader = (leaders.get(name) or {}).get("instance") if settings.postgres \
+            else row.get("leader")
         networks.append({"name": name, "headBlock": head, "scannedBlock": scanned,
-                         "lagBlocks": lag, "rpc": row.get("rpc"), "daemonReachable": bool(row)})
+                         "lagBlocks": lag, "rpc": row.get("rpc"), "daemonReachable": bool(row),
+                         "leader": leader})
     if as_json:
         _echo_json({"networks": networks, "invoices": dict(sorted(counts.items())),
                     "callbackQueue": depth})
         return
-    say(f"{'network':<12} {'head':>12} {'scanned':>12} {'lag':>6}  rpc")
+    say(f"{'network':<12} {'head':>12} {'scanned':>12} {'lag':>6}  {'leader':<16} rpc")
     for n in networks:
         rpc = n["rpc"]
         health = ", ".join(
@@ -969,7 +1022,7 @@ def status_command(config_path: Path | None, as_json: bool) -> None:
         head, scanned, lag = n["headBlock"], n["scannedBlock"], n["lagBlocks"]
         say(f"{n['name']:<12} {head if head is not None else '-':>12} "
             f"{scanned if scanned is not None else '-':>12} "
-            f"{lag if lag is not None else '-':>6}  {health}")
+            f"{lag if lag is not None else '-':>6}  {n['leader'] or '-':<16} {health}")
     say("")
     say("invoices: " + (", ".join(f"{_status(k)} {v}" for k, v in sorted(counts.items()))
                         or "none"))

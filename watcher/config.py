@@ -800,7 +800,7 @@ class ClusterConfig(_Section):
         return value
 
 
-def _postgres_url_problem(url: str) -> str | None:
+def postgres_url_problem(url: str) -> str | None:
     """Why a `postgresql://` URL cannot be used, or None."""
     from urllib.parse import urlsplit
 
@@ -870,7 +870,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_database(cls, value: str) -> str:
         if is_postgres_url(value):
-            problem = _postgres_url_problem(value)
+            problem = postgres_url_problem(value)
             if problem:
                 raise ValueError(problem)
             return value

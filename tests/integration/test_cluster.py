@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import time
 from typing import Any
 
 import psycopg
 
-from tests.integration.daemonproc import DaemonProc, Daemons, poll
+from tests.integration.daemonproc import DaemonProc, Daemons, arun_cli, poll
 from tests.integration.receiver import Receiver, Reply
 from tests.pgserver import PgDatabases
 from watcher.amounts import format_amount
@@ -106,6 +107,9 @@ async def test_kill_9_of_the_leader_during_a_payment_storm(
             transfers = conn.execute("SELECT COUNT(*) FROM transfers").fetchone()[0]
         assert transfers == 24 and len(events) >= 24 * 3  # created, waiting, completed
         await rx.wait_for(lambda r: events <= r.delivery_ids(200), timeout=60)
+        status = await arun_cli("status", "--json", "--config", str(a.config.path))
+        leader_name = "a" if survivor is a else "b"
+        assert json.loads(status.stdout)["networks"][0]["leader"] == leader_name, status
     finally:
         stop_watch.set()
         with contextlib.suppress(Exception):

@@ -96,7 +96,8 @@ def test_json_outputs(config: Path) -> None:
     status = json.loads(run("status", "--json", "--config", str(config)))
     assert status["invoices"] == {"PENDING": 1} and status["callbackQueue"] == 1
     assert status["networks"] == [{"name": "anvil", "headBlock": 7, "scannedBlock": 6,
-                                   "lagBlocks": 1, "rpc": None, "daemonReachable": False}]
+                                   "lagBlocks": 1, "rpc": None, "daemonReachable": False,
+                                   "leader": None}]
     nets = json.loads(run("networks", "--json"))
     eth = next(n for n in nets["data"] if n["name"] == "ethereum")
     assert eth["chainId"] == 1 and "rpc" not in eth
