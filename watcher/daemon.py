@@ -276,6 +276,7 @@ class Daemon:
         if self.settings.rates.pairs:
             await self._start_rates()
         await self.hub.start()
+        self.store.on_change(self._changed_elsewhere)
         await self._start_api()
         if self.settings.checkout.enabled:
             await self._start_checkout()
@@ -456,6 +457,11 @@ class Daemon:
 
     def _heads(self) -> dict[str, int]:
         return {name: view.head for name, view in self.ledger.views.items()}
+
+    def _changed_elsewhere(self) -> None:
+        """An instance (maybe this one) committed: publish and send what it wrote."""
+        self.hub.wake()
+        self._wake_sender()
 
     def _wake_sender(self, _event_id: str = "") -> None:
         if self.sender is not None:

@@ -60,3 +60,27 @@ def test_one_session_leads_and_a_deposed_one_never_commits(pg_databases: PgDatab
     finally:
         a.close()
         b.close()
+
+
+def test_every_write_commit_notifies_the_listeners(pg_databases: PgDatabases) -> None:
+    """LISTEN/NOTIFY: a commit on one connection reaches another instance's `Listener`
+    (its live channels and sender look at once); a rolled-back write notifies nobody."""
+    import threading
+
+    url = pg_databases.new()
+    heard = threading.Semaphore(0)
+    db = postgres.connect(url)  # its schema check commits before anyone listens
+    listener = postgres.Listener(url, None, heard.release)
+    listener.start()
+    try:
+        assert heard.acquire(timeout=10)  # the first call: "look now, whatever was missed"
+        with pytest.raises(RuntimeError), transaction(db):
+            db.execute("INSERT INTO leaders VALUES ('x', 'x', 0, 0)")
+            raise RuntimeError("rolled back")
+        assert not heard.acquire(timeout=1.5)
+        with transaction(db):
+            db.execute("INSERT INTO leaders VALUES ('y', 'y', 0, 0)")
+        assert heard.acquire(timeout=10)
+    finally:
+        db.close()
+        listener.stop()

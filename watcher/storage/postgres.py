@@ -13,7 +13,8 @@ synchronous connection fits that unchanged, where asyncpg would make the ledger 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -103,6 +104,8 @@ class PgDatabase:
             if outer:
                 self.conn.execute("SELECT pg_advisory_xact_lock(%s)", [WRITE_LOCK])
             yield self
+            if outer:  # delivered at the commit, to every instance's `Listener`
+                self.conn.execute(f"NOTIFY {CHANNEL}")
 
     def data_version(self) -> int | None:
         """None: PostgreSQL has no cheap "another connection committed" counter, so the
@@ -121,6 +124,48 @@ class PgDatabase:
 #: what a failed connection says when retrying cannot help (credentials, names)
 _REFUSED = ("authentication failed", "does not exist", "no password supplied",
             "no pg_hba.conf entry", "permission denied", "invalid", "SSL")
+
+
+#: the LISTEN/NOTIFY channel every write transaction notifies at its commit
+CHANNEL = "payment_watcher"
+
+
+class Listener:
+    """A thread with its own connection, LISTENing on `CHANNEL`: calls `on_change` (from
+    that thread) after any instance's write commits, so the live channels and the callback
+    sender of every instance look at once rather than at their next poll. Notifications are
+    a shortcut only: a lost one (connection down) is made up by those polls. The connection
+    is opened again, with backoff, when it breaks."""
+
+    def __init__(self, url: str, password: str | None, on_change: Callable[[], None]) -> None:
+        self.url = url
+        self.password = password
+        self.on_change = on_change
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="store-listen", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.url, password=self.password, autocommit=True,
+                                     connect_timeout=10) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    backoff = 0.5
+                    self.on_change()  # whatever was missed while not listening
+                    while not self._stop.is_set():
+                        if any(True for _ in conn.notifies(timeout=1.0)):
+                            self.on_change()
+            except psycopg.Error:
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
 
 
 def store_error(exc: psycopg.Error) -> StoreError:

@@ -198,6 +198,7 @@ class Store:
         self._rdb: Db | None = None
         self._checkpoints = checkpoints
         self.checkpointer: Checkpointer | None = None
+        self.listener: Any = None  # postgres.Listener, after `on_change`
 
     async def open(self) -> Store:
         if self.postgres:
@@ -287,7 +288,31 @@ class Store:
             self._db = fresh
         return fresh
 
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """PostgreSQL: call `callback` on this event loop after any instance's write
+        commits (`postgres.Listener`). SQLite: nothing (this process is the only writer
+        but for the CLI, which the pollers pick up)."""
+        if not self.postgres:
+            return
+        import asyncio
+
+        from watcher.storage import postgres
+
+        loop = asyncio.get_running_loop()
+
+        def notify() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: shutting down
+                loop.call_soon_threadsafe(callback)
+
+        self.listener = postgres.Listener(self.database, self._password, notify)
+        self.listener.start()
+
     async def close(self) -> None:
+        if self.listener is not None:
+            import asyncio
+
+            listener, self.listener = self.listener, None
+            await asyncio.get_running_loop().run_in_executor(None, listener.stop)
         if self.checkpointer is not None:
             import asyncio
 
