@@ -82,7 +82,7 @@ async def _probe(base: str, invoice_id: str, out: list[float], stop: asyncio.Eve
 
 
 async def run_follower(
-    db: Path, url: str, token: str, last: int, *, confirmations: int = 2,
+    db: Path | str, url: str, token: str, last: int, *, confirmations: int = 2,
     max_block_range: int = 1000, profile: Any = None, probe: bool = False,
 ) -> CatchUp:
     """Scan from the database's cursor up to block `last` (the chain's head). `probe`: the

@@ -81,7 +81,7 @@ def _status_kb(pid: int, key: str) -> int:
     return 0
 
 
-def _config(path: Path, db: Path, port: int, url: str, token: str, hook: str) -> None:
+def _config(path: Path, db: Path | str, port: int, url: str, token: str, hook: str) -> None:
     ws = url.replace("http://", "ws://", 1)
     path.write_text(
         f'database = "{db}"\nlog_level = "warning"\n'
@@ -225,11 +225,14 @@ async def _wait_ready(
 
 
 async def _creates(
-    http: aiohttp.ClientSession, base: str, count: int, concurrency: int, *, priced: bool = False
+    http: aiohttp.ClientSession, base: str, count: int, concurrency: int, *,
+    priced: bool = False, offset: int = 0,
 ) -> tuple[int, int, float]:
+    """`count` creates, `concurrency` in flight, to addresses numbered from `offset`:
+    (created, errors, seconds)."""
     errors = 0
     ok = 0
-    queue = iter(range(count))
+    queue = iter(range(offset, offset + count))
 
     async def worker() -> None:
         nonlocal errors, ok

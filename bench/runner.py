@@ -48,13 +48,19 @@ class Mode:
     #: cold tokens-only catch-ups: blocks per backlog, rounds per case
     cold_blocks: int = 500
     cold_rounds: int = 1
+    #: PostgreSQL against SQLite: catch-up blocks, open token invoices, rounds; creates
+    pg_blocks: int = 500
+    pg_invoices: int = 20_000
+    pg_rounds: int = 2
+    pg_creates: int = 2_000
 
 
 SHORT = Mode("short", blocks=1000, per_block=10, invoices=100_000, repeats=3, backlog=2000,
              creates=3000, samples=30)
 FULL = Mode("full", blocks=2000, per_block=10, invoices=100_000, repeats=5, backlog=5000,
             creates=20_000, samples=120, socket_backlog=250, socket_cycles=2,
-            cold_blocks=2000, cold_rounds=2)
+            cold_blocks=2000, cold_rounds=2, pg_blocks=1000, pg_invoices=100_000, pg_rounds=3,
+            pg_creates=6_000)
 
 
 @dataclass(slots=True)
@@ -290,6 +296,29 @@ def socket_rows(res: SocketsResult) -> list[Row]:
     ]
 
 
+async def postgres_rows(mode: Mode, work: Path, say: Callable[[str], None]) -> list[Row]:
+    from .postgres import median_ratio, run_postgres
+
+    (lite, pg, blocks), creates = await run_postgres(
+        work, blocks=mode.pg_blocks, invoices=mode.pg_invoices, rounds=mode.pg_rounds,
+        count=mode.pg_creates, concurrency=16, say=say)
+    catch = median_ratio(pg, lite)
+    one = creates["postgres"] / creates["sqlite"]
+    two = creates["postgres x2"] / creates["postgres"]
+    what = f"{blocks:,} blocks x 10 txs, {mode.pg_invoices:,} open token invoices"
+    return [
+        Row(f"catch-up, tokens only, PostgreSQL / SQLite ({what})",
+            f"{catch:.2f}x (median {statistics.median(pg):,.0f} / "
+            f"{statistics.median(lite):,.0f} blocks/s)", ">= 0.7x", catch >= 0.7),
+        Row(f"creates over HTTP, PostgreSQL / SQLite (16 in flight, {mode.pg_creates:,})",
+            f"{one:.2f}x ({creates['postgres']:,.0f} / {creates['sqlite']:,.0f}/s)",
+            ">= 0.7x", one >= 0.7),
+        Row("creates over HTTP, two instances on one PostgreSQL / one (16 in flight each)",
+            f"{two:.2f}x ({creates['postgres x2']:,.0f} / {creates['postgres']:,.0f}/s)",
+            ">= 1.6x", two >= 1.6),
+    ]
+
+
 def table(rows: list[Row]) -> str:
     w0 = max(len(r.name) for r in rows)
     w1 = max(len(r.value) for r in rows)
@@ -334,6 +363,8 @@ async def main(mode: Mode, *, write: bool = True) -> int:
         sres = await run_sockets(work, backlog=mode.socket_backlog, cycles=mode.socket_cycles,
                                  per_block=mode.per_block, paid_share=mode.paid_share, log=_say)
         rows += socket_rows(sres)
+        _say("PostgreSQL against SQLite (a real server, fsync on):")
+        rows += await postgres_rows(mode, work, _say)
     text = table(rows)
     seconds = time.perf_counter() - started
     _say("")

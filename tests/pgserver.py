@@ -92,9 +92,13 @@ class PgServer:
         self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
                   "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions")
 
+    #: a production server's durability (the bench); the tests' throwaway servers skip fsync
+    durable: bool = False
+
     def start(self) -> None:
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c full_page_writes=off")
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        if not self.durable:
+            options += " -c fsync=off -c full_page_writes=off"
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l",
                   str(self.root / "server.log"), "-o", options, "-w", "-t", "60", "start")
 
@@ -119,15 +123,15 @@ class PgServer:
 
 
 @contextmanager
-def start_postgres() -> Iterator[PgServer]:
-    """A fresh server for the block; stopped and removed after it."""
+def start_postgres(*, durable: bool = False) -> Iterator[PgServer]:
+    """A fresh server for the block; stopped and removed after it. `durable`: fsync on."""
     bindir = require_postgres()
     root = Path(tempfile.mkdtemp(prefix="pw-pg-"))
     if os.geteuid() == 0:
         user = pwd.getpwnam(SERVER_USER)
         os.chown(root, user.pw_uid, user.pw_gid)
     os.chmod(root, 0o700)
-    server = PgServer(bindir, root, free_port())
+    server = PgServer(bindir, root, free_port(), durable)
     try:
         server.init()
         server.start()

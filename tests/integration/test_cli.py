@@ -200,10 +200,11 @@ async def test_status_shows_networks_invoices_and_queue(daemons: Daemons, chain:
     proc = await arun_cli("status", "--config", str(d.config.path))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].split() == ["network", "head", "scanned", "lag", "rpc"]
+    assert lines[0].split() == ["network", "head", "scanned", "lag", "leader", "rpc"]
     row = next(x.split() for x in lines if x.startswith("anvil "))
-    assert int(row[1]) >= head and int(row[2]) >= head and row[4].startswith("http://127.0.0.1")
-    assert "ok" in row[5:]
+    assert int(row[1]) >= head and int(row[2]) >= head and row[5].startswith("http://127.0.0.1")
+    assert d.proc is not None and row[4].endswith(f"-{d.proc.pid}")  # host name and pid
+    assert "ok" in row[6:]
     assert "invoices: PENDING 1" in proc.stdout
     assert any(x.startswith("callback queue: ") for x in lines)
 
