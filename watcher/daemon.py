@@ -595,6 +595,14 @@ class Daemon:
     async def start_rescan(self, network: str, start: int, end: int | None) -> dict[str, Any]:
         """Check a rescan of `network` (API errors for a range it cannot do) and run it as a
         task beside the follower: its row as JSON (`state` "running")."""
+        if self.store.postgres and network not in self.followers:
+            leader = ((self.cluster_view.get(network) or {}).get("leader") or {}).get(
+                "instance")
+            raise Conflict(
+                f"this instance does not follow {network}"
+                + (f": ask its leader, instance {leader}" if leader else
+                   ": no instance leads it yet") + " (GET /v1/networks says which)",
+                field="name")
         running = self._rescans.get(network)
         if running is not None and not running.done():
             raise Conflict(f"a rescan of {network} is running; wait for it or stop the daemon",
@@ -603,6 +611,8 @@ class Daemon:
         scanner = Rescanner(
             follower_config(network, net), net.assets(), self.rpcs[network], self.store,
             self.ledger, self.settings.invoices.late_payment_window, self.on_outcome,
+            fence=functools.partial(cluster.fence, network=network)
+            if self.store.postgres else None,
         )
         try:
             first, last = await scanner.check(start, end)

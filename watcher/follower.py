@@ -189,7 +189,7 @@ def _log_amount(lg: dict[str, Any]) -> int:
 T = TypeVar("T")
 
 
-def _fenced(db: Db, fence: Callable[[Db], None], fn: Callable[..., T], *args: Any) -> T:
+def fenced(db: Db, fence: Callable[[Db], None], fn: Callable[..., T], *args: Any) -> T:
     """`fn(db, *args)` in a transaction that first runs `fence` (it raises to refuse)."""
     with transaction(db):
         fence(db)
@@ -332,7 +332,7 @@ class Follower:
         """A chain commit on the writer: fenced when instances share the database."""
         if self.fence is None:
             return await self.store.run(fn, *args)
-        return await self.store.run(_fenced, self.fence, fn, *args)
+        return await self.store.run(fenced, self.fence, fn, *args)
 
     async def _refresh_index(self) -> None:
         """Take invoices another process (the CLI) created or changed into the index, and

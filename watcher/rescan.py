@@ -20,7 +20,7 @@ from typing import Any
 
 from watcher import timeutil
 from watcher.errors import RpcError, WatcherError
-from watcher.follower import NATIVE_RANGE, ChainMoved, Follower, FollowerConfig, Header
+from watcher.follower import NATIVE_RANGE, ChainMoved, Follower, FollowerConfig, Header, fenced
 from watcher.ledger import Ledger, Outcome, ScanBatch
 from watcher.matching import WatchIndex
 from watcher.models import Asset, Status
@@ -77,8 +77,12 @@ class Rescanner:
         ledger: Ledger,
         late_window: int,
         on_outcome: Callable[[Outcome], None] = lambda _out: None,
+        *,
+        fence: Callable[[Db], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        #: several instances: the leader's fence, run inside each chunk's commit
+        self.fence = fence
         self.assets = assets
         self.rpc = rpc
         self.store = store
@@ -184,8 +188,14 @@ class Rescanner:
         transfers = await reader.read_range(start, end, tip) if len(index) else []
         last = transfers[-1].timestamp if transfers else max(times)
         batch = ScanBatch(self.network, end, None, last, tip.number, transfers)
-        outcome = await self.store.run(
-            self.ledger.apply_rescan, at.rescan_id, batch, timeutil.now()
-        )
+        if self.fence is None:
+            outcome = await self.store.run(
+                self.ledger.apply_rescan, at.rescan_id, batch, timeutil.now()
+            )
+        else:
+            outcome = await self.store.run(
+                fenced, self.fence, self.ledger.apply_rescan, at.rescan_id, batch,
+                timeutil.now(),
+            )
         self.on_outcome(outcome)
         return Progress(at.rescan_id, at.start, at.end, end + 1, at.added + len(outcome.recorded))

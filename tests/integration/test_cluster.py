@@ -110,6 +110,14 @@ async def test_kill_9_of_the_leader_during_a_payment_storm(
         status = await arun_cli("status", "--json", "--config", str(a.config.path))
         leader_name = "a" if survivor is a else "b"
         assert json.loads(status.stdout)["networks"][0]["leader"] == leader_name, status
+        # a rescan runs on the leader (fenced like its follower); a standby names it
+        standby = b if survivor is a else a
+        code, err = await standby.request("POST", "/v1/networks/anvil/rescan",
+                                          {"from": chain.block_number() - 5})
+        assert code == 409 and f"instance {leader_name}" in err["error"]["message"], err
+        started = await survivor.ok("POST", "/v1/networks/anvil/rescan",
+                                    {"from": chain.block_number() - 5}, expect=202)
+        assert started["state"] == "running"
     finally:
         stop_watch.set()
         with contextlib.suppress(Exception):
