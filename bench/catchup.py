@@ -21,7 +21,7 @@ from watcher.matching import WatchIndex
 from watcher.models import Asset
 from watcher.rpc import RpcClient, _Endpoint
 from watcher.storage.rows import status_counts, watched_invoices
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 from watcher.web.api import ApiContext, create_app
 
 from .workload import CHAIN_ID, NET, TOKEN_DECIMALS

@@ -22,7 +22,7 @@ from watcher.matching import WatchIndex
 from watcher.models import OPENS_EARLY, Asset, Invoice
 from watcher.rpc import RpcClient
 from watcher.storage.rows import index_invoices, load_invoice
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 
 NET = "model"
 CONF = 3

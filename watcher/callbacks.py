@@ -36,7 +36,7 @@ import aiohttp
 from watcher import outbox, signing
 from watcher.outbox import Outcome
 from watcher.storage.base import Db
-from watcher.storage.sqlite import Store, transaction
+from watcher.storage.store import Store, transaction
 
 log = logging.getLogger(__name__)
 

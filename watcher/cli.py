@@ -361,7 +361,8 @@ def _store_call(settings: Settings, fn: Callable[..., R], *args: Any) -> R:
     no event loop or store threads to start."""
     import sqlite3
 
-    from watcher.storage.sqlite import connect_database, store_error
+    from watcher.storage.sqlite import store_error
+    from watcher.storage.store import connect_database
 
     try:
         db = connect_database(settings.database, password=_password(settings))
@@ -481,7 +482,7 @@ def invoices_create(
     async def go() -> dict[str, Any]:
         from watcher.daemon import start_network
         from watcher.rpc import RpcClient
-        from watcher.storage.sqlite import Store
+        from watcher.storage.store import Store
 
         store = await Store(settings.database, password=_password(settings)).open()
         try:
@@ -738,7 +739,7 @@ def addresses_list(
     from watcher.daemon import build_ledger
     from watcher.requests import MAX_LIMIT, encode_cursor, parse_address_query
     from watcher.rpc import RpcClient
-    from watcher.storage.sqlite import Store
+    from watcher.storage.store import Store
     from watcher.web.api import address_report
 
     settings = load_config(config_path)
@@ -835,7 +836,7 @@ def rescan_command(config_path: Path | None, network: str, start: int, end: int 
     from watcher.errors import ConfigError
     from watcher.rescan import Progress, RescanError, Rescanner
     from watcher.rpc import RpcClient
-    from watcher.storage.sqlite import Store
+    from watcher.storage.store import Store
 
     settings = load_config(config_path)
     net = settings.enabled_networks().get(network)

@@ -47,7 +47,7 @@ from watcher.storage.rows import (
     rescan_json,
     status_counts,
 )
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 from watcher.web.api import CREATES, ApiContext, create_app
 from watcher.web.channels import Limits, Sockets
 from watcher.web.checkout import CheckoutContext, create_checkout_app

@@ -59,7 +59,7 @@ from watcher.models import Transfer
 from watcher.rpc import RpcClient
 from watcher.storage.base import Db
 from watcher.storage.rows import invoices_after_event, invoices_by_ids, invoices_changed_elsewhere
-from watcher.storage.sqlite import Store, transaction
+from watcher.storage.store import Store, transaction
 from watcher.tuning import LOG_PARTS, Tuner
 
 log = logging.getLogger("watcher.follower")

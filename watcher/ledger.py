@@ -49,7 +49,7 @@ from watcher.storage.rows import (
     update_invoice,
     update_invoice_method,
 )
-from watcher.storage.sqlite import transaction
+from watcher.storage.store import transaction
 from watcher.timeutil import iso
 from watcher.timeutil import now as clock
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from watcher.errors import Gone
 from watcher.storage.base import Db
 from watcher.storage.rows import reset_delivery_head
-from watcher.storage.sqlite import transaction
+from watcher.storage.store import transaction
 
 Outcome = Literal["delivered", "retry", "failed"]
 

@@ -27,7 +27,7 @@ from watcher.models import Asset, Status
 from watcher.rpc import RpcClient
 from watcher.storage.base import Db
 from watcher.storage.rows import load_invoices
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 
 log = logging.getLogger("watcher.rescan")
 

@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING
 import orjson
 
 from watcher.storage.base import Db
-from watcher.storage.sqlite import transaction
+from watcher.storage.store import transaction
 from watcher.timeutil import iso
 
 if TYPE_CHECKING:
     from watcher.config import RetentionConfig
     from watcher.metrics import Metrics
-    from watcher.storage.sqlite import Store
+    from watcher.storage.store import Store
 
 log = logging.getLogger("watcher.retention")
 

@@ -17,7 +17,7 @@ from watcher.metrics import Metrics
 from watcher.models import Asset, Invoice
 from watcher.rpc import RpcClient
 from watcher.storage.rows import index_invoices, load_invoice
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 
 NET = "anvil"
 

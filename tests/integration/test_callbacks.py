@@ -31,7 +31,7 @@ from watcher import outbox
 from watcher.callbacks import CallbackSender, parse_retry_after
 from watcher.metrics import Metrics
 from watcher.signing import verify_signature, verify_webhook
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 
 SECRET = "whsec_aW50ZWdyYXRpb24tc2VjcmV0LXZhbHVl"  # a Standard Webhooks secret
 FAST = (0.05, 0.1, 0.2, 0.3)
@@ -401,7 +401,7 @@ async def test_thousand_events(store: Store, rx: Receiver) -> None:
 CRASH_SENDER = """
 import asyncio, sys
 from watcher.callbacks import CallbackSender
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 
 async def main() -> None:
     store = await Store(sys.argv[1]).open()

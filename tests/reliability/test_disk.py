@@ -26,7 +26,7 @@ from tests.integration.harness import NET, Harness
 from tests.reliability.conftest import IN_CI
 from watcher.devchain import DevChain
 from watcher.errors import StoreError
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 from watcher.web.api import ApiContext, create_app
 
 USDT = 10**6

@@ -29,7 +29,7 @@ from watcher.config import load_settings
 from watcher.errors import ConfigError
 from watcher.ledger import Ledger, NetworkInfo
 from watcher.models import Asset
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 from watcher.web.api import ApiContext, create_app, load_openapi
 
 KEY = "fuzz_key_0123456789abcdef"

@@ -24,7 +24,7 @@ from tests.integration.daemonproc import API_KEY, CALLBACK_SECRET, DaemonConfig,
 from tests.reliability.rpcproxy import RpcProxy
 from watcher.ledger import Ledger, NetworkInfo
 from watcher.models import Asset
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 from watcher.web.api import ApiContext, create_app, key_matches
 
 KEY = "sec_key_0123456789abcdef0123"

@@ -21,7 +21,7 @@ from watcher.ledger import Ledger, NewInvoice
 from watcher.models import Status
 from watcher.requests import parse_create
 from watcher.storage import rows, sqlite
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 from watcher.web.api import ApiContext, create_app
 
 DERIVER = Deriver(hdkeys.xpub())

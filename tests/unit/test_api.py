@@ -31,7 +31,7 @@ from tests.unit.test_ledger import (
 from watcher.errors import StoreError
 from watcher.ledger import Ledger, Outcome, ScanBatch
 from watcher.models import Invoice, Status, Transfer
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 from watcher.timeutil import now as clock
 from watcher.web.api import ApiContext, create_app, key_matches, load_openapi
 

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from tests.unit.test_ledger import NET, make_ledger, new, pay
 from watcher.ledger import Ledger, Outcome
 from watcher.metrics import Metrics
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 from watcher.timeutil import now as clock
 from watcher.web.api import ApiContext, create_app
 from watcher.web.channels import Limits, Sockets

@@ -22,7 +22,7 @@ from PIL import Image
 from tests.unit.test_ledger import NET, make_ledger, new, pay
 from watcher.ledger import Ledger
 from watcher.models import Invoice
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 from watcher.timeutil import now as clock
 from watcher.web.channels import Limits, Sockets
 from watcher.web.checkout import CheckoutContext, create_checkout_app

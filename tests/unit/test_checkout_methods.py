@@ -25,7 +25,7 @@ from watcher.models import Asset, Invoice, Method
 from watcher.pricing.book import RateBook
 from watcher.pricing.sources import FixedSource, SourceError
 from watcher.rates import Rate
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 from watcher.timeutil import now as clock
 from watcher.web.channels import Limits, Sockets
 from watcher.web.checkout import (

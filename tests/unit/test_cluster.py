@@ -10,7 +10,7 @@ from tests.pgserver import PgDatabases
 from watcher import cluster
 from watcher.errors import NotLeader
 from watcher.storage import postgres
-from watcher.storage.sqlite import transaction
+from watcher.storage.store import transaction
 
 
 def fenced_write(db: postgres.PgDatabase, network: str, value: str) -> None:

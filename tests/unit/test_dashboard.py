@@ -40,7 +40,7 @@ from watcher.ledger import Ledger, Outcome, ScanBatch
 from watcher.models import Invoice, Status, Transfer
 from watcher.outbox import record_attempt
 from watcher.storage.rows import load_invoice
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 from watcher.timeutil import now as wall_clock
 from watcher.web import dashboard_forms as forms
 from watcher.web.api import CREATES, ApiContext, create_app

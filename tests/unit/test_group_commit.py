@@ -9,7 +9,7 @@ import pytest
 
 from watcher.errors import Conflict, StoreError
 from watcher.storage.base import Db
-from watcher.storage.sqlite import GroupCommit, Store
+from watcher.storage.store import GroupCommit, Store
 
 
 @pytest.fixture

@@ -35,7 +35,8 @@ from watcher.daemon import Daemon, prune_index
 from watcher.errors import Unavailable
 from watcher.ledger import late_event_id
 from watcher.models import Invoice, Status
-from watcher.storage.sqlite import connect, transaction
+from watcher.storage.sqlite import connect
+from watcher.storage.store import transaction
 
 
 async def open_invoice(

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 from watcher.web.hub import Connection, Hub, Message
 
 

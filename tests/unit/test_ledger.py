@@ -21,7 +21,7 @@ from watcher.ledger import Ledger, NetworkInfo, NewInvoice, Outcome, ScanBatch
 from watcher.models import Asset, Invoice, Status, Transfer
 from watcher.storage.base import Db
 from watcher.storage.postgres import PgDatabase
-from watcher.storage.sqlite import connect_database
+from watcher.storage.store import connect_database
 
 NET = "testnet"
 TOKEN = "0x1111111111111111111111111111111111111111"

@@ -44,7 +44,7 @@ from watcher.models import Asset, Status, Transfer
 from watcher.pricing.book import RateBook
 from watcher.pricing.sources import FixedSource
 from watcher.retention import stub_body
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 from watcher.timeutil import now as clock
 from watcher.web.api import ApiContext, create_app, load_openapi
 from watcher.web.channels import Limits, Sockets

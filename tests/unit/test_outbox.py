@@ -10,7 +10,8 @@ import pytest
 from tests.integration.receiver import create_invoices, event_ids, make_ledger
 from watcher import outbox
 from watcher.storage.base import Db
-from watcher.storage.sqlite import connect, connect_database
+from watcher.storage.sqlite import connect
+from watcher.storage.store import connect_database
 
 URL = "http://127.0.0.1:9/hook"
 T0 = 1_722_000_000

@@ -14,7 +14,7 @@ from tests.unit.test_ledger import NET, SHARED, make_ledger
 from watcher.pricing.book import RateBook
 from watcher.pricing.sources import FixedSource, SourceError
 from watcher.rates import Rate
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 from watcher.timeutil import now as clock
 from watcher.web.api import ApiContext, create_app
 

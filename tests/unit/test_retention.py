@@ -26,7 +26,8 @@ from watcher.models import Status, Transfer
 from watcher.retention import Ages, Pass, Retention, prune_all, stub_body
 from watcher.storage.base import Db
 from watcher.storage.rows import transfer_row
-from watcher.storage.sqlite import SqliteDatabase, Store, connect, connect_database
+from watcher.storage.sqlite import SqliteDatabase, connect
+from watcher.storage.store import Store, connect_database
 from watcher.web.api import ApiContext, create_app, invoice_events
 from watcher.web.hub import Hub
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from watcher.storage.sqlite import Store, transaction
+from watcher.storage.store import Store, transaction
 
 
 async def test_a_read_does_not_wait_for_a_long_write(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ from watcher.render import address_json, transfer_json
 from watcher.rpc import RpcClient
 from watcher.storage.base import Db
 from watcher.storage.rows import derived_addresses, latest_rescans, load_invoice, transfer_from_row
-from watcher.storage.sqlite import GroupCommit, Store
+from watcher.storage.store import GroupCommit, Store
 from watcher.timeutil import iso
 from watcher.timeutil import now as _clock
 from watcher.web.channels import Sockets, merchant_socket

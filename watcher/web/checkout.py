@@ -35,7 +35,7 @@ from watcher.models import Invoice
 from watcher.publicview import public_view
 from watcher.storage.base import Db
 from watcher.storage.rows import load_invoice
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 from watcher.timeutil import now as _clock
 from watcher.web.channels import CLOSE_NOT_FOUND, Sockets, serve_socket
 from watcher.web.hub import Message

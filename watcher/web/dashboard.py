@@ -40,7 +40,7 @@ from watcher.ledger import Ledger, NewInvoice, Outcome
 from watcher.models import Invoice
 from watcher.outbox import redeliver
 from watcher.storage.rows import load_invoice
-from watcher.storage.sqlite import GroupCommit, Store
+from watcher.storage.store import GroupCommit, Store
 from watcher.web import dashboard_forms as forms
 from watcher.web import dashboard_queries as queries
 from watcher.web.api import ApiContext, invoice_events, networks_report, report_outcome

@@ -26,7 +26,7 @@ import orjson
 from watcher.errors import StoreError
 from watcher.logs import Throttle
 from watcher.storage.base import Db
-from watcher.storage.sqlite import Store
+from watcher.storage.store import Store
 
 log = logging.getLogger(__name__)
 

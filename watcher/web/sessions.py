@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from watcher.storage.base import Db
-from watcher.storage.sqlite import transaction
+from watcher.storage.store import transaction
 
 #: The session's cookie (path /dashboard).
 SESSION_COOKIE = "pw_dashboard"
