@@ -686,7 +686,8 @@ class Demo:
         out.plain(f"  curl -s -H {auth} {base}/v1/invoices/{split}")
         out.plain(f"  curl -s -H {auth} {base}/v1/invoices/{split}/events")
         out.plain(f"  curl -s -H {auth} '{base}/v1/invoices?status=COMPLETED'")
-        out.plain(f"  curl -s -H {auth} {base}/v1/networks")
+        out.plain(f"  curl -s -H {auth} {base}/v1/networks   # head, scanned, and its leader: "
+                  "this instance (several share one PostgreSQL: docs/operations.md, section 9)")
         out.plain(f"  curl -s -H {auth} '{base}/v1/addresses?withBalance=true'")
         out.plain(f"  curl -s -H {auth} '{base}/v1/transfers?matched=true'   "
                   "# the internal transfer: \"internal\": true, its traceAddress")
