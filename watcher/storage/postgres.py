@@ -39,16 +39,17 @@ _TOKEN = re.compile(
 
 @lru_cache(maxsize=1024)
 def format_sql(sql: str) -> str:
-    """`?` placeholders -> `%s`, a literal `%` -> `%%`, SQLite's `INDEXED BY` planner hints
-    dropped (PostgreSQL's planner chooses alone); quoted text and comments untouched."""
+    """`?` placeholders -> `%s`; every literal `%` -> `%%` (psycopg reads `%` even inside
+    quoted text); SQLite's `INDEXED BY` planner hints dropped (PostgreSQL's planner chooses
+    alone). A `?` inside quoted text or a comment stays as it is."""
 
     def swap(m: re.Match[str]) -> str:
         token = m.group(0)
         if token == "?":
             return "%s"
-        if token == "%":
-            return "%%"
-        return "" if token[:1].isspace() else token
+        if token[:1].isspace():
+            return ""
+        return token.replace("%", "%%")
 
     return _TOKEN.sub(swap, sql)
 

@@ -1,0 +1,33 @@
+"""`postgres.format_sql`: the shared SQL (with `?`) as psycopg takes it. Pure: checked with
+psycopg's own query parser, no server."""
+
+from __future__ import annotations
+
+import pytest
+from psycopg._queries import PostgresQuery
+from psycopg.adapt import Transformer
+
+from watcher.storage.postgres import format_sql
+
+
+def server_form(sql: str, params: list[object]) -> str:
+    """What psycopg sends the server for `sql` (ValueError-like errors if it refuses it)."""
+    query = PostgresQuery(Transformer())
+    query.convert(format_sql(sql).encode(), params)
+    return query.query.decode()
+
+
+@pytest.mark.parametrize(("sql", "params", "sent"), [
+    ("SELECT * FROM t WHERE a = ? AND b = ?", [1, "x"], "SELECT * FROM t WHERE a = $1 AND b = $2"),
+    ("SELECT '?' , ? FROM t", [1], "SELECT '?' , $1 FROM t"),  # quoted: not a placeholder
+    ("SELECT 'it''s ?', ?", [1], "SELECT 'it''s ?', $1"),
+    ("SELECT a FROM t WHERE a LIKE 'x%' AND b = ?", [1],
+     "SELECT a FROM t WHERE a LIKE 'x%' AND b = $1"),
+    ("SELECT 5 % 2, ?", [1], "SELECT 5 % 2, $1"),
+    ("SELECT * FROM invoices INDEXED BY invoices_updated WHERE x = ?", [1],
+     "SELECT * FROM invoices WHERE x = $1"),
+    ("SELECT 1 -- why? 100%\nFROM t WHERE a = ?", [1],
+     "SELECT 1 -- why? 100%\nFROM t WHERE a = $1"),
+])
+def test_placeholders_and_percent_signs(sql: str, params: list[object], sent: str) -> None:
+    assert server_form(sql, params) == sent
