@@ -522,8 +522,16 @@ class Daemon:
                  extra={"network": name})
         late = self.settings.invoices.late_payment_window
         index = WatchIndex(self.networks[name].assets(), late)
-        seq = await self.store.run(last_event_seq)  # before the fill: nothing between
-        await self.store.run(fill_index, index, name, late)
+        try:
+            seq = await self.store.run(last_event_seq)  # before the fill: nothing between
+            await self.store.run(fill_index, index, name, late)
+        except StoreError as exc:  # the database went away: let go, try again later
+            self.database_ok = False
+            log.warning("%s: won the lead but cannot read the database: %s", name, exc,
+                        extra={"network": name})
+            with contextlib.suppress(StoreError):
+                await self.store.run(cluster.resign, name)
+            return
         self.indexes[name] = index
         follower = Follower(
             follower_config(name, self.networks[name]), self.rpcs[name], self.store,
