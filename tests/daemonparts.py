@@ -57,7 +57,7 @@ class Node:
     `Daemon.start` builds them (index from `index_invoices`, start block written first)."""
 
     def __init__(
-        self, db: Path, url: str, *, max_block_range: int = RANGE,
+        self, db: Path | str, url: str, *, max_block_range: int = RANGE,
         finality: str = "confirmations", log_topic_chunk: int = 200,
     ) -> None:
         self.db = db

@@ -29,7 +29,7 @@ import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from hypothesis import HealthCheck, Phase, event, settings
@@ -40,6 +40,7 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
+    run_state_machine_as_test,
 )
 
 from tests.chainmodel import CAP_STYLES, ChainModel, ChainServer, NativeTx, TokenTx, Tx
@@ -55,6 +56,7 @@ from tests.daemonparts import (
     UNWATCHED,
     Node,
 )
+from tests.pgserver import PgDatabases
 from watcher import ledger as ledger_module
 from watcher import state
 from watcher.amounts import parse_amount
@@ -157,7 +159,7 @@ class ChainMachine(RuleBasedStateMachine):
         self.model.mine_empty(2)
         self.server = ChainServer(self.model)
         run(self.loop, self.server.start())
-        self.node = run(self.loop, Node(self.tmp / "live.db", self.server.url).start())
+        self.node = run(self.loop, Node(self.database(), self.server.url).start())
         assert self.node.follower.scanned is not None
         self.start = self.node.follower.scanned + 1  # the start block written at first start
         self.max_ts = self.model.head.timestamp
@@ -497,6 +499,10 @@ class ChainMachine(RuleBasedStateMachine):
         }
         assert got_unmatched == unmatched
 
+    def database(self) -> Path | str:
+        """Where this example's store lives (`PgChainMachine`: a PostgreSQL database)."""
+        return self.tmp / "live.db"
+
     def teardown(self) -> None:
         try:
             self.check()
@@ -520,3 +526,23 @@ ChainMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestChainModel = ChainMachine.TestCase
+
+
+class PgChainMachine(ChainMachine):
+    """The same rules with the store on PostgreSQL: each example on a fresh database."""
+
+    databases: ClassVar[PgDatabases | None] = None
+
+    def database(self) -> Path | str:
+        assert self.databases is not None
+        return self.databases.new()
+
+
+def test_chain_model_on_postgres(pg_databases: PgDatabases) -> None:
+    """Fewer examples than on SQLite (each statement is a round trip to the server)."""
+    PgChainMachine.databases = pg_databases
+    try:
+        run_state_machine_as_test(PgChainMachine, settings=settings(
+            ChainMachine.TestCase.settings, max_examples=max(1, EXAMPLES // 5)))
+    finally:
+        PgChainMachine.databases = None
