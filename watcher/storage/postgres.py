@@ -99,14 +99,14 @@ class PgDatabase:
         the database's write lock (`pg_advisory_xact_lock`, held to its end), as SQLite's
         `BEGIN IMMEDIATE` does: write transactions of every instance run one at a time, so
         events are numbered in commit order (a reader that has seen event N has seen every
-        event before it) and an invoice's changes never interleave."""
+        event before it) and an invoice's changes never interleave. Every instance's
+        `Listener` is notified when it commits (not if it rolls back)."""
         outer = not self.in_transaction
         with self.conn.transaction():
-            if outer:
-                self.conn.execute("SELECT pg_advisory_xact_lock(%s)", [WRITE_LOCK])
+            if outer:  # the notification goes out at the commit only (one round trip)
+                self.conn.execute("SELECT pg_advisory_xact_lock(%s), pg_notify(%s, '')",
+                                  [WRITE_LOCK, CHANNEL])
             yield self
-            if outer:  # delivered at the commit, to every instance's `Listener`
-                self.conn.execute(f"NOTIFY {CHANNEL}")
 
     def data_version(self) -> int | None:
         """None: PostgreSQL has no cheap "another connection committed" counter, so the
