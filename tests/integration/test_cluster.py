@@ -110,6 +110,9 @@ async def test_kill_9_of_the_leader_during_a_payment_storm(
         status = await arun_cli("status", "--json", "--config", str(a.config.path))
         leader_name = "a" if survivor is a else "b"
         assert json.loads(status.stdout)["networks"][0]["leader"] == leader_name, status
+        for d, gauge in ((survivor, "1.0"), (b if survivor is a else a, "0.0")):
+            _, text = await d.request("GET", "/metrics", auth=False)
+            assert f'payment_watcher_leader{{network="anvil"}} {gauge}' in text
         # a rescan runs on the leader (fenced like its follower); a standby names it
         standby = b if survivor is a else a
         code, err = await standby.request("POST", "/v1/networks/anvil/rescan",

@@ -173,6 +173,8 @@ async def test_reorg_reverses_a_completed_invoice_and_unpays_a_waiting_one(
     })  # fmt: skip
     metrics = await d.request("GET", "/metrics", auth=False)
     assert re.search(r'^payment_watcher_reorgs_total\{network="anvil"\} [1-9]', metrics[1], re.M)
+    # one instance on its own database follows every network (on PostgreSQL: it won them)
+    assert 'payment_watcher_leader{network="anvil"} 1.0' in metrics[1]
 
 
 # ---------------------------------------------------------------- 2. SIGTERM and sd_notify
