@@ -271,6 +271,8 @@ async def test_the_merchant_works_through_the_dashboard(
     await page.click("nav.nav >> text=Networks")
     await expect(page.locator("section.network h2")).to_contain_text("anvil")
     await expect(page.locator(".rates")).to_contain_text("ETH/USD")
+    # one instance on its own database follows every network itself
+    await expect(page.locator("section.network .leader")).to_contain_text("this instance")
     await dash.shot(page, "networks")
 
     # the first invoice's page, with its payment and its callbacks, as the merchant sees it
