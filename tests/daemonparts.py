@@ -4,6 +4,7 @@ tests. Chain time starts at `T0`; tests pass the host's clock (`now`) explicitly
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from fractions import Fraction
@@ -14,6 +15,7 @@ import aiohttp
 from web3 import Web3
 
 from tests.chainmodel import ChainModel, ChainServer
+from watcher import cluster
 from watcher.daemon import prune_index, start_network
 from watcher.errors import RpcError, StoreError
 from watcher.follower import Follower, FollowerConfig
@@ -21,7 +23,7 @@ from watcher.ledger import Ledger, NetworkInfo, NewInvoice, Outcome
 from watcher.matching import WatchIndex
 from watcher.models import OPENS_EARLY, Asset, Invoice
 from watcher.rpc import RpcClient
-from watcher.storage.rows import index_invoices, load_invoice
+from watcher.storage.rows import index_invoices, last_event_seq, load_invoice
 from watcher.storage.store import Store
 
 NET = "model"
@@ -58,9 +60,13 @@ class Node:
 
     def __init__(
         self, db: Path | str, url: str, *, max_block_range: int = RANGE,
-        finality: str = "confirmations", log_topic_chunk: int = 200,
+        finality: str = "confirmations", log_topic_chunk: int = 200, cluster: bool = False,
     ) -> None:
         self.db = db
+        #: as the leader of several instances on PostgreSQL: it takes the network's lock,
+        #: its commits are fenced, and it learns of invoices from the events others wrote
+        #: (`report` then leaves the index alone: another instance made the change)
+        self.cluster = cluster
         self.url = url
         self.max_block_range = max_block_range
         self.finality = finality
@@ -72,6 +78,12 @@ class Node:
         self.ledger = make_ledger(self.finality)
         await self.store.run(self.ledger.load_views)
         self.index = WatchIndex(ASSETS, LATE)
+        seq = None
+        fence = None
+        if self.cluster:  # as `Daemon._follow_as_leader`
+            assert await self.store.run(cluster.try_lead, NET, "model", 0)
+            seq = await self.store.run(last_event_seq)
+            fence = functools.partial(cluster.fence, network=NET)
         for inv in await self.store.run(index_invoices, NET, LATE):
             self.index.put(inv)
         self.rpc = RpcClient(NET, [self.url], timeout=2, max_attempts=2, backoff=0.001,
@@ -80,7 +92,7 @@ class Node:
             FollowerConfig(NET, CONF, self.max_block_range, 0.01, finality=self.finality,
                            log_topic_chunk=self.log_topic_chunk),
             self.rpc, self.store,
-            self.ledger, self.index, self.on_outcome,
+            self.ledger, self.index, self.on_outcome, fence=fence, event_seq=seq,
         )
         if start_block:
             await start_network(self.store, self.ledger, self.rpc, NET, 5)
@@ -91,6 +103,14 @@ class Node:
         self.outcomes.append(out)
         for inv in out.touched:
             self.index.put(inv)
+
+    def report(self, out: Outcome) -> None:
+        """The outcome of a create or cancel made through the API: this process's index
+        takes it, unless another instance made it (`cluster`)."""
+        if self.cluster:
+            self.outcomes.append(out)
+        else:
+            self.on_outcome(out)
 
     async def sync(self, passes: int = 1) -> None:
         """Follower passes as `Follower.run` makes them: RPC trouble is retried later.
@@ -114,7 +134,7 @@ class Node:
                      expire_at: int) -> Invoice:
         req = NewInvoice(NET, asset, amount, address, expire_at)
         inv, _, out = await self.store.run(self.ledger.create, req, now)
-        self.on_outcome(out)
+        self.report(out)
         return inv
 
     async def get(self, invoice_id: str) -> Invoice:

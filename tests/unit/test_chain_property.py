@@ -159,7 +159,8 @@ class ChainMachine(RuleBasedStateMachine):
         self.model.mine_empty(2)
         self.server = ChainServer(self.model)
         run(self.loop, self.server.start())
-        self.node = run(self.loop, Node(self.database(), self.server.url).start())
+        self.node = run(self.loop, Node(self.database(), self.server.url,
+                                        cluster=self.cluster).start())
         assert self.node.follower.scanned is not None
         self.start = self.node.follower.scanned + 1  # the start block written at first start
         self.max_ts = self.model.head.timestamp
@@ -312,7 +313,8 @@ class ChainMachine(RuleBasedStateMachine):
     @rule()
     def restart(self) -> None:
         run(self.loop, self.node.stop())
-        self.node = run(self.loop, Node(self.node.db, self.server.url).start())
+        self.node = run(self.loop, Node(self.node.db, self.server.url,
+                                        cluster=self.cluster).start())
         self._split_logs()
 
     @rule(on=st.booleans())
@@ -365,7 +367,7 @@ class ChainMachine(RuleBasedStateMachine):
             inv, _, out = run(self.loop, self.node.store.run(self.node.ledger.create, req, now))
         except Conflict:
             return  # an open invoice holds that address
-        self.node.on_outcome(out)
+        self.node.report(out)
         self.created.append(inv.id)
         f = self.node.follower
         self.read_before[inv.id] = (f.scanned or 0, {n: h for n, (h, _) in f._hashes.items()})
@@ -399,7 +401,7 @@ class ChainMachine(RuleBasedStateMachine):
             _, out = run(self.loop, self.node.store.run(self.node.ledger.cancel, invoice_id, now))
         except Conflict:
             return  # only a PENDING invoice can be cancelled
-        self.node.on_outcome(out)
+        self.node.report(out)
         self.cancelled[invoice_id] = now
 
     # ------------------------------------------------------------------ what must hold
@@ -499,6 +501,10 @@ class ChainMachine(RuleBasedStateMachine):
         }
         assert got_unmatched == unmatched
 
+    #: the node leads the network among several instances, and the creates and cancels
+    #: are another instance's (`PgChainMachine`)
+    cluster: ClassVar[bool] = False
+
     def database(self) -> Path | str:
         """Where this example's store lives (`PgChainMachine`: a PostgreSQL database)."""
         return self.tmp / "live.db"
@@ -529,8 +535,12 @@ TestChainModel = ChainMachine.TestCase
 
 
 class PgChainMachine(ChainMachine):
-    """The same rules with the store on PostgreSQL: each example on a fresh database."""
+    """The same rules with the store on PostgreSQL, each example on a fresh database, the
+    node as the leader of several instances: its commits fenced by the network's lock,
+    and every invoice created or cancelled by another instance, so the node learns of it
+    only from the events (`invoices_after_event`), as a leader does."""
 
+    cluster = True
     databases: ClassVar[PgDatabases | None] = None
 
     def database(self) -> Path | str:
