@@ -351,11 +351,6 @@ def networks_command(as_json: bool) -> None:
 # `settings.require_runnable()`.
 
 
-def _password(settings: Settings) -> str | None:
-    secret = settings.database_password
-    return secret.get_secret_value() if secret is not None else None
-
-
 def _store_call(settings: Settings, fn: Callable[..., R], *args: Any) -> R:
     """Run `fn(db, *args)` on the database of `settings` and close it: on this thread, with
     no event loop or store threads to start."""
@@ -365,7 +360,7 @@ def _store_call(settings: Settings, fn: Callable[..., R], *args: Any) -> R:
     from watcher.storage.store import connect_database
 
     try:
-        db = connect_database(settings.database, password=_password(settings))
+        db = connect_database(settings.database, password=settings.database_secret())
     except sqlite3.Error as exc:
         raise store_error(exc) from exc
     try:
@@ -484,7 +479,7 @@ def invoices_create(
         from watcher.rpc import RpcClient
         from watcher.storage.store import Store
 
-        store = await Store(settings.database, password=_password(settings)).open()
+        store = await Store(settings.database, password=settings.database_secret()).open()
         try:
             net = settings.enabled_networks().get(req.network) if req.network else None
             if net is not None and req.network is not None:
@@ -747,7 +742,7 @@ def addresses_list(
     nets = settings.enabled_networks()
 
     async def go() -> dict[str, Any]:
-        store = await Store(settings.database, password=_password(settings)).open()
+        store = await Store(settings.database, password=settings.database_secret()).open()
         rpcs = {
             n: RpcClient(n, net.rpc, max_attempts=2)
             for n, net in nets.items() if with_balance and network in (None, n)
@@ -847,7 +842,7 @@ def rescan_command(config_path: Path | None, network: str, start: int, end: int 
     terminal = sys.stdout.isatty()
 
     async def go() -> Progress:
-        store = await Store(settings.database, password=_password(settings)).open()
+        store = await Store(settings.database, password=settings.database_secret()).open()
         try:
             await store.run(ledger.load_views)
             async with RpcClient(network, net.rpc, max_attempts=3) as rpc:
@@ -943,10 +938,11 @@ def migrate_to_postgres(source: Path, target: str, password_file: Path | None) -
     from watcher.config import postgres_url_problem
     from watcher.errors import ConfigError
     from watcher.storage import migrate, postgres
+    from watcher.storage.base import is_postgres_url
     from watcher.storage.sqlite import connect
 
-    problem = postgres_url_problem(target) if target.startswith(
-        ("postgresql://", "postgres://")) else "must be a postgresql:// URL"
+    problem = (postgres_url_problem(target) if is_postgres_url(target)
+               else "must be a postgresql:// URL")
     if problem:
         raise ConfigError([f"--to: {problem}"])
     password = None

@@ -908,6 +908,11 @@ class Settings(BaseSettings):
     def database_password(self) -> SecretStr | None:
         return self._database_password
 
+    def database_secret(self) -> str | None:
+        """The PostgreSQL password itself, for the connection (never logged)."""
+        secret = self._database_password
+        return secret.get_secret_value() if secret is not None else None
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_level(cls, value: object) -> object:

@@ -190,8 +190,7 @@ class Daemon:
         self.metrics = metrics or Metrics()
         self.store = Store(
             settings.database, checkpoints=True,
-            password=settings.database_password.get_secret_value()
-            if settings.database_password is not None else None,
+            password=settings.database_secret(),
         )
         self.ledger = build_ledger(settings)
         self.networks: dict[str, NetworkConfig] = settings.enabled_networks()

@@ -189,11 +189,20 @@ def _log_amount(lg: dict[str, Any]) -> int:
 T = TypeVar("T")
 
 
-def fenced(db: Db, fence: Callable[[Db], None], fn: Callable[..., T], *args: Any) -> T:
+def _fenced(db: Db, fence: Callable[[Db], None], fn: Callable[..., T], *args: Any) -> T:
     """`fn(db, *args)` in a transaction that first runs `fence` (it raises to refuse)."""
     with transaction(db):
         fence(db)
         return fn(db, *args)
+
+
+async def commit(
+    store: Store, fence: Callable[[Db], None] | None, fn: Callable[..., T], *args: Any
+) -> T:
+    """A chain commit on the writer: fenced when instances share the database."""
+    if fence is None:
+        return await store.run(fn, *args)
+    return await store.run(_fenced, fence, fn, *args)
 
 
 class Follower:
@@ -329,10 +338,7 @@ class Follower:
         self._refreshed = timeutil.now()
 
     async def _commit(self, fn: Callable[..., T], *args: Any) -> T:
-        """A chain commit on the writer: fenced when instances share the database."""
-        if self.fence is None:
-            return await self.store.run(fn, *args)
-        return await self.store.run(fenced, self.fence, fn, *args)
+        return await commit(self.store, self.fence, fn, *args)
 
     async def _refresh_index(self) -> None:
         """Take invoices another process (the CLI) created or changed into the index, and

@@ -20,7 +20,14 @@ from typing import Any
 
 from watcher import timeutil
 from watcher.errors import RpcError, WatcherError
-from watcher.follower import NATIVE_RANGE, ChainMoved, Follower, FollowerConfig, Header, fenced
+from watcher.follower import (
+    NATIVE_RANGE,
+    ChainMoved,
+    Follower,
+    FollowerConfig,
+    Header,
+    commit,
+)
 from watcher.ledger import Ledger, Outcome, ScanBatch
 from watcher.matching import WatchIndex
 from watcher.models import Asset, Status
@@ -188,14 +195,9 @@ class Rescanner:
         transfers = await reader.read_range(start, end, tip) if len(index) else []
         last = transfers[-1].timestamp if transfers else max(times)
         batch = ScanBatch(self.network, end, None, last, tip.number, transfers)
-        if self.fence is None:
-            outcome = await self.store.run(
-                self.ledger.apply_rescan, at.rescan_id, batch, timeutil.now()
-            )
-        else:
-            outcome = await self.store.run(
-                fenced, self.fence, self.ledger.apply_rescan, at.rescan_id, batch,
-                timeutil.now(),
-            )
+        outcome = await commit(
+            self.store, self.fence, self.ledger.apply_rescan, at.rescan_id, batch,
+            timeutil.now(),
+        )
         self.on_outcome(outcome)
         return Progress(at.rescan_id, at.start, at.end, end + 1, at.added + len(outcome.recorded))

@@ -10,6 +10,7 @@ import psycopg
 from click.testing import CliRunner
 
 from tests.integration.promfixture import free_port
+from tests.integration.test_cli import one_error_line as cli_error_line
 from tests.pgserver import PgDatabases
 from watcher.cli import main
 from watcher.storage import postgres
@@ -29,9 +30,10 @@ def config(tmp_path: Path, database: str) -> Path:
 
 
 def one_error_line(output: str) -> str:
-    lines = [ln for ln in output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: database: "), output
-    return lines[0]
+    """One `error: database: ...` line and no traceback (`test_cli.one_error_line`)."""
+    line = cli_error_line(output)
+    assert line.startswith("error: database: "), output
+    return line
 
 
 def test_the_cli_works_on_postgres(tmp_path: Path, pg_databases: PgDatabases) -> None:

@@ -26,6 +26,7 @@ import orjson
 from watcher.errors import StoreError
 from watcher.logs import Throttle
 from watcher.storage.base import Db
+from watcher.storage.rows import last_event_seq
 from watcher.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ class Hub:
 
     async def start(self) -> None:
         """Begin after the newest event already committed: sockets get what follows."""
-        self.seq = await self.store.run(_max_seq)
+        self.seq = await self.store.run(last_event_seq)
 
     async def run(self) -> None:
         if self.seq is None:
@@ -194,7 +195,7 @@ class Hub:
         assert self.seq is not None, "Hub.start() first"
         while True:
             if not self._subs:  # nobody listens: only move the mark
-                top = await self.store.run(_max_seq)
+                top = await self.store.run(last_event_seq)
                 if not self._subs:  # still nobody (a subscriber may have come meanwhile)
                     self.seq = max(self.seq, top)
                     return
@@ -287,11 +288,6 @@ _EVENT_ROWS = (
     "SELECT e.seq, e.id, e.invoice_id, e.body, i.client_id "
     "FROM events e LEFT JOIN invoices i ON i.id = e.invoice_id"
 )
-
-
-def _max_seq(db: Db) -> int:
-    row = db.execute("SELECT MAX(seq) FROM events").fetchone()
-    return int(row[0] or 0)
 
 
 def _rows_after(db: Db, seq: int, limit: int) -> list[tuple[Any, ...]]:
