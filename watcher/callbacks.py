@@ -134,19 +134,25 @@ def _cycle(
     the due rows (claimed for `lease` seconds when instances share the outbox); when the
     next one is due (only if fewer than `limit` were due: otherwise a finishing send wakes
     the sender); the queue depth if asked."""
-    if done:
-        with transaction(db):
-            for d in done:
-                outbox.record_attempt(
-                    db, d.row["event_id"], d.at, d.result.status, d.result.error,
-                    d.duration_ms, d.outcome, d.next_at,
-                )  # fmt: skip
-    rows = (outbox.claim(db, now, limit, busy, lease) if lease is not None
-            else outbox.due(db, now, limit, busy))
-    next_at = None
-    if len(rows) < limit:
-        next_at = outbox.next_due_at(db, set(busy) | {r["invoice_id"] for r in rows})
-    return rows, next_at, outbox.queue_depth(db) if depth else None
+    # Pipelined (PostgreSQL): a round trip where the due rows are read and one at the end.
+    # With claims (instances sharing PostgreSQL) everything is one transaction: one commit.
+    found: dict[str, Any] = {"next": None, "depth": None}
+    with db.pipeline(), transaction(db) if lease is not None else contextlib.nullcontext():
+        if done:
+            with transaction(db):
+                for d in done:
+                    outbox.record_attempt(
+                        db, d.row["event_id"], d.at, d.result.status, d.result.error,
+                        d.duration_ms, d.outcome, d.next_at,
+                    )  # fmt: skip
+        rows = (outbox.claim(db, now, limit, busy, lease) if lease is not None
+                else outbox.due(db, now, limit, busy))
+        if len(rows) < limit:
+            outbox.next_due_later(db, set(busy) | {r["invoice_id"] for r in rows},
+                                  lambda at: found.update(next=at))
+        if depth:
+            outbox.queue_depth_later(db, lambda n: found.update(depth=n))
+    return rows, found["next"], found["depth"]
 
 
 class CallbackSender:

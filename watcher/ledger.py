@@ -302,18 +302,24 @@ class Ledger:
         that is not the chain itself (ASSIGNED_CAUSE: the merchant assigned a transfer).
         `data`: the invoice already rendered; `queued`: an earlier event of the invoice was
         queued for delivery in this transaction (so this one is not the head)."""
+        fresh = event_id is None
         event_id = event_id or "evt_" + uuid.uuid4().hex
         body = orjson.dumps({
             "id": event_id, "event": event, "createdAt": iso(now),
             "data": self.render(inv) if data is None else data,
         })
-        written = db.execute(
+        row = [event_id, inv.id, event, status.value if status else None, now, body, cause]
+        if fresh:  # a new random id cannot have been written before: nothing to read back
+            db.execute(
+                "INSERT INTO events (id, invoice_id, event, status, created_at, body, cause) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", row,
+            )
+        elif db.execute(
             "INSERT INTO events (id, invoice_id, event, status, created_at, body, cause) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING seq",
-            [event_id, inv.id, event, status.value if status else None, now, body, cause],
-        ).fetchone()
-        if written is None:
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING seq", row,
+        ).fetchone() is None:
             return False
+        db.notify()  # other instances publish it (and send it) at once
         url = inv.callback_url or self.default_callback_url
         if url:
             # the head (sendable now) unless an earlier event of the invoice still waits (a
@@ -324,8 +330,9 @@ class Ledger:
             ).fetchone()
             db.execute(
                 "INSERT INTO deliveries (event_id, event_seq, invoice_id, event, url, state, "
-                "next_attempt_at, created_at, head) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                [event_id, written[0], inv.id, event, url, now, now, int(waiting is None)],
+                "next_attempt_at, created_at, head) VALUES (?, (SELECT seq FROM events "
+                "WHERE id = ?), ?, ?, ?, 'pending', ?, ?, ?)",
+                [event_id, event_id, inv.id, event, url, now, now, int(waiting is None)],
             )
         return True
 
@@ -401,7 +408,7 @@ class Ledger:
         """Several creates in one transaction (group commit); a refused one (ApiError)
         rolls back only its own savepoint and is returned in its place."""
         results: list[tuple[Invoice, bool, Outcome] | Exception] = []
-        with transaction(db):
+        with db.pipeline(), transaction(db):  # PostgreSQL: a round trip per read only
             for req, now in requests:
                 try:
                     results.append(self.create(db, req, now))

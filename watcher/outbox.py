@@ -14,7 +14,7 @@ restart at each redeliver, so a redelivered event gets the full backoff schedule
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, Literal
 
 from watcher.errors import Gone
@@ -88,10 +88,12 @@ def claim(
     `next_attempt_at` anew."""
     with transaction(db):
         rows = due(db, now, limit, busy, lock=True)
-        if rows:
-            db.executemany(
-                "UPDATE deliveries SET next_attempt_at = ? WHERE event_id = ?",
-                [(now + lease, r["event_id"]) for r in rows],
+        for start in range(0, len(rows), _CHUNK):  # one statement, nothing read back
+            chunk = [r["event_id"] for r in rows[start : start + _CHUNK]]
+            db.execute(
+                "UPDATE deliveries SET next_attempt_at = ? "
+                f"WHERE event_id IN ({','.join('?' * len(chunk))})",
+                [now + lease, *chunk],
             )
     return rows
 
@@ -102,12 +104,22 @@ def next_due_at(db: Db, busy: Collection[str] = ()) -> float | None:
     Only the earliest pending event of each invoice counts (the others wait for it);
     invoices in `busy` are left out (their sender wakes up when it is done).
     """
+    found: list[float | None] = []
+    with db.pipeline():
+        next_due_later(db, busy, found.append)
+    return found[0]
+
+
+def next_due_later(
+    db: Db, busy: Collection[str], then: Callable[[float | None], None]
+) -> None:
+    """`then(next_due_at(db, busy))`, now or, inside `db.pipeline()`, when it syncs."""
     skip, params = _not_busy(busy)
-    row = db.execute(
+    cur = db.execute(
         f"SELECT d.next_attempt_at FROM deliveries d INDEXED BY deliveries_heads "
         f"WHERE {_HEAD}{skip} ORDER BY d.next_attempt_at LIMIT 1", params
-    ).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
+    )
+    db.later(cur, lambda row: then(None if row is None or row[0] is None else float(row[0])))
 
 
 def record_attempt(
@@ -145,7 +157,8 @@ def record_attempt(
             [state, next_attempt_at, outcome, int(at), error, event_id],
         )
         if state != "pending":  # the invoice's next event (if any) may be sent now
-            _reset_head_of(db, event_id)
+            reset_delivery_head(db, event_id)
+            db.notify()
 
 
 def redeliver(db: Db, event_id: str, now: float) -> bool:
@@ -168,22 +181,23 @@ def redeliver(db: Db, event_id: str, now: float) -> bool:
             [now, now, event_id],
         )
         if cur.rowcount:  # an older event queued again goes before the invoice's later ones
-            _reset_head_of(db, event_id)
+            reset_delivery_head(db, event_id)
+            db.notify()
         return bool(cur.rowcount)
-
-
-def _reset_head_of(db: Db, event_id: str) -> None:
-    row = db.execute(
-        "SELECT invoice_id FROM deliveries WHERE event_id = ?", [event_id]
-    ).fetchone()
-    if row is not None:
-        reset_delivery_head(db, row[0])
 
 
 def queue_depth(db: Db) -> int:
     """Deliveries still pending (due now or waiting for a retry or an earlier event)."""
-    row = db.execute("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'").fetchone()
-    return int(row[0]) if row else 0
+    found: list[int] = []
+    with db.pipeline():
+        queue_depth_later(db, found.append)
+    return found[0]
+
+
+def queue_depth_later(db: Db, then: Callable[[int], None]) -> None:
+    """`then(queue_depth(db))`, now or, inside `db.pipeline()`, when it syncs."""
+    cur = db.execute("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'")
+    db.later(cur, lambda row: then(int(row[0]) if row else 0))
 
 
 def list_deliveries(db: Db, failed_only: bool, limit: int) -> list[dict[str, Any]]:

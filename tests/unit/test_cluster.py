@@ -62,25 +62,39 @@ def test_one_session_leads_and_a_deposed_one_never_commits(pg_databases: PgDatab
         b.close()
 
 
-def test_every_write_commit_notifies_the_listeners(pg_databases: PgDatabases) -> None:
-    """LISTEN/NOTIFY: a commit on one connection reaches another instance's `Listener`
-    (its live channels and sender look at once); a rolled-back write notifies nobody."""
+def test_commits_that_notify_reach_the_other_instances_listeners(
+    pg_databases: PgDatabases,
+) -> None:
+    """LISTEN/NOTIFY: a commit that called `notify` (events, due deliveries) reaches
+    another instance's `Listener` (its live channels and sender look at once); a rolled-back
+    one, one that did not notify (a claim) and this instance's own writer's reach nobody."""
     import threading
 
     url = pg_databases.new()
     heard = threading.Semaphore(0)
     db = postgres.connect(url)  # its schema check commits before anyone listens
-    listener = postgres.Listener(url, None, heard.release)
+    mine = postgres.connect(url, migrate=False)
+    listener = postgres.Listener(url, None, heard.release, own=lambda: mine.backend_pid)
     listener.start()
     try:
         assert heard.acquire(timeout=10)  # the first call: "look now, whatever was missed"
         with pytest.raises(RuntimeError), transaction(db):
             db.execute("INSERT INTO leaders VALUES ('x', 'x', 0, 0)")
+            db.notify()
             raise RuntimeError("rolled back")
+        with transaction(db):  # wrote nothing the others must hear of
+            db.execute("INSERT INTO leaders VALUES ('w', 'w', 0, 0)")
+        with transaction(mine):  # this instance's own writer: it wakes its parts itself
+            mine.execute("INSERT INTO leaders VALUES ('z', 'z', 0, 0)")
+            mine.notify()
         assert not heard.acquire(timeout=1.5)
         with transaction(db):
             db.execute("INSERT INTO leaders VALUES ('y', 'y', 0, 0)")
+            db.notify()
+            db.notify()  # once per transaction
         assert heard.acquire(timeout=10)
+        assert not heard.acquire(timeout=1.5)
     finally:
         db.close()
+        mine.close()
         listener.stop()

@@ -5,7 +5,7 @@ above the storage package knows which one runs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -46,6 +46,23 @@ class Db(Protocol):
 
     def transaction(self) -> AbstractContextManager[Any]:
         """A write transaction; nested calls are savepoints."""
+        ...
+
+    def pipeline(self) -> AbstractContextManager[Any]:
+        """Statements inside are sent without waiting for each answer (PostgreSQL's
+        pipeline mode): a round trip is paid only where a result is read (`fetchone`) and
+        at the end. SQLite: nothing changes (every statement is a function call)."""
+        ...
+
+    def later(self, cursor: Any, use: Callable[[Any], None]) -> None:
+        """`use(cursor.fetchone())`: now, or, inside `pipeline()`, once it has sent
+        everything (so reading a `RETURNING` value costs no round trip of its own)."""
+        ...
+
+    def notify(self) -> None:
+        """Inside a write transaction that wrote events or made deliveries due: other
+        instances sharing the database (PostgreSQL) hear of it at the commit, so their live
+        channels and callback senders look at once. SQLite: nothing (one instance)."""
         ...
 
     def data_version(self) -> int | None:

@@ -99,15 +99,15 @@ def derived_addresses(
     return rows
 
 
-def reset_delivery_head(db: Db, invoice_id: str) -> None:
-    """Mark the earliest pending delivery of an invoice as its head (and only that one)."""
+def reset_delivery_head(db: Db, event_id: str) -> None:
+    """Mark the earliest pending delivery of `event_id`'s invoice as its head (and only
+    that one). One statement, nothing read back (so it pipelines)."""
+    invoice = "(SELECT invoice_id FROM deliveries WHERE event_id = ?)"
     db.execute(
         "UPDATE deliveries SET head = CASE WHEN state = 'pending' AND event_seq = (SELECT "
-        "MIN(event_seq) FROM deliveries WHERE invoice_id = ? AND state = 'pending') "
-        "THEN 1 ELSE 0 END "
-        "WHERE invoice_id = ? "
-        "AND (state = 'pending' OR head = 1)",
-        [invoice_id, invoice_id],
+        f"MIN(event_seq) FROM deliveries WHERE invoice_id = {invoice} AND state = 'pending') "
+        f"THEN 1 ELSE 0 END WHERE invoice_id = {invoice} AND (state = 'pending' OR head = 1)",
+        [event_id, event_id],
     )
 
 
@@ -339,7 +339,11 @@ def insert_invoice(db: Db, inv: Invoice) -> Invoice:
         "RETURNING seq",
         list(row.values()),
     )
-    inv.seq = int(cur.fetchone()[0])
+
+    def use(found: Any) -> None:
+        inv.seq = int(found[0])
+
+    db.later(cur, use)  # inside a pipeline: set when it syncs (seq stays 0 until then)
     return inv
 
 

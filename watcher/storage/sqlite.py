@@ -9,8 +9,8 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,15 @@ class SqliteDatabase(Database):
             raise
         else:
             conn.execute("COMMIT")
+
+    def notify(self) -> None:
+        pass
+
+    def pipeline(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def later(self, cursor: Any, use: Callable[[Any], None]) -> None:
+        use(cursor.fetchone())
 
     def data_version(self) -> int:
         """`PRAGMA data_version`: changes when another connection commits."""

@@ -163,6 +163,12 @@ class Store:
             self._db = fresh
         return fresh
 
+    def _writer_pid(self) -> int | None:
+        """The backend process of the writing connection (PostgreSQL), read from the
+        listener's thread: an int, read whole."""
+        db = self._db
+        return getattr(db, "backend_pid", None)
+
     def on_change(self, callback: Callable[[], None]) -> None:
         """PostgreSQL: call `callback` on this event loop after any instance's write
         commits (`postgres.Listener`). SQLite: nothing (this process is the only writer
@@ -179,7 +185,8 @@ class Store:
             with contextlib.suppress(RuntimeError):  # the loop closed: shutting down
                 loop.call_soon_threadsafe(callback)
 
-        self.listener = postgres.Listener(self.database, self._password, notify)
+        self.listener = postgres.Listener(self.database, self._password, notify,
+                                          own=self._writer_pid)
         self.listener.start()
 
     async def close(self) -> None:
