@@ -191,7 +191,7 @@ T = TypeVar("T")
 
 def _fenced(db: Db, fence: Callable[[Db], None], fn: Callable[..., T], *args: Any) -> T:
     """`fn(db, *args)` in a transaction that first runs `fence` (it raises to refuse)."""
-    with transaction(db):
+    with db.pipeline(), transaction(db):  # the fence's read shares the first round trip
         fence(db)
         return fn(db, *args)
 

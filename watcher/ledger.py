@@ -41,6 +41,7 @@ from watcher.storage.rows import (
     insert_derived_address,
     insert_invoice,
     insert_leg,
+    insert_transfers,
     load_invoice,
     load_invoices,
     load_transfers_by_id,
@@ -64,6 +65,8 @@ SHARED_AMOUNT_HOLD = 3600
 #: The `cause` of the events written when the merchant assigns a transfer by hand.
 ASSIGNED_CAUSE = "assigned"
 _OPEN_SQL = ",".join(f"'{s.value}'" for s in OPEN_STATUSES)
+#: ids or addresses per `IN (...)` (well under both databases' parameter limits)
+_IN_CHUNK = 500
 
 
 @dataclass(slots=True)
@@ -194,6 +197,9 @@ class Ledger:
         self._waiting_seen: dict[str, int] = {}
         #: Networks whose start block is known to be written (see `started`).
         self._started: set[str] = set()
+        #: inside `create_many`: the invoices open on the batch's requested addresses, per
+        #: (network, asset, address lowercased), read once for the batch (`_busy`)
+        self._open_on: dict[tuple[str, str, str], list[tuple[str, int]]] | None = None
         #: Timestamp of the newest block the follower has read per network: an invoice's
         #: collecting window opens `OPENS_EARLY` before it (or before the host's clock when
         #: that is earlier), so a host clock ahead of the chain's loses no payment.
@@ -323,16 +329,19 @@ class Ledger:
         url = inv.callback_url or self.default_callback_url
         if url:
             # the head (sendable now) unless an earlier event of the invoice still waits (a
-            # new invoice's `invoice.created` has none before it)
-            waiting = None if event == CREATED_EVENT else True if queued else db.execute(
-                "SELECT 1 FROM deliveries WHERE invoice_id = ? AND state = 'pending' LIMIT 1",
-                [inv.id],
-            ).fetchone()
+            # new invoice's `invoice.created` has none before it); decided in the statement,
+            # so nothing is read back (it pipelines)
+            if event == CREATED_EVENT or queued:
+                head, head_args = ("0" if queued else "1"), []
+            else:
+                head = ("CASE WHEN EXISTS (SELECT 1 FROM deliveries WHERE invoice_id = ? "
+                        "AND state = 'pending') THEN 0 ELSE 1 END")
+                head_args = [inv.id]
             db.execute(
                 "INSERT INTO deliveries (event_id, event_seq, invoice_id, event, url, state, "
                 "next_attempt_at, created_at, head) VALUES (?, (SELECT seq FROM events "
-                "WHERE id = ?), ?, ?, ?, 'pending', ?, ?, ?)",
-                [event_id, event_id, inv.id, event, url, now, now, int(waiting is None)],
+                f"WHERE id = ?), ?, ?, ?, 'pending', ?, ?, {head})",
+                [event_id, event_id, inv.id, event, url, now, now, *head_args],
             )
         return True
 
@@ -409,12 +418,42 @@ class Ledger:
         rolls back only its own savepoint and is returned in its place."""
         results: list[tuple[Invoice, bool, Outcome] | Exception] = []
         with db.pipeline(), transaction(db):  # PostgreSQL: a round trip per read only
-            for req, now in requests:
-                try:
-                    results.append(self.create(db, req, now))
-                except ApiError as exc:
-                    results.append(exc)
+            self._open_on = self._open_on_addresses(db, [req for req, _ in requests])
+            try:
+                for req, now in requests:
+                    try:
+                        results.append(self.create(db, req, now))
+                    except ApiError as exc:
+                        results.append(exc)
+            finally:
+                self._open_on = None
         return results
+
+    def _open_on_addresses(
+        self, db: Db, requests: list[NewInvoice]
+    ) -> dict[tuple[str, str, str], list[tuple[str, int]]]:
+        """The open invoices on the addresses these requests give, in one read per
+        (network, asset): `_busy` answers from it, so a create costs no round trip of its
+        own (PostgreSQL). Every requested address is a key, found open or not."""
+        wanted: dict[tuple[str, str], set[str]] = {}
+        for req in requests:
+            if req.address is not None and req.network is not None and req.asset is not None:
+                wanted.setdefault((req.network, req.asset), set()).add(req.address.lower())
+        found: dict[tuple[str, str, str], list[tuple[str, int]]] = {
+            (network, asset, a): [] for (network, asset), addrs in wanted.items() for a in addrs
+        }
+        for (network, asset), addrs in wanted.items():
+            ordered = sorted(addrs)
+            for start in range(0, len(ordered), _IN_CHUNK):
+                chunk = ordered[start : start + _IN_CHUNK]
+                for row in db.execute(
+                    "SELECT to_lower, id, expire_at FROM invoices WHERE network = ? "
+                    f"AND asset = ? AND to_lower IN ({','.join('?' * len(chunk))}) "
+                    f"AND status IN ({_OPEN_SQL}) AND closed_at IS NULL ORDER BY seq",
+                    [network, asset, *chunk],
+                ).fetchall():
+                    found[(network, asset, row[0])].append((str(row[1]), int(row[2])))
+        return found
 
     def _new_invoice(
         self, db: Db, req: NewInvoice, now: int, parent: Invoice | None
@@ -501,6 +540,10 @@ class Ledger:
             title=req.title,
             description=req.description,
         )
+        opened = self._open_on.get((net.name, asset.symbol, address.lower())) \
+            if self._open_on is not None else None
+        if opened is not None:  # the batch's next create to this address finds it
+            opened.append((inv.id, expire_at))
         return insert_invoice(db, inv)
 
     def _expire_at(self, req: NewInvoice, now: int) -> int:
@@ -613,6 +656,9 @@ class Ledger:
 
     def _busy(self, db: Db, network: str, asset: str, address: str, now: int) -> str | None:
         """The id of an invoice still collecting `asset` at `address`, if any."""
+        key = (network, asset, address.lower())
+        if self._open_on is not None and key in self._open_on:  # read for the batch
+            return next((i for i, expire_at in self._open_on[key] if expire_at > now), None)
         row = db.execute(
             f"SELECT id FROM invoices WHERE network = ? AND asset = ? AND to_lower = ? "
             f"AND status IN ({_OPEN_SQL}) AND closed_at IS NULL AND expire_at > ? LIMIT 1",
@@ -812,7 +858,8 @@ class Ledger:
     def apply_scan(self, db: Db, batch: ScanBatch, now: int) -> Outcome:
         """Record a scanned range and advance the cursor, in one transaction."""
         out = Outcome()
-        with self._view_kept_on_failure(batch.network), transaction(db):
+        # pipelined (PostgreSQL): a round trip only where something is read
+        with self._view_kept_on_failure(batch.network), db.pipeline(), transaction(db):
             self._apply_scan(db, batch, self.networks[batch.network], now, out)
         return out
 
@@ -840,6 +887,7 @@ class Ledger:
         added: dict[str, int] = {}
         routed = {t.invoice_id for t in transfers if t.invoice_id}
         owners = {i.id: i for i in load_invoices(db, _in_ids(routed), list(routed))}
+        staged: list[tuple[Transfer, Invoice | None, str]] = []
         for t in transfers:
             if t.amount <= 0:
                 continue  # zero transfers never count and are not kept (address poisoning)
@@ -859,14 +907,12 @@ class Ledger:
             t.kind = kind
             if kind == "unmatched":
                 t.invoice_id = None
-            row = transfer_row(t, now)
-            cur = db.execute(
-                f"INSERT INTO transfers ({','.join(row)}) "
-                f"VALUES ({','.join('?' * len(row))}) ON CONFLICT DO NOTHING",
-                list(row.values()),
-            )
-            if not cur.rowcount:
-                continue  # seen before: never counted twice
+            staged.append((t, inv, kind))
+        new = insert_transfers(db, [transfer_row(t, now) for t, _, _ in staged])
+        for t, inv, kind in staged:
+            if t.id not in new:
+                continue  # seen before (or twice in this batch): never counted twice
+            new.remove(t.id)
             out.recorded.append(t)
             if inv is not None and kind == "payment":
                 inv.payments.append(t)

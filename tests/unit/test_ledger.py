@@ -10,6 +10,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
@@ -175,6 +176,62 @@ def test_one_open_invoice_per_dedicated_address(db: Db, ledger: Ledger) -> None:
     ledger.cancel(db, first.id, NOW)
     second, created, _ = ledger.create(db, new(asset="ETH", address=DEDICATED, amount=2), NOW)
     assert created and second.id != first.id
+
+
+def test_a_transfer_is_counted_once_in_a_batch_and_across_batches(
+    db: Db, ledger: Ledger
+) -> None:
+    """The range's transfers go in with one multi-row insert; only the rows it inserted
+    count: the same transfer twice in one range (a node repeating a log), or again in a
+    later range (a re-read after a restart), adds nothing."""
+    inv, _, _ = ledger.create(db, new(amount=300), NOW)
+    t = Transfer(NET, "USDT", tx_hash(), 7, OTHER, inv.to_addr, 100, 1000, tx_hash(), NOW,
+                 invoice_id=inv.id, kind="payment")
+    other = replace(t, log_index=8)
+    out = ledger.apply_scan(db, ScanBatch(NET, 1000, None, NOW, 1000, [t, replace(t), other]),
+                            NOW)
+    assert [x.log_index for x in out.recorded] == [7, 8]
+    out = ledger.apply_scan(db, ScanBatch(NET, 1001, None, NOW, 1001, [replace(t)]), NOW)
+    assert out.recorded == []
+    assert sum(p.amount for p in ledger.get(db, inv.id).payments) == 200
+    assert rows(db, "SELECT COUNT(*) AS n FROM transfers")[0]["n"] == 2
+
+
+def test_a_batch_of_creates_reads_open_addresses_once_and_keeps_them_one_each(
+    db: Db, ledger: Ledger
+) -> None:
+    """`create_many` (group commit) reads the open invoices on its addresses in one query,
+    and still refuses a second open invoice on an address: one open before the batch, one
+    made earlier in the same batch (any spelling), but not one that expired or another
+    asset's, nor a refused create's."""
+    before, _, _ = ledger.create(db, new(asset="ETH", address=DEDICATED, amount=1), NOW)
+    expired, _, _ = ledger.create(
+        db, replace(new(asset="ETH", address=OTHER, amount=1), expire_at=NOW + 5), NOW)
+    later = NOW + 10  # `expired` has expired by then (not yet voided)
+    unknown = new(asset="NOPE", address=DEDICATED.replace("0x1", "0x2"))
+    third = "0x" + "33" * 20
+    results = ledger.create_many(db, [
+        (new(asset="ETH", address=DEDICATED.lower(), amount=2), later),  # open before
+        (new(asset="ETH", address=OTHER, amount=2), later),  # its invoice has expired
+        (new(asset="ETH", address=OTHER.upper().replace("0X", "0x"), amount=3), later),
+        (new(asset="USDT", address=DEDICATED, amount=1), later),  # another asset's slot
+        (unknown, later),  # refused: no slot taken
+        (new(asset="ETH", address=third, amount=1), later),
+    ])
+    assert isinstance(results[0], Conflict) and before.id in str(results[0])
+    made = results[1]
+    assert isinstance(made, tuple) and made[0].to_addr == OTHER
+    assert isinstance(results[2], Conflict) and made[0].id in str(results[2])
+    assert isinstance(results[3], tuple) and isinstance(results[5], tuple)
+    assert isinstance(results[4], Invalid)
+    assert expired.id != made[0].id
+    stored = rows(db, "SELECT seq, id FROM invoices ORDER BY seq")
+    assert len(stored) == 5
+    assert {r[0].id: r[0].seq for r in results if isinstance(r, tuple)} == {
+        row["id"]: row["seq"] for row in stored[2:]}  # each seq read back
+    ledger.cancel(db, made[0].id, later)  # the batch's cache is gone: the database again
+    again = ledger.create_many(db, [(new(asset="ETH", address=OTHER, amount=4), later)])
+    assert isinstance(again[0], tuple)
 
 
 def test_shared_address_amounts_are_unique_among_open_invoices(

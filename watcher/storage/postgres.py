@@ -80,7 +80,12 @@ class PgDatabase:
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> _Changed:
         """One statement for each row (pipelined); `rowcount` sums what they changed
-        (psycopg's own `rowcount` after `executemany` reads -1 inside a transaction)."""
+        (psycopg's own `rowcount` after `executemany` reads -1 inside a transaction), or is
+        -1 inside `pipeline()`, where nothing is read back."""
+        if self._pipe is not None:  # nothing is read back inside a pipeline
+            with self.conn.cursor() as cur:
+                cur.executemany(format_sql(sql), rows)
+            return _Changed(-1)
         with self.conn.cursor() as cur:
             cur.executemany(format_sql(sql), rows, returning=True)
             total = 0

@@ -174,6 +174,25 @@ def transfer_row(t: Transfer, seen_at: int) -> dict[str, Any]:
     }
 
 
+#: rows per multi-row INSERT (18 columns: well under both databases' parameter limits)
+_INSERT_CHUNK = 500
+
+
+def insert_transfers(db: Db, rows: list[dict[str, Any]]) -> set[str]:
+    """Insert transfer rows (`transfer_row`), skipping those stored before: the ids of
+    the rows this call inserted. One statement per 500 rows, one answer read."""
+    new: set[str] = set()
+    for start in range(0, len(rows), _INSERT_CHUNK):
+        chunk = rows[start : start + _INSERT_CHUNK]
+        marks = "(" + ",".join("?" * len(chunk[0])) + ")"
+        new.update(r[0] for r in db.execute(
+            f"INSERT INTO transfers ({','.join(chunk[0])}) VALUES "
+            f"{','.join([marks] * len(chunk))} ON CONFLICT DO NOTHING RETURNING id",
+            [v for row in chunk for v in row.values()],
+        ).fetchall())
+    return new
+
+
 def _int_or_none(value: str | None) -> int | None:
     return None if value is None else int(value)
 

@@ -166,7 +166,7 @@ class Hub:
 
     async def start(self) -> None:
         """Begin after the newest event already committed: sockets get what follows."""
-        self.seq = await self.store.read(last_event_seq)
+        self.seq = await self.store.run(last_event_seq)
 
     async def run(self) -> None:
         if self.seq is None:
@@ -195,12 +195,12 @@ class Hub:
         assert self.seq is not None, "Hub.start() first"
         while True:
             if not self._subs:  # nobody listens: only move the mark
-                top = await self.store.read(last_event_seq)
+                top = await self.store.run(last_event_seq)
                 if not self._subs:  # still nobody (a subscriber may have come meanwhile)
                     self.seq = max(self.seq, top)
                     return
                 continue
-            rows = await self.store.read(_rows_after, self.seq, REPLAY_PAGE)
+            rows = await self.store.run(_rows_after, self.seq, REPLAY_PAGE)
             for row in rows:
                 msg = message_from_row(row)
                 self.seq = msg.seq
