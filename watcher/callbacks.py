@@ -139,12 +139,9 @@ def _cycle(
     found: dict[str, Any] = {"next": None, "depth": None}
     with db.pipeline(), transaction(db) if lease is not None else contextlib.nullcontext():
         if done:
-            with transaction(db):
-                for d in done:
-                    outbox.record_attempt(
-                        db, d.row["event_id"], d.at, d.result.status, d.result.error,
-                        d.duration_ms, d.outcome, d.next_at,
-                    )  # fmt: skip
+            outbox.record_attempts(db, [
+                (d.row["event_id"], d.at, d.result.status, d.result.error, d.duration_ms,
+                 d.outcome, d.next_at) for d in done])
         rows = (outbox.claim(db, now, limit, busy, lease) if lease is not None
                 else outbox.due(db, now, limit, busy))
         if len(rows) < limit:

@@ -87,6 +87,7 @@ def claim(
     instances at once as long as `lease` outlasts a send). Recording the attempt sets
     `next_attempt_at` anew."""
     with transaction(db):
+        db.relaxed_commit()  # lost in a crash: the lease never began, sent again
         rows = due(db, now, limit, busy, lock=True)
         for start in range(0, len(rows), _CHUNK):  # one statement, nothing read back
             chunk = [r["event_id"] for r in rows[start : start + _CHUNK]]
@@ -137,28 +138,56 @@ def record_attempt(
     `delivered` and `failed` end the delivery; `retry` keeps it pending until
     `next_attempt_at` (required then).
     """
+    with transaction(db):
+        _write_attempt(db, event_id, at, status_code, error, duration_ms, outcome,
+                       next_attempt_at)
+
+
+def record_attempts(db: Db, attempts: Iterable[Attempt]) -> None:
+    """`record_attempt` for several, in one transaction (one savepoint for all: each
+    refuses before it writes), committed without waiting for the disk: lost in a database
+    crash, the callbacks are sent again (`Db.relaxed_commit`)."""
+    with transaction(db):
+        db.relaxed_commit()
+        for a in attempts:
+            _write_attempt(db, *a)
+
+
+#: (event_id, at, status_code, error, duration_ms, outcome, next_attempt_at)
+Attempt = tuple[str, float, int | None, str | None, int, Outcome, float | None]
+
+
+def _write_attempt(
+    db: Db,
+    event_id: str,
+    at: float,
+    status_code: int | None,
+    error: str | None,
+    duration_ms: int,
+    outcome: Outcome,
+    next_attempt_at: float | None,
+) -> None:
     if outcome == "retry" and next_attempt_at is None:
         raise ValueError("a retry needs next_attempt_at")
     if error is not None and len(error) > MAX_ERROR:
         error = error[: MAX_ERROR - 3] + "..."
     state = "pending" if outcome == "retry" else outcome
-    with transaction(db):
-        db.execute(
-            "INSERT INTO attempts (event_id, at, status_code, error, duration_ms) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [event_id, at, status_code, error, duration_ms],
-        )
-        db.execute(
-            "UPDATE deliveries SET state = ?, attempts = attempts + 1, "
-            "window_attempts = window_attempts + 1, "
-            "next_attempt_at = COALESCE(?, next_attempt_at), "
-            "delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END, "
-            "last_error = ? WHERE event_id = ?",
-            [state, next_attempt_at, outcome, int(at), error, event_id],
-        )
-        if state != "pending":  # the invoice's next event (if any) may be sent now
-            reset_delivery_head(db, event_id)
-            db.notify()
+    db.execute(
+        "INSERT INTO attempts (event_id, at, status_code, error, duration_ms) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [event_id, at, status_code, error, duration_ms],
+    )
+    db.execute(
+        "UPDATE deliveries SET state = ?, attempts = attempts + 1, "
+        "window_attempts = window_attempts + 1, "
+        "next_attempt_at = COALESCE(?, next_attempt_at), "
+        "delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END, "
+        "last_error = ? WHERE event_id = ?",
+        [state, next_attempt_at, outcome, int(at), error, event_id],
+    )
+    if state != "pending":  # the invoice's next event (if any) may be sent now
+        reset_delivery_head(db, event_id)
+        db.notify()
 
 
 def redeliver(db: Db, event_id: str, now: float) -> bool:

@@ -59,6 +59,15 @@ class Db(Protocol):
         everything (so reading a `RETURNING` value costs no round trip of its own)."""
         ...
 
+    def relaxed_commit(self) -> None:
+        """Inside a write transaction whose loss in a database server crash only repeats
+        work (a callback attempt recorded, a delivery claimed: the callback is sent again,
+        as at-least-once allows): its commit does not wait for the disk (PostgreSQL's
+        `synchronous_commit = off` for this transaction). A later ordinary commit flushes
+        it too, so nothing after it survives without it. SQLite: nothing changes (its WAL
+        with `synchronous=NORMAL` never waits for the disk at a commit)."""
+        ...
+
     def notify(self) -> None:
         """Inside a write transaction that wrote events or made deliveries due: other
         instances sharing the database (PostgreSQL) hear of it at the commit, so their live

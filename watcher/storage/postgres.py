@@ -12,6 +12,7 @@ synchronous connection fits that unchanged, where asyncpg would make the ledger 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -110,18 +111,31 @@ class PgDatabase:
         the database's write lock (`pg_advisory_xact_lock`, held to its end), as SQLite's
         `BEGIN IMMEDIATE` does: write transactions of every instance run one at a time, so
         events are numbered in commit order (a reader that has seen event N has seen every
-        event before it) and an invoice's changes never interleave."""
+        event before it) and an invoice's changes never interleave.
+
+        Plain BEGIN/COMMIT statements, as the savepoints are: inside `pipeline()` they are
+        queued with the rest (psycopg's `transaction()` syncs the pipeline twice at each
+        end, measured), and a failed COMMIT raises when the pipeline syncs."""
         if self.in_transaction:
             yield from self._savepoint()
             return
         self._depth = 1
         self._notified = False
         try:
-            with self.conn.transaction():
-                self.conn.execute("SELECT pg_advisory_xact_lock(%s)", [WRITE_LOCK])
-                yield self
-        finally:
+            self.conn.execute("BEGIN")
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", [WRITE_LOCK])
+            yield self
+        except BaseException:
             self._depth = 0
+            if not self.broken:
+                with contextlib.suppress(psycopg.Error):  # the first error is the one raised
+                    self.conn.execute("ROLLBACK")  # (skipped in an aborted pipeline: below)
+            raise
+        self._depth = 0
+        self.conn.execute("COMMIT")
+
+    def relaxed_commit(self) -> None:
+        self.conn.execute("SET LOCAL synchronous_commit = off")
 
     def notify(self) -> None:
         """Every other instance's `Listener` hears of this transaction when it commits
@@ -172,6 +186,12 @@ class PgDatabase:
             raise
         finally:
             self._pipe = None
+            # a statement failed, so the server skipped the rest, ROLLBACK or COMMIT too:
+            # the transaction is still open (failed) after the sync
+            if (self._depth == 0 and not self.broken
+                    and self.conn.info.transaction_status != pq.TransactionStatus.IDLE):
+                with contextlib.suppress(psycopg.Error):
+                    self.conn.execute("ROLLBACK")
         self._hand_over()
         self._later = None
 

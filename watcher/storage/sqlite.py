@@ -99,6 +99,9 @@ class SqliteDatabase(Database):
     def notify(self) -> None:
         pass
 
+    def relaxed_commit(self) -> None:
+        pass
+
     def pipeline(self) -> AbstractContextManager[None]:
         return nullcontext()
 
