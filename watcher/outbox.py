@@ -138,9 +138,12 @@ def record_attempt(
     `delivered` and `failed` end the delivery; `retry` keeps it pending until
     `next_attempt_at` (required then).
     """
-    with transaction(db):
-        _write_attempt(db, event_id, at, status_code, error, duration_ms, outcome,
-                       next_attempt_at)
+    record_attempts(db, [(event_id, at, status_code, error, duration_ms, outcome,
+                          next_attempt_at)])
+
+
+#: (event_id, at, status_code, error, duration_ms, outcome, next_attempt_at)
+Attempt = tuple[str, float, int | None, str | None, int, Outcome, float | None]
 
 
 def record_attempts(db: Db, attempts: Iterable[Attempt]) -> None:
@@ -149,24 +152,12 @@ def record_attempts(db: Db, attempts: Iterable[Attempt]) -> None:
     crash, the callbacks are sent again (`Db.relaxed_commit`)."""
     with transaction(db):
         db.relaxed_commit()
-        for a in attempts:
-            _write_attempt(db, *a)
+        for attempt in attempts:
+            _write_attempt(db, attempt)
 
 
-#: (event_id, at, status_code, error, duration_ms, outcome, next_attempt_at)
-Attempt = tuple[str, float, int | None, str | None, int, Outcome, float | None]
-
-
-def _write_attempt(
-    db: Db,
-    event_id: str,
-    at: float,
-    status_code: int | None,
-    error: str | None,
-    duration_ms: int,
-    outcome: Outcome,
-    next_attempt_at: float | None,
-) -> None:
+def _write_attempt(db: Db, attempt: Attempt) -> None:
+    event_id, at, status_code, error, duration_ms, outcome, next_attempt_at = attempt
     if outcome == "retry" and next_attempt_at is None:
         raise ValueError("a retry needs next_attempt_at")
     if error is not None and len(error) > MAX_ERROR:
