@@ -161,15 +161,17 @@ class Node:
 
 @asynccontextmanager
 async def running(
-    tmp: Path, model: ChainModel | None = None, **kw: Any
+    where: Path | str, model: ChainModel | None = None, **kw: Any
 ) -> AsyncIterator[tuple[ChainModel, ChainServer, Node]]:
     """A model chain (a few blocks mined), its server, and a started node on a new
-    database; all stopped after."""
+    database: `where` is a directory (a SQLite file in it) or the database itself (the
+    `database` fixture: a SQLite file or a PostgreSQL URL); all stopped after."""
     model = model or ChainModel(genesis_time=T0, block_time=12)
     if model.head.number == 0:
         model.mine_empty(2)
     async with ChainServer(model) as server:
-        node = await Node(tmp / "watcher.db", server.url, **kw).start()
+        db = where / "watcher.db" if isinstance(where, Path) else where
+        node = await Node(db, server.url, **kw).start()
         try:
             yield model, server, node
         finally:

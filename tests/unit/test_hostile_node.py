@@ -58,9 +58,9 @@ def pay(model: ChainModel, to: str, amount: int) -> TokenTx:
 
 
 async def test_1_a_reorg_while_far_behind_is_found_on_a_token_only_network(
-    tmp_path: Path,
+    database: str,
 ) -> None:
-    async with running(tmp_path) as (model, _, node):
+    async with running(database) as (model, _, node):
         inv = await open_invoice(node, model)
         pay(model, ADDRS[0], 100)
         await node.catch_up(model.head.number)
@@ -77,9 +77,9 @@ async def test_1_a_reorg_while_far_behind_is_found_on_a_token_only_network(
 
 
 async def test_2_logs_without_block_timestamp_count_with_the_header_time(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with running(tmp_path, max_block_range=50) as (model, _, node):
+    async with running(database, max_block_range=50) as (model, _, node):
         model.omit_block_timestamp = True
         inv = await open_invoice(node, model)
         block = model.head.number + 1
@@ -97,9 +97,9 @@ async def test_2_logs_without_block_timestamp_count_with_the_header_time(
 
 
 async def test_3_a_reused_dedicated_address_keeps_the_payment_with_the_first_invoice(
-    tmp_path: Path,
+    database: str,
 ) -> None:
-    async with running(tmp_path) as (model, _, node):
+    async with running(database) as (model, _, node):
         a = await open_invoice(node, model, ttl=30)
         pay(model, ADDRS[0], 100)  # in time for A; the follower has not scanned it yet
         model.mine_empty(6)
@@ -114,9 +114,9 @@ async def test_3_a_reused_dedicated_address_keeps_the_payment_with_the_first_inv
 
 
 async def test_3_a_reused_shared_amount_keeps_the_payment_with_the_first_invoice(
-    tmp_path: Path,
+    database: str,
 ) -> None:
-    async with running(tmp_path) as (model, _, node):
+    async with running(database) as (model, _, node):
         a = await open_invoice(node, model, address=None, ttl=30)
         pay(model, SHARED, 100)
         model.mine_empty(6)
@@ -134,8 +134,8 @@ async def test_3_a_reused_shared_amount_keeps_the_payment_with_the_first_invoice
 # 4 ------------------------------------------------------------------------------------
 
 
-async def test_4_zero_transfers_never_count_nor_name_a_payer(tmp_path: Path) -> None:
-    async with running(tmp_path) as (model, _, node):
+async def test_4_zero_transfers_never_count_nor_name_a_payer(database: str) -> None:
+    async with running(database) as (model, _, node):
         inv = await open_invoice(node, model)
         pay(model, ADDRS[0], 0)  # a poisoner's transferFrom of nothing
         model.mine_empty(CONF + 1)
@@ -150,11 +150,11 @@ async def test_4_zero_transfers_never_count_nor_name_a_payer(tmp_path: Path) -> 
 
 
 async def test_5_a_long_outage_keeps_invoices_until_their_blocks_are_scanned(
-    tmp_path: Path,
+    database: str,
 ) -> None:
     """Chain time here is 2023 (T0): by the host's clock every invoice expired long ago,
     as after a long outage. The payment was made in time and must still count."""
-    async with running(tmp_path) as (model, server, node):
+    async with running(database) as (model, server, node):
         inv = await open_invoice(node, model, ttl=30)
         pay(model, ADDRS[0], 100)
         model.mine_empty(6 + LATE // 12 + CONF)  # past expiry and the late window
@@ -174,9 +174,9 @@ async def test_5_a_long_outage_keeps_invoices_until_their_blocks_are_scanned(
 
 
 async def test_6_an_empty_get_logs_from_a_lagging_backend_is_not_trusted(
-    tmp_path: Path,
+    database: str,
 ) -> None:
-    async with running(tmp_path) as (model, _, node):
+    async with running(database) as (model, _, node):
         inv = await open_invoice(node, model)
         await node.catch_up(model.head.number)
         pay(model, ADDRS[0], 100)
@@ -191,8 +191,8 @@ async def test_6_an_empty_get_logs_from_a_lagging_backend_is_not_trusted(
         assert (got.status, len(got.payments)) == (Status.COMPLETED, 1)
 
 
-async def test_6_a_lagging_backend_now_and_then_costs_a_query_by_hash(tmp_path: Path) -> None:
-    async with running(tmp_path) as (model, _, node):
+async def test_6_a_lagging_backend_now_and_then_costs_a_query_by_hash(database: str) -> None:
+    async with running(database) as (model, _, node):
         inv = await open_invoice(node, model)
         await node.catch_up(model.head.number)
         model.stale["eth_getLogs"] = (2, 2)  # every other eth_getLogs lags two blocks
@@ -207,11 +207,11 @@ async def test_6_a_lagging_backend_now_and_then_costs_a_query_by_hash(tmp_path: 
 # 7 ------------------------------------------------------------------------------------
 
 
-async def test_7_no_invoice_before_the_start_block_is_written(tmp_path: Path) -> None:
+async def test_7_no_invoice_before_the_start_block_is_written(database: str) -> None:
     model = ChainModel(genesis_time=T0, block_time=12)
     model.mine_empty(2)
     model.http_errors.extend([(503, None)] * 10)  # the RPC is down at first start
-    async with running(tmp_path, model) as (model, _, node):
+    async with running(database, model) as (model, _, node):
         now = clock(model)
         assert node.follower.scanned is None
         with pytest.raises(Unavailable):
@@ -230,9 +230,9 @@ async def test_7_no_invoice_before_the_start_block_is_written(tmp_path: Path) ->
 
 
 async def test_8_a_reorg_right_after_the_head_is_read_is_no_reorg_and_no_loop(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with running(tmp_path) as (model, _, node):
+    async with running(database) as (model, _, node):
         inv = await open_invoice(node, model)
         await node.catch_up(model.head.number)
         pay(model, ADDRS[0], 100)
@@ -261,9 +261,9 @@ async def test_8_a_reorg_right_after_the_head_is_read_is_no_reorg_and_no_loop(
 
 
 async def test_9_a_late_payment_is_announced_once_whatever_shallow_reorgs_do(
-    tmp_path: Path,
+    database: str,
 ) -> None:
-    async with running(tmp_path) as (model, _, node):
+    async with running(database) as (model, _, node):
         inv = await open_invoice(node, model, ttl=30)
         model.mine_empty(6 + CONF)
         await node.catch_up(model.head.number)
@@ -288,9 +288,9 @@ async def test_9_a_late_payment_is_announced_once_whatever_shallow_reorgs_do(
 
 
 async def test_10_callback_bodies_carry_the_confirmations_of_their_own_range(
-    tmp_path: Path,
+    database: str,
 ) -> None:
-    async with running(tmp_path) as (model, _, node):
+    async with running(database) as (model, _, node):
         inv = await open_invoice(node, model)
         pay(model, ADDRS[0], 100)
         await node.catch_up(model.head.number)
@@ -333,8 +333,8 @@ def test_11_a_write_from_another_process_between_read_and_write_waits(tmp_path: 
 # 12 -----------------------------------------------------------------------------------
 
 
-async def test_12_an_unexpected_error_does_not_stop_the_follower(tmp_path: Path) -> None:
-    async with running(tmp_path) as (model, _, node):
+async def test_12_an_unexpected_error_does_not_stop_the_follower(database: str) -> None:
+    async with running(database) as (model, _, node):
         real, failures = node.ledger.apply_scan, []
 
         def broken(*args: Any) -> Any:
@@ -365,12 +365,12 @@ async def test_12_an_unexpected_error_does_not_stop_the_follower(tmp_path: Path)
 
 
 async def test_12_the_watchdog_stops_pinging_while_a_follower_is_wedged(
-    tmp_path: Path,
+    tmp_path: Path, database: str,
 ) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('[networks.anvil]\nrpc = ["http://127.0.0.1:1"]\n')
     daemon = Daemon(load_settings(cfg))
-    async with running(tmp_path) as (_, _, node):
+    async with running(database) as (_, _, node):
         daemon.followers = {"anvil": node.follower}
         assert daemon.healthy()
         node.follower.beat -= 3600  # its loop has not come round for an hour
@@ -378,9 +378,9 @@ async def test_12_the_watchdog_stops_pinging_while_a_follower_is_wedged(
 
 
 async def test_12_one_block_over_the_log_cap_is_read_from_its_receipts(
-    tmp_path: Path,
+    database: str,
 ) -> None:
-    async with running(tmp_path) as (model, _, node):
+    async with running(database) as (model, _, node):
         inv = await open_invoice(node, model, amount=300)
         model.log_cap, model.cap_style = 1, "infura"
         model.mine([TokenTx(TOKEN, PAYER, ADDRS[0], 100) for _ in range(3)])

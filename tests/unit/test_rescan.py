@@ -6,8 +6,6 @@ it cannot do are refused naming the block."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from pathlib import Path
 
 import pytest
 
@@ -41,8 +39,8 @@ async def _missed(node: Node, model: ChainModel) -> tuple[list[str], int]:
     return [long.id, short.id], before
 
 
-async def test_a_rescan_finds_missed_payments_once(tmp_path: Path) -> None:
-    async with running(tmp_path) as (model, _, node):
+async def test_a_rescan_finds_missed_payments_once(database: str) -> None:
+    async with running(database) as (model, _, node):
         ids, before = await _missed(node, model)
         r = scanner(node)
         first, last = await r.check(before, None)
@@ -56,9 +54,9 @@ async def test_a_rescan_finds_missed_payments_once(tmp_path: Path) -> None:
             assert inv.status == Status.COMPLETED and len(inv.payments) == 1
             events = [e for _, e, _ in await node.events(invoice_id)]
             assert events[-2:] == ["invoice.waiting_for_confirmations", "invoice.completed"]
-        with sqlite3.connect(tmp_path / "watcher.db") as db:
-            causes = db.execute("SELECT DISTINCT cause FROM events WHERE event != "
-                                "'invoice.created' AND event != 'invoice.voided'").fetchall()
+        causes = await node.store.run(lambda db: [tuple(r) for r in db.execute(
+            "SELECT DISTINCT cause FROM events WHERE event != 'invoice.created' "
+            "AND event != 'invoice.voided'").fetchall()])
         assert causes == [("rescan",)]
         # the same range again: a new rescan, nothing added, nothing sent again
         events_before = [await node.events(i) for i in ids]
@@ -67,8 +65,8 @@ async def test_a_rescan_finds_missed_payments_once(tmp_path: Path) -> None:
         assert [await node.events(i) for i in ids] == events_before
 
 
-async def test_an_interrupted_rescan_resumes_where_it_stopped(tmp_path: Path) -> None:
-    async with running(tmp_path) as (model, _, node):
+async def test_an_interrupted_rescan_resumes_where_it_stopped(database: str) -> None:
+    async with running(database) as (model, _, node):
         ids, before = await _missed(node, model)
         r = scanner(node)
         first, last = await r.check(before, None)
@@ -83,9 +81,8 @@ async def test_an_interrupted_rescan_resumes_where_it_stopped(tmp_path: Path) ->
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        with sqlite3.connect(tmp_path / "watcher.db") as db:
-            (state, next_block, rescan_id), = db.execute(
-                "SELECT state, next_block, id FROM rescans").fetchall()
+        (state, next_block, rescan_id), = await node.store.run(
+            lambda db: db.execute("SELECT state, next_block, id FROM rescans").fetchall())
         assert state == "stopped" and first < next_block <= last
         seen: list[Progress] = []
         done = await r.run(first, last, seen.append)
@@ -94,8 +91,8 @@ async def test_an_interrupted_rescan_resumes_where_it_stopped(tmp_path: Path) ->
         assert [(await node.get(i)).status for i in ids] == [Status.COMPLETED] * 2
 
 
-async def test_ranges_a_rescan_cannot_do_are_refused_naming_the_block(tmp_path: Path) -> None:
-    async with running(tmp_path) as (model, _, node):
+async def test_ranges_a_rescan_cannot_do_are_refused_naming_the_block(database: str) -> None:
+    async with running(database) as (model, _, node):
         await node.catch_up(model.head.number)
         r = scanner(node)
         head = model.head.number
@@ -113,10 +110,10 @@ async def test_ranges_a_rescan_cannot_do_are_refused_naming_the_block(tmp_path: 
             await r.check(head, head - 1)
 
 
-async def test_a_new_database_cannot_rescan(tmp_path: Path) -> None:
+async def test_a_new_database_cannot_rescan(database: str) -> None:
     model = ChainModel()
     model.mine_empty(3)
-    async with running(tmp_path, model) as (_, _, node):
+    async with running(database, model) as (_, _, node):
         await node.store.run(lambda db: db.execute("DELETE FROM cursors"))
         with pytest.raises(RescanError, match="has not started"):
             await scanner(node).check(1, None)
