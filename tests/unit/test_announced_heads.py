@@ -4,7 +4,6 @@ against the scriptable chain."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -36,8 +35,8 @@ def _head_requests(model: ChainModel) -> int:
     return model.calls["eth_getBlockByNumber"]
 
 
-async def test_an_announced_head_is_the_tip_without_asking_for_it(tmp_path: Path) -> None:
-    async with running(tmp_path) as (model, _, node):
+async def test_an_announced_head_is_the_tip_without_asking_for_it(database: str) -> None:
+    async with running(database) as (model, _, node):
         inv = await _paid_invoice(node, model)
         _announce(node, model, model.head)
         model.reset_calls()
@@ -55,9 +54,9 @@ async def test_an_announced_head_is_the_tip_without_asking_for_it(tmp_path: Path
 
 
 async def test_a_header_without_logs_bloom_behind_or_after_a_gap_is_not_taken(
-    tmp_path: Path,
+    database: str,
 ) -> None:
-    async with running(tmp_path) as (model, _, node):
+    async with running(database) as (model, _, node):
         await _paid_invoice(node, model)
         for bad in (None, "x"):
             await node.catch_up(model.head.number)
@@ -97,12 +96,12 @@ async def test_a_header_without_logs_bloom_behind_or_after_a_gap_is_not_taken(
 
 
 async def test_a_head_announced_from_another_fork_is_caught_like_a_reorg(
-    tmp_path: Path,
+    database: str,
 ) -> None:
     """The socket's node is on a sibling of the RPC node's head (same parent, other hash,
     no logs): the payment the RPC node has in that block is recorded once, and the chain
     the RPC node goes on with keeps it."""
-    async with running(tmp_path) as (model, _, node):
+    async with running(database) as (model, _, node):
         inv = await _paid_invoice(node, model)
         sibling = "0x" + "ab" * 32
         _announce(node, model, model.head, hash=sibling, logsBloom="0x" + "00" * 256)
@@ -122,7 +121,7 @@ async def test_a_head_announced_from_another_fork_is_caught_like_a_reorg(
 
 
 async def test_an_own_create_not_yet_reported_is_watched_from_the_next_pass(
-    tmp_path: Path,
+    database: str,
 ) -> None:
     """A create's group commit answers its request a loop turn later, so the index may not
     hold the invoice when the follower's per-head refresh runs: the refresh (which skips
@@ -131,7 +130,7 @@ async def test_an_own_create_not_yet_reported_is_watched_from_the_next_pass(
     from watcher import timeutil
     from watcher.ledger import NewInvoice
 
-    async with running(tmp_path) as (model, _, node):
+    async with running(database) as (model, _, node):
         await node.catch_up(model.head.number)
         await node.sync()  # the refresh has read once: from now on only data_version counts
         model.mine([TokenTx(TOKEN, PAYER, ADDRS[1], 100)])  # paid before the create ...

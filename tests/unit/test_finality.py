@@ -5,8 +5,6 @@ back, and a node without the tag completes nothing."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from tests.chainmodel import FINALIZED_DEPTH, SAFE_DEPTH, ChainModel, TokenTx
@@ -38,8 +36,8 @@ async def _at(
     return inv.status, node.ledger.render(inv)["finalized"]
 
 
-async def test_safe_waits_for_the_safe_block_and_finalized_shows(tmp_path: Path) -> None:
-    async with running(tmp_path, finality="safe") as (model, _, node):
+async def test_safe_waits_for_the_safe_block_and_finalized_shows(database: str) -> None:
+    async with running(database, finality="safe") as (model, _, node):
         inv, paid = await _paid(node, model)
         assert await _at(node, model, inv.id, paid + CONF - 1) == (Status.WAITING_FOR_CONFIRMATIONS,
                                                           False)
@@ -55,8 +53,8 @@ async def test_safe_waits_for_the_safe_block_and_finalized_shows(tmp_path: Path)
                           "invoice.completed"]
 
 
-async def test_finalized_waits_for_the_finalized_block(tmp_path: Path) -> None:
-    async with running(tmp_path, finality="finalized") as (model, _, node):
+async def test_finalized_waits_for_the_finalized_block(database: str) -> None:
+    async with running(database, finality="finalized") as (model, _, node):
         inv, paid = await _paid(node, model)
         status, _ = await _at(node, model, inv.id, paid + SAFE_DEPTH)
         assert status == Status.WAITING_FOR_CONFIRMATIONS
@@ -65,15 +63,15 @@ async def test_finalized_waits_for_the_finalized_block(tmp_path: Path) -> None:
         assert await _at(node, model, inv.id, paid + FINALIZED_DEPTH) == (Status.COMPLETED, True)
 
 
-async def test_confirmations_only_has_no_finalized_field(tmp_path: Path) -> None:
-    async with running(tmp_path) as (model, _, node):
+async def test_confirmations_only_has_no_finalized_field(database: str) -> None:
+    async with running(database) as (model, _, node):
         inv, _ = await _paid(node, model)
         assert await _at(node, model, inv.id, model.head.number + CONF) == (Status.COMPLETED, None)
         assert node.ledger.views["model"].finalized_block is None
 
 
-async def test_a_lagging_tag_never_takes_a_completion_back(tmp_path: Path) -> None:
-    async with running(tmp_path, finality="safe") as (model, _, node):
+async def test_a_lagging_tag_never_takes_a_completion_back(database: str) -> None:
+    async with running(database, finality="safe") as (model, _, node):
         inv, paid = await _paid(node, model)
         assert (await _at(node, model, inv.id, paid + SAFE_DEPTH))[0] == Status.COMPLETED
         # every other block request is answered from 40 mutations ago: its `safe` lies
@@ -87,11 +85,11 @@ async def test_a_lagging_tag_never_takes_a_completion_back(tmp_path: Path) -> No
             assert node.ledger.views["model"].final_block >= paid
 
 
-async def test_a_node_without_the_tag_completes_nothing(tmp_path: Path) -> None:
+async def test_a_node_without_the_tag_completes_nothing(database: str) -> None:
     model = ChainModel(genesis_time=1_700_000_000, block_time=12)
     model.mine_empty(2)
     model.unsupported_tags = {"safe", "finalized"}
-    async with running(tmp_path, model, finality="safe") as (_, _, node):
+    async with running(database, model, finality="safe") as (_, _, node):
         inv = await _invoice(node, model)
         model.mine([TokenTx(TOKEN, PAYER, ADDRS[0], 100)])
         model.mine_empty(SAFE_DEPTH + 5)

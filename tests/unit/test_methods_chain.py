@@ -5,7 +5,6 @@ away (and one it keeps), and an unchosen invoice that expires on chain time."""
 from __future__ import annotations
 
 from fractions import Fraction
-from pathlib import Path
 from typing import ClassVar
 
 from tests import hdkeys
@@ -53,9 +52,9 @@ async def choose(node: Node, model: ChainModel, invoice_id: str, asset: str) -> 
 
 
 async def test_a_late_payment_to_the_retired_method_survives_only_if_the_chain_keeps_it(
-    tmp_path: Path,
+    database: str,
 ) -> None:
-    async with running(tmp_path) as (model, _, node):
+    async with running(database) as (model, _, node):
         inv_id = await methods_invoice(node, model)
         address = await choose(node, model, inv_id, "USDT")
         assert await choose(node, model, inv_id, "ETH") == address  # same derived address
@@ -86,8 +85,8 @@ async def test_a_late_payment_to_the_retired_method_survives_only_if_the_chain_k
         assert got.status == Status.COMPLETED and got.amount_paid == ETH // 100
 
 
-async def test_past_the_late_window_the_retired_method_is_forgotten(tmp_path: Path) -> None:
-    async with running(tmp_path) as (model, _, node):
+async def test_past_the_late_window_the_retired_method_is_forgotten(database: str) -> None:
+    async with running(database) as (model, _, node):
         inv_id = await methods_invoice(node, model)
         address = await choose(node, model, inv_id, "USDT")
         await choose(node, model, inv_id, "ETH")
@@ -100,8 +99,8 @@ async def test_past_the_late_window_the_retired_method_is_forgotten(tmp_path: Pa
         assert not node.index.is_watched("USDT", address)
 
 
-async def test_an_unchosen_invoice_expires_on_chain_time(tmp_path: Path) -> None:
-    async with running(tmp_path) as (model, _, node):
+async def test_an_unchosen_invoice_expires_on_chain_time(database: str) -> None:
+    async with running(database) as (model, _, node):
         inv_id = await methods_invoice(node, model, ttl=60)
         await node.catch_up(model.head.number)
         assert (await node.get(inv_id)).status == Status.PENDING
