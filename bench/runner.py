@@ -49,9 +49,9 @@ class Mode:
     cold_blocks: int = 500
     cold_rounds: int = 1
     #: PostgreSQL against SQLite: catch-up blocks, open token invoices, rounds; creates
-    pg_blocks: int = 500
+    pg_blocks: int = 1_000
     pg_invoices: int = 20_000
-    pg_rounds: int = 2
+    pg_rounds: int = 3
     pg_creates: int = 2_000
 
 
