@@ -197,6 +197,18 @@ def test_a_transfer_is_counted_once_in_a_batch_and_across_batches(
     assert rows(db, "SELECT COUNT(*) AS n FROM transfers")[0]["n"] == 2
 
 
+def test_invoices_by_ids_takes_more_ids_than_one_statement_may(db: Db, ledger: Ledger) -> None:
+    """The follower's refresh may ask for thousands of ids after a burst of creates: more
+    than either database takes in one statement (SQLite 32,766 parameters, PostgreSQL
+    65,535) are read in chunks."""
+    from watcher.storage.rows import invoices_by_ids
+
+    made, _, _ = ledger.create(db, new(), NOW)
+    ids = [str(uuid.uuid4()) for _ in range(70_000)]
+    ids.insert(40_000, made.id)
+    assert [i.id for i in invoices_by_ids(db, ids)] == [made.id]
+
+
 def test_a_batch_of_creates_reads_open_addresses_once_and_keeps_them_one_each(
     db: Db, ledger: Ledger
 ) -> None:

@@ -174,16 +174,17 @@ def transfer_row(t: Transfer, seen_at: int) -> dict[str, Any]:
     }
 
 
-#: rows per multi-row INSERT (18 columns: well under both databases' parameter limits)
-_INSERT_CHUNK = 500
+#: rows per multi-row INSERT (18 columns), ids per `IN (...)`: well under both databases'
+#: parameter limits
+_CHUNK = 500
 
 
 def insert_transfers(db: Db, rows: list[dict[str, Any]]) -> set[str]:
     """Insert transfer rows (`transfer_row`), skipping those stored before: the ids of
     the rows this call inserted. One statement per 500 rows, one answer read."""
     new: set[str] = set()
-    for start in range(0, len(rows), _INSERT_CHUNK):
-        chunk = rows[start : start + _INSERT_CHUNK]
+    for start in range(0, len(rows), _CHUNK):
+        chunk = rows[start : start + _CHUNK]
         marks = "(" + ",".join("?" * len(chunk[0])) + ")"
         new.update(r[0] for r in db.execute(
             f"INSERT INTO transfers ({','.join(chunk[0])}) VALUES "
@@ -319,8 +320,8 @@ def load_invoices(db: Db, where: str, params: Iterable[Any] = ()) -> list[Invoic
 def load_legs(db: Db, invoice_ids: list[str]) -> dict[str, list[Leg]]:
     """The methods each invoice was switched away from, oldest first."""
     found: dict[str, list[Leg]] = {}
-    for start in range(0, len(invoice_ids), 500):
-        chunk = invoice_ids[start : start + 500]
+    for start in range(0, len(invoice_ids), _CHUNK):
+        chunk = invoice_ids[start : start + _CHUNK]
         marks = ",".join("?" * len(chunk))
         for r in db.query(
             f"SELECT * FROM invoice_legs WHERE invoice_id IN ({marks}) ORDER BY invoice_id, n",
@@ -500,9 +501,14 @@ def invoices_after_event(db: Db, network: str, after: int) -> tuple[int, list[In
 
 
 def invoices_by_ids(db: Db, ids: list[str]) -> list[Invoice]:
-    """The invoices with these ids, with their legs (payments not loaded)."""
-    marks = ",".join("?" * len(ids))
-    return _with_legs(db, list(db.query(f"SELECT * FROM invoices WHERE id IN ({marks})", ids)))
+    """The invoices with these ids, with their legs (payments not loaded); read 500 ids a
+    query (a refresh after a burst of creates may ask for thousands)."""
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        found += db.query(
+            f"SELECT * FROM invoices WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+    return _with_legs(db, found)
 
 
 def status_counts(db: Db) -> dict[str, int]:
