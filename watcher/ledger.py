@@ -46,6 +46,7 @@ from watcher.storage.rows import (
     load_invoices,
     load_transfers_by_id,
     next_derivation_index,
+    read_seqs,
     transfer_row,
     update_invoice,
     update_invoice_method,
@@ -200,6 +201,8 @@ class Ledger:
         #: inside `create_many`: the invoices open on the batch's requested addresses, per
         #: (network, asset, address lowercased), read once for the batch (`_busy`)
         self._open_on: dict[tuple[str, str, str], list[tuple[str, int]]] | None = None
+        #: inside `create_many`: the invoices written, whose seqs are read at its end
+        self._made: list[Invoice] | None = None
         #: Timestamp of the newest block the follower has read per network: an invoice's
         #: collecting window opens `OPENS_EARLY` before it (or before the host's clock when
         #: that is earlier), so a host clock ahead of the chain's loses no payment.
@@ -316,10 +319,8 @@ class Ledger:
         })
         row = [event_id, inv.id, event, status.value if status else None, now, body, cause]
         if fresh:  # a new random id cannot have been written before: nothing to read back
-            db.execute(
-                "INSERT INTO events (id, invoice_id, event, status, created_at, body, cause) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)", row,
-            )
+            db.insert("INSERT INTO events (id, invoice_id, event, status, created_at, body, "
+                      "cause) VALUES", "(?, ?, ?, ?, ?, ?, ?)", row)
         elif db.execute(
             "INSERT INTO events (id, invoice_id, event, status, created_at, body, cause) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING seq", row,
@@ -331,18 +332,16 @@ class Ledger:
             # the head (sendable now) unless an earlier event of the invoice still waits (a
             # new invoice's `invoice.created` has none before it); decided in the statement,
             # so nothing is read back (it pipelines)
-            if event == CREATED_EVENT or queued:
-                head, head_args = ("0" if queued else "1"), []
-            else:
-                head = ("CASE WHEN EXISTS (SELECT 1 FROM deliveries WHERE invoice_id = ? "
-                        "AND state = 'pending') THEN 0 ELSE 1 END")
-                head_args = [inv.id]
-            db.execute(
-                "INSERT INTO deliveries (event_id, event_seq, invoice_id, event, url, state, "
-                "next_attempt_at, created_at, head) VALUES (?, (SELECT seq FROM events "
-                f"WHERE id = ?), ?, ?, ?, 'pending', ?, ?, {head})",
-                [event_id, event_id, inv.id, event, url, now, now, *head_args],
-            )
+            prefix = ("INSERT INTO deliveries (event_id, event_seq, invoice_id, event, url, "
+                      "state, next_attempt_at, created_at, head) VALUES")
+            values = "(?, (SELECT seq FROM events WHERE id = ?), ?, ?, ?, 'pending', ?, ?, {})"
+            args = [event_id, event_id, inv.id, event, url, now, now]
+            if event == CREATED_EVENT or queued:  # may wait to go with others (Db.insert)
+                db.insert(prefix, values.format("0" if queued else "1"), args)
+            else:  # decided by the rows written before it: goes now
+                db.execute(f"{prefix} " + values.format(
+                    "CASE WHEN EXISTS (SELECT 1 FROM deliveries WHERE invoice_id = ? "
+                    "AND state = 'pending') THEN 0 ELSE 1 END"), [*args, inv.id])
         return True
 
     def _move(
@@ -425,6 +424,8 @@ class Ledger:
         results: list[tuple[Invoice, bool, Outcome] | Exception] = []
         with db.pipeline(), transaction(db):  # PostgreSQL: a round trip per read only
             self._open_on = self._open_on_addresses(db, [req for req, _ in requests])
+            made: list[Invoice] = []
+            self._made = made
             try:
                 for req, now in requests:
                     # A savepoint only where a refusal can follow a write (`_create`): two
@@ -435,7 +436,8 @@ class Ledger:
                     except ApiError as exc:
                         results.append(exc)
             finally:
-                self._open_on = None
+                self._open_on = self._made = None
+            read_seqs(db, made)  # after the rows went (the read sends them first)
         return results
 
     def _open_on_addresses(
@@ -553,7 +555,7 @@ class Ledger:
             if self._open_on is not None else None
         if opened is not None:  # the batch's next create to this address finds it
             opened.append((inv.id, expire_at))
-        return insert_invoice(db, inv)
+        return self._insert(db, inv)
 
     def _expire_at(self, req: NewInvoice, now: int) -> int:
         expire_at = req.expire_at if req.expire_at is not None else now + self.default_ttl
@@ -576,7 +578,15 @@ class Ledger:
             redirect_url=req.redirect_url, fingerprint=req.fingerprint, title=req.title,
             description=req.description, methods=list(req.methods),
         )
-        return insert_invoice(db, inv)
+        return self._insert(db, inv)
+
+    def _insert(self, db: Db, inv: Invoice) -> Invoice:
+        """Write a new invoice; in a batch of creates its row may wait to go with the
+        others', its seq read at the end of the batch (`create_many`)."""
+        if self._made is None:
+            return insert_invoice(db, inv)
+        self._made.append(inv)
+        return insert_invoice(db, inv, read_seq=False)
 
     def choose(
         self, db: Db, invoice_id: str, network: str, asset_symbol: str, now: int

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from watcher.errors import Gone
 from watcher.storage.base import Db
-from watcher.storage.rows import reset_delivery_head
+from watcher.storage.rows import reset_delivery_heads
 from watcher.storage.store import transaction
 
 Outcome = Literal["delivered", "retry", "failed"]
@@ -28,7 +28,7 @@ Outcome = Literal["delivered", "retry", "failed"]
 MAX_ERROR = 500
 
 #: A sendable delivery: pending and its invoice's head (earliest pending event). `head` is
-#: kept with every change of state (see `store.reset_delivery_head`); the partial index
+#: kept with every change of state (see `rows.reset_delivery_heads`); the partial index
 #: `deliveries_heads` holds exactly these rows, so reading them is O(due).
 _HEAD = "d.state = 'pending' AND d.head = 1"
 #: the due heads, oldest first, ties in event order: both read from the index of heads
@@ -120,7 +120,8 @@ def next_due_later(
         f"SELECT d.next_attempt_at FROM deliveries d INDEXED BY deliveries_heads "
         f"WHERE {_HEAD}{skip} ORDER BY d.next_attempt_at LIMIT 1", params
     )
-    db.later(cur, lambda row: then(None if row is None or row[0] is None else float(row[0])))
+    db.later(cur, lambda rows: then(None if not rows or rows[0][0] is None
+                                    else float(rows[0][0])))
 
 
 def record_attempt(
@@ -147,37 +148,59 @@ Attempt = tuple[str, float, int | None, str | None, int, Outcome, float | None]
 
 
 def record_attempts(db: Db, attempts: Iterable[Attempt]) -> None:
-    """`record_attempt` for several, in one transaction (one savepoint for all: each
-    refuses before it writes), committed without waiting for the disk: lost in a database
-    crash, the callbacks are sent again (`Db.relaxed_commit`)."""
+    """`record_attempt` for several, in one transaction and three statements for all (the
+    attempts, their deliveries, the heads of the invoices whose delivery ended), committed
+    without waiting for the disk: lost in a database crash, the callbacks are sent again
+    (`Db.relaxed_commit`). Each is checked before anything is written."""
+    rows = [_checked(a) for a in attempts]
+    if not rows:
+        return
     with transaction(db):
         db.relaxed_commit()
-        for attempt in attempts:
-            _write_attempt(db, attempt)
+        for start in range(0, len(rows), _CHUNK):
+            _write_attempts(db, rows[start : start + _CHUNK])
 
 
-def _write_attempt(db: Db, attempt: Attempt) -> None:
+def _checked(attempt: Attempt) -> Attempt:
+    """The attempt as stored: a retry needs its next time; an error is cut to MAX_ERROR."""
     event_id, at, status_code, error, duration_ms, outcome, next_attempt_at = attempt
     if outcome == "retry" and next_attempt_at is None:
         raise ValueError("a retry needs next_attempt_at")
     if error is not None and len(error) > MAX_ERROR:
         error = error[: MAX_ERROR - 3] + "..."
-    state = "pending" if outcome == "retry" else outcome
+    return event_id, at, status_code, error, duration_ms, outcome, next_attempt_at
+
+
+#: one delivery's new values, for `UPDATE ... FROM (VALUES ...)`: the first row's casts
+#: type the columns (PostgreSQL would read a column of NULLs as text)
+_TYPED = ("(CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS DOUBLE PRECISION), "
+          "CAST(? AS BIGINT), CAST(? AS TEXT))")
+
+
+def _write_attempts(db: Db, rows: list[Attempt]) -> None:
     db.execute(
-        "INSERT INTO attempts (event_id, at, status_code, error, duration_ms) "
-        "VALUES (?, ?, ?, ?, ?)",
-        [event_id, at, status_code, error, duration_ms],
+        "INSERT INTO attempts (event_id, at, status_code, error, duration_ms) VALUES "
+        + ",".join(["(?, ?, ?, ?, ?)"] * len(rows)),
+        [v for event_id, at, status, error, ms, _, _ in rows
+         for v in (event_id, at, status, error, ms)],
     )
+    # column1 event id, column2 state, column3 next attempt (NULL: unchanged),
+    # column4 the attempt's time (delivered_at when delivered), column5 last error
     db.execute(
-        "UPDATE deliveries SET state = ?, attempts = attempts + 1, "
+        "UPDATE deliveries SET state = v.column2, attempts = attempts + 1, "
         "window_attempts = window_attempts + 1, "
-        "next_attempt_at = COALESCE(?, next_attempt_at), "
-        "delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END, "
-        "last_error = ? WHERE event_id = ?",
-        [state, next_attempt_at, outcome, int(at), error, event_id],
+        "next_attempt_at = COALESCE(v.column3, next_attempt_at), "
+        "delivered_at = CASE WHEN v.column2 = 'delivered' THEN v.column4 "
+        "ELSE delivered_at END, last_error = v.column5 "
+        f"FROM (VALUES {','.join([_TYPED] + ['(?, ?, ?, ?, ?)'] * (len(rows) - 1))}) AS v "
+        "WHERE deliveries.event_id = v.column1",
+        [v for event_id, at, _, error, _, outcome, next_at in rows
+         for v in (event_id, "pending" if outcome == "retry" else outcome, next_at, int(at),
+                   error)],
     )
-    if state != "pending":  # the invoice's next event (if any) may be sent now
-        reset_delivery_head(db, event_id)
+    ended = [r[0] for r in rows if r[5] != "retry"]
+    if ended:  # those invoices' next events (if any) may be sent now
+        reset_delivery_heads(db, ended)
         db.notify()
 
 
@@ -201,7 +224,7 @@ def redeliver(db: Db, event_id: str, now: float) -> bool:
             [now, now, event_id],
         )
         if cur.rowcount:  # an older event queued again goes before the invoice's later ones
-            reset_delivery_head(db, event_id)
+            reset_delivery_heads(db, [event_id])
             db.notify()
         return bool(cur.rowcount)
 
@@ -217,7 +240,7 @@ def queue_depth(db: Db) -> int:
 def queue_depth_later(db: Db, then: Callable[[int], None]) -> None:
     """`then(queue_depth(db))`, now or, inside `db.pipeline()`, when it syncs."""
     cur = db.execute("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'")
-    db.later(cur, lambda row: then(int(row[0]) if row else 0))
+    db.later(cur, lambda rows: then(int(rows[0][0]) if rows else 0))
 
 
 def list_deliveries(db: Db, failed_only: bool, limit: int) -> list[dict[str, Any]]:

@@ -50,6 +50,36 @@ def test_due_gives_the_first_event_of_each_invoice_with_its_body(db: Db) -> None
     assert b_voided not in _due_ids(db, now=T0 + 10_000)
 
 
+def test_several_attempts_recorded_at_once_move_each_delivery_and_head(db: Db) -> None:
+    """A sender cycle records its finished attempts in three statements: each delivery
+    gets its own state, time and error, and each invoice whose delivery ended has its next
+    event as its head; a batch of only successes (no next time at all) works too."""
+    a, b, c = create_invoices(db, make_ledger(), 3, URL, T0, cancel=True)
+    (a1, a2), (b1, b2), (c1, c2) = (event_ids(db, [i]) for i in (a, b, c))
+    outbox.record_attempts(db, [
+        (a1, T0 + 1.5, 200, None, 3, "delivered", None),
+        (b1, T0 + 2.5, 503, "HTTP 503", 4, "retry", T0 + 30.5),
+        (c1, T0 + 3.5, 410, "x" * 2000, 5, "failed", None),
+    ])
+    got = {r["event_id"]: r for r in db.query(
+        "SELECT event_id, state, attempts, next_attempt_at, delivered_at, last_error, head "
+        "FROM deliveries")}
+    assert (got[a1]["state"], got[a1]["delivered_at"], got[a1]["last_error"]) == (
+        "delivered", T0 + 1, None)
+    assert (got[b1]["state"], got[b1]["next_attempt_at"], got[b1]["head"]) == (
+        "pending", T0 + 30.5, 1)
+    assert got[c1]["state"] == "failed" and got[c1]["delivered_at"] is None
+    assert len(got[c1]["last_error"]) == outbox.MAX_ERROR
+    assert all(got[e]["attempts"] == 1 for e in (a1, b1, c1))
+    assert (got[a2]["head"], got[b2]["head"], got[c2]["head"]) == (1, 0, 1)
+    assert _due_ids(db, now=T0 + 5) == [a2, c2]
+    outbox.record_attempts(db, [(a2, T0 + 6, 200, None, 1, "delivered", None),
+                                (c2, T0 + 6, 200, None, 1, "delivered", None)])
+    assert _due_ids(db, now=T0 + 31) == [b1]
+    attempts = db.execute("SELECT COUNT(*) FROM attempts").fetchone()[0]
+    assert attempts == 5
+
+
 def test_due_respects_next_attempt_at_limit_and_busy(db: Db) -> None:
     ids = create_invoices(db, make_ledger(), 3, URL, T0)
     first = event_ids(db)

@@ -34,10 +34,10 @@ def put(db: Db, name: str) -> Any:
 def test_a_pipelined_transaction_commits_and_hands_over_later_values(db: Db) -> None:
     got: list[str] = []
     with db.pipeline(), transaction(db):
-        db.later(put(db, "a"), lambda row: got.append(row[0]))
+        db.later(put(db, "a"), lambda rows: got.extend(r[0] for r in rows))
         put(db, "b")
         assert db.execute("SELECT COUNT(*) FROM cursors").fetchone()[0] == 2  # a read syncs
-        db.later(put(db, "c"), lambda row: got.append(row[0]))
+        db.later(put(db, "c"), lambda rows: got.extend(r[0] for r in rows))
     assert got == ["a", "c"]
     assert names(db) == ["a", "b", "c"]
     assert not db.in_transaction
@@ -85,7 +85,52 @@ def test_a_nested_pipeline_syncs_at_its_end(db: Db) -> None:
     got: list[str] = []
     with db.pipeline(), transaction(db):
         with db.pipeline():
-            db.later(put(db, "a"), lambda row: got.append(row[0]))
+            db.later(put(db, "a"), lambda rows: got.extend(r[0] for r in rows))
         assert got == ["a"]  # handed over at the nested block's end
         put(db, "b")
     assert names(db) == ["a", "b"]
+
+
+def wait(db: Db, name: str) -> None:
+    """A row that may wait to go with others (`Db.insert`)."""
+    db.insert("INSERT INTO cursors (network, chain_id, updated_at) VALUES", "(?, 1, 0)", [name])
+
+
+def test_waiting_rows_go_before_any_read_and_in_the_order_of_their_kinds(db: Db) -> None:
+    """Rows written with `insert` are seen by the next statement (they go first); a row may
+    take a value from a row of a kind that came before it (here: a block's time from a
+    cursor's `chain_id`, both waiting)."""
+    with db.pipeline(), transaction(db):
+        wait(db, "a")
+        db.insert("INSERT INTO blocks (network, number, hash, parent_hash, timestamp) VALUES",
+                  "(?, 1, 'h', 'p', (SELECT chain_id FROM cursors WHERE network = ?))",
+                  ["a", "a"])
+        wait(db, "b")
+        assert names(db) == ["a", "b"]  # the read sent them first
+        wait(db, "c")
+    assert names(db) == ["a", "b", "c"]
+    assert db.execute("SELECT timestamp FROM blocks").fetchall()[0][0] == 1
+
+
+def test_a_savepoint_rolled_back_drops_its_waiting_rows(db: Db) -> None:
+    with db.pipeline(), transaction(db):
+        wait(db, "a")
+        with pytest.raises(ValueError), transaction(db):
+            wait(db, "b")
+            raise ValueError("refused")
+        with transaction(db):
+            wait(db, "c")
+        wait(db, "d")
+    assert names(db) == ["a", "c", "d"]
+
+
+def test_a_waiting_row_that_fails_fails_the_transaction(db: Db) -> None:
+    with db.pipeline(), transaction(db):
+        wait(db, "a")
+    with pytest.raises(Exception) as info, db.pipeline(), transaction(db):
+        wait(db, "b")
+        wait(db, "a")  # the primary key: the multi-row INSERT fails at the commit
+    assert "UNIQUE" in str(info.value).upper()
+    assert names(db) == ["a"] and not db.in_transaction
+    wait(db, "e")  # outside a pipeline: at once
+    assert names(db) == ["a", "e"]

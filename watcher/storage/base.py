@@ -55,8 +55,18 @@ class Db(Protocol):
         ...
 
     def later(self, cursor: Any, use: Callable[[Any], None]) -> None:
-        """`use(cursor.fetchone())`: now, or, inside `pipeline()`, once it has sent
+        """`use(cursor.fetchall())`: now, or, inside `pipeline()`, once it has sent
         everything (so reading a `RETURNING` value costs no round trip of its own)."""
+        ...
+
+    def insert(self, prefix: str, row: str, params: Sequence[Any]) -> None:
+        """`INSERT ... VALUES` of one row: `prefix` is "INSERT INTO t (columns) VALUES",
+        `row` its "(?, ...)" (expressions allowed). Inside `pipeline()` on PostgreSQL the
+        rows wait, and go as one multi-row INSERT per `prefix`, in the order the prefixes
+        came, before the next other statement (or savepoint release, or commit); a
+        savepoint rolled back drops its waiting rows. So a waiting row may depend only on
+        rows of a prefix that came earlier, and nothing reads it before it goes. Elsewhere
+        (and on SQLite): executed at once."""
         ...
 
     def relaxed_commit(self) -> None:

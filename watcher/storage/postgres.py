@@ -32,6 +32,8 @@ DatabaseError = psycopg.Error
 
 #: the schema this code writes; a database at a newer version is refused
 SCHEMA_VERSION = 1
+#: values per multi-row INSERT of waiting rows (PostgreSQL takes at most 65,535)
+_MAX_PARAMS = 30_000
 
 _TOKEN = re.compile(
     r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|\?|%|\s+INDEXED BY \w+", re.IGNORECASE
@@ -74,15 +76,21 @@ class PgDatabase:
         #: the server process serving this connection (its notifications carry it)
         self.backend_pid: int = conn.info.backend_pid
         self._later: list[tuple[Any, Callable[[Any], None]]] | None = None
+        #: rows waiting to go (`insert`), per INSERT prefix, in the order prefixes came
+        self._rows: dict[str, list[tuple[str, Sequence[Any]]]] = {}
         self._pipe: psycopg.Pipeline | None = None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        if self._rows:
+            self._flush()
         return self.conn.execute(format_sql(sql), params)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> _Changed:
         """One statement for each row (pipelined); `rowcount` sums what they changed
         (psycopg's own `rowcount` after `executemany` reads -1 inside a transaction), or is
         -1 inside `pipeline()`, where nothing is read back."""
+        if self._rows:
+            self._flush()
         if self._pipe is not None:  # nothing is read back inside a pipeline
             with self.conn.cursor() as cur:
                 cur.executemany(format_sql(sql), rows)
@@ -97,6 +105,8 @@ class PgDatabase:
         return _Changed(total)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
+        if self._rows:
+            self._flush()
         with self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(format_sql(sql), params)
             yield from cur
@@ -127,11 +137,13 @@ class PgDatabase:
             yield self
         except BaseException:
             self._depth = 0
+            self._rows = {}
             if not self.broken:
                 with contextlib.suppress(psycopg.Error):  # the first error is the one raised
                     self.conn.execute("ROLLBACK")  # (skipped in an aborted pipeline: below)
             raise
         self._depth = 0
+        self._flush()
         self.conn.execute("COMMIT")
 
     def relaxed_commit(self) -> None:
@@ -151,16 +163,19 @@ class PgDatabase:
         error raises at the next read), so only Python exceptions roll a savepoint back."""
         self._depth += 1
         name = f"pw_{self._depth}"
+        self._flush()
         self.conn.execute(f"SAVEPOINT {name}")
         try:
             yield self
         except BaseException:
+            self._rows = {}  # all written since the savepoint (it began with none waiting)
             failed = self.conn.info.transaction_status == pq.TransactionStatus.INERROR
             if not self.broken and not failed:
                 self.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
                 self.conn.execute(f"RELEASE SAVEPOINT {name}")
             raise
         else:
+            self._flush()
             self.conn.execute(f"RELEASE SAVEPOINT {name}")
         finally:
             self._depth -= 1
@@ -173,6 +188,7 @@ class PgDatabase:
         (its transaction then rolls back). Inside, `rowcount` is not known until then."""
         if self._pipe is not None:
             yield self
+            self._flush()
             self._pipe.sync()
             self._hand_over()
             return
@@ -181,8 +197,10 @@ class PgDatabase:
             with self.conn.pipeline() as pipe:
                 self._pipe = pipe
                 yield self
+                self._flush()
         except BaseException:
             self._later = None
+            self._rows = {}
             raise
         finally:
             self._pipe = None
@@ -198,13 +216,34 @@ class PgDatabase:
     def _hand_over(self) -> None:
         later, self._later = self._later or [], []
         for cursor, use in later:
-            use(cursor.fetchone())
+            use(cursor.fetchall())
 
     def later(self, cursor: Any, use: Callable[[Any], None]) -> None:
         if self._later is None:
-            use(cursor.fetchone())
+            use(cursor.fetchall())
         else:
             self._later.append((cursor, use))
+
+    def insert(self, prefix: str, row: str, params: Sequence[Any]) -> None:
+        if self._pipe is None:
+            self.execute(f"{prefix} {row}", params)
+        else:
+            self._rows.setdefault(prefix, []).append((row, params))
+
+    def _flush(self) -> None:
+        """Send the waiting rows (`insert`): one INSERT per prefix (per 30,000 values)."""
+        pending, self._rows = self._rows, {}
+        for prefix, rows in pending.items():
+            while rows:
+                take, values = 0, 0
+                while take < len(rows) and values + len(rows[take][1]) <= _MAX_PARAMS:
+                    values += len(rows[take][1])
+                    take += 1
+                chunk, rows = rows[: max(take, 1)], rows[max(take, 1):]
+                self.conn.execute(
+                    format_sql(f"{prefix} {','.join(r for r, _ in chunk)}"),
+                    [v for _, params in chunk for v in params],
+                )
 
     def data_version(self) -> int | None:
         """None: PostgreSQL has no cheap "another connection committed" counter, so the

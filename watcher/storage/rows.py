@@ -99,15 +99,17 @@ def derived_addresses(
     return rows
 
 
-def reset_delivery_head(db: Db, event_id: str) -> None:
-    """Mark the earliest pending delivery of `event_id`'s invoice as its head (and only
-    that one). One statement, nothing read back (so it pipelines)."""
-    invoice = "(SELECT invoice_id FROM deliveries WHERE event_id = ?)"
+def reset_delivery_heads(db: Db, event_ids: list[str]) -> None:
+    """Mark the earliest pending delivery of each of these events' invoices as its head
+    (and only that one). One statement, nothing read back (so it pipelines)."""
+    marks = ",".join("?" * len(event_ids))
+    invoices = f"SELECT invoice_id FROM deliveries WHERE event_id IN ({marks})"
     db.execute(
         "UPDATE deliveries SET head = CASE WHEN state = 'pending' AND event_seq = (SELECT "
-        f"MIN(event_seq) FROM deliveries WHERE invoice_id = {invoice} AND state = 'pending') "
-        f"THEN 1 ELSE 0 END WHERE invoice_id = {invoice} AND (state = 'pending' OR head = 1)",
-        [event_id, event_id],
+        "MIN(d.event_seq) FROM deliveries d WHERE d.invoice_id = deliveries.invoice_id "
+        f"AND d.state = 'pending') THEN 1 ELSE 0 END WHERE invoice_id IN ({invoices}) "
+        "AND (state = 'pending' OR head = 1)",
+        event_ids,
     )
 
 
@@ -352,8 +354,15 @@ def load_invoice(db: Db, invoice_id: str) -> Invoice | None:
     return found[0] if found else None
 
 
-def insert_invoice(db: Db, inv: Invoice) -> Invoice:
+def insert_invoice(db: Db, inv: Invoice, *, read_seq: bool = True) -> Invoice:
+    """Write a new invoice. `read_seq`: set `inv.seq` (inside a pipeline, when it syncs);
+    without it the row may wait to go with others (`Db.insert`) and the caller reads the
+    seqs after (`read_seqs`)."""
     row = invoice_row(inv)
+    if not read_seq:
+        db.insert(f"INSERT INTO invoices ({','.join(row)}) VALUES",
+                  f"({','.join('?' * len(row))})", list(row.values()))
+        return inv
     cur = db.execute(
         f"INSERT INTO invoices ({','.join(row)}) VALUES ({','.join('?' * len(row))}) "
         "RETURNING seq",
@@ -361,10 +370,26 @@ def insert_invoice(db: Db, inv: Invoice) -> Invoice:
     )
 
     def use(found: Any) -> None:
-        inv.seq = int(found[0])
+        inv.seq = int(found[0][0])
 
     db.later(cur, use)  # inside a pipeline: set when it syncs (seq stays 0 until then)
     return inv
+
+
+def read_seqs(db: Db, invoices: list[Invoice]) -> None:
+    """Set each invoice's `seq` from the database (inside a pipeline, when it syncs)."""
+    by_id = {inv.id: inv for inv in invoices}
+
+    def use(found: Any) -> None:
+        for invoice_id, seq in found:
+            by_id[invoice_id].seq = int(seq)
+
+    ids = list(by_id)
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        db.later(db.execute(
+            f"SELECT id, seq FROM invoices WHERE id IN ({','.join('?' * len(chunk))})", chunk),
+            use)
 
 
 def update_invoice_method(db: Db, inv: Invoice) -> None:

@@ -106,7 +106,10 @@ class SqliteDatabase(Database):
         return nullcontext()
 
     def later(self, cursor: Any, use: Callable[[Any], None]) -> None:
-        use(cursor.fetchone())
+        use(cursor.fetchall())
+
+    def insert(self, prefix: str, row: str, params: Sequence[Any]) -> None:
+        self.execute(f"{prefix} {row}", params)
 
     def data_version(self) -> int:
         """`PRAGMA data_version`: changes when another connection commits."""
