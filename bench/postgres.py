@@ -32,6 +32,13 @@ from .live import API_KEY, _config, _creates, _free_port, _wait_ready, spawn_dae
 from .workload import build_chain, copy_db, prefill, set_cursor, start_chain
 
 
+def _checkpoint(server: PgServer) -> None:
+    """Flush the server's dirty pages now: a round then starts on a quiet server instead
+    of sharing the disk with the checkpoint an earlier round's writes would bring."""
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+
+
 def _new_database(server: PgServer, name: str, template: str | None = None) -> str:
     with psycopg.connect(server.url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
@@ -62,6 +69,7 @@ async def catch_up(
                                    chain.last)
             lite_rates.append(r.rate)
             url = _new_database(server, f"bench_run{i}", template="bench_tpl")
+            _checkpoint(server)  # the copy's writes are flushed before the round, not during
             r = await run_follower(url, chain.url, chain.token, chain.last)
             pg_rates.append(r.rate)
             say(f"  round {i + 1}: tokens-only catch-up SQLite {lite_rates[-1]:,.0f} blocks/s, "
@@ -90,6 +98,7 @@ async def creates(
         ]
         headers = {"Authorization": f"Bearer {API_KEY}"}
         for name, databases in cases:
+            _checkpoint(server)
             bases = []
             for n, database in enumerate(databases):
                 port = _free_port()

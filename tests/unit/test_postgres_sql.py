@@ -31,3 +31,13 @@ def server_form(sql: str, params: list[object]) -> str:
 ])
 def test_placeholders_and_percent_signs(sql: str, params: list[object], sent: str) -> None:
     assert server_form(sql, params) == sent
+
+
+def test_numbered_placeholders_skip_quoted_text_and_comments() -> None:
+    """The rows a multi-row INSERT sends with PostgreSQL's own placeholders (`$n`)."""
+    from watcher.storage.postgres import numbered
+
+    assert numbered("(?, '?', ?)", 1) == "($1, '?', $2)"
+    assert numbered("(?, (SELECT seq FROM events WHERE id = ?), 'it''s ?', 5 % 2)", 7) == (
+        "($7, (SELECT seq FROM events WHERE id = $8), 'it''s ?', 5 % 2)")
+    assert numbered("(1, 2)", 3) == "(1, 2)"

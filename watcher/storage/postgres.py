@@ -57,6 +57,27 @@ def format_sql(sql: str) -> str:
     return _TOKEN.sub(swap, sql)
 
 
+@lru_cache(maxsize=256)
+def _pieces(template: str) -> tuple[str, ...]:
+    """`template` cut at each `?` placeholder (not one inside quoted text or a comment)."""
+    pieces: list[str] = []
+    last = 0
+    for m in _TOKEN.finditer(template):
+        if m.group(0) == "?":
+            pieces.append(template[last : m.start()])
+            last = m.end()
+    pieces.append(template[last:])
+    return tuple(pieces)
+
+
+def numbered(template: str, first: int) -> str:
+    """`template` with PostgreSQL's own placeholders `$first`, `$first+1`, ... for its `?`s
+    (for a `RawCursor`: psycopg then parses nothing, where it would parse a long
+    multi-row INSERT anew each time; its cache keeps short statements only)."""
+    head, *rest = _pieces(template)
+    return head + "".join(f"${first + i}{piece}" for i, piece in enumerate(rest))
+
+
 @dataclass(frozen=True)
 class _Changed:
     """What `executemany` answers: the rows its statements changed."""
@@ -240,10 +261,12 @@ class PgDatabase:
                     values += len(rows[take][1])
                     take += 1
                 chunk, rows = rows[: max(take, 1)], rows[max(take, 1):]
-                self.conn.execute(
-                    format_sql(f"{prefix} {','.join(r for r, _ in chunk)}"),
-                    [v for _, params in chunk for v in params],
-                )
+                texts, first = [], 1
+                for row, params in chunk:
+                    texts.append(numbered(row, first))
+                    first += len(params)
+                psycopg.RawCursor(self.conn).execute(
+                    f"{prefix} {','.join(texts)}", [v for _, params in chunk for v in params])
 
     def data_version(self) -> int | None:
         """None: PostgreSQL has no cheap "another connection committed" counter, so the
