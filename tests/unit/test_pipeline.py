@@ -134,3 +134,19 @@ def test_a_waiting_row_that_fails_fails_the_transaction(db: Db) -> None:
     assert names(db) == ["a"] and not db.in_transaction
     wait(db, "e")  # outside a pipeline: at once
     assert names(db) == ["a", "e"]
+
+
+def test_waiting_updates_go_as_one_and_the_last_of_a_key_wins(db: Db) -> None:
+    def chain(name: str, chain_id: int) -> None:
+        db.update("UPDATE cursors SET chain_id = v.column2 FROM (VALUES",
+                  "(CAST(? AS TEXT), CAST(? AS BIGINT))", [name, chain_id],
+                  ") AS v WHERE cursors.network = v.column1", name)
+
+    with db.pipeline(), transaction(db):
+        wait(db, "a")
+        wait(db, "b")
+        chain("a", 5)
+        chain("b", 6)
+        chain("a", 7)  # replaces the waiting 5: every column is written whole
+    found = {r["network"]: r["chain_id"] for r in db.query("SELECT network, chain_id FROM cursors")}
+    assert found == {"a": 7, "b": 6}

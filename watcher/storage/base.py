@@ -69,6 +69,13 @@ class Db(Protocol):
         (and on SQLite): executed at once."""
         ...
 
+    def update(self, prefix: str, row: str, params: Sequence[Any], suffix: str, key: str) -> None:
+        """`prefix` "UPDATE t SET c = v.column2, ... FROM (VALUES", `row` "(?, ...)" (typed
+        with CASTs), `suffix` ") AS v WHERE t.id = v.column1": one row's new values, whole
+        (not increments). Waits and goes like `insert`; a later update of the same `key`
+        replaces a waiting one (both wrote every column)."""
+        ...
+
     def relaxed_commit(self) -> None:
         """Inside a write transaction whose loss in a database server crash only repeats
         work (a callback attempt recorded, a delivery claimed: the callback is sent again,

@@ -97,8 +97,9 @@ class PgDatabase:
         #: the server process serving this connection (its notifications carry it)
         self.backend_pid: int = conn.info.backend_pid
         self._later: list[tuple[Any, Callable[[Any], None]]] | None = None
-        #: rows waiting to go (`insert`), per INSERT prefix, in the order prefixes came
-        self._rows: dict[str, list[tuple[str, Sequence[Any]]]] = {}
+        #: rows waiting to go (`insert`, `update`), per statement (prefix, suffix) in the
+        #: order they came, by key (an update's) or arrival
+        self._rows: dict[tuple[str, str], dict[Any, tuple[str, Sequence[Any]]]] = {}
         self._pipe: psycopg.Pipeline | None = None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
@@ -246,15 +247,22 @@ class PgDatabase:
             self._later.append((cursor, use))
 
     def insert(self, prefix: str, row: str, params: Sequence[Any]) -> None:
+        self.update(prefix, row, params, "", None)
+
+    def update(
+        self, prefix: str, row: str, params: Sequence[Any], suffix: str, key: str | None
+    ) -> None:
         if self._pipe is None:
-            self.execute(f"{prefix} {row}", params)
-        else:
-            self._rows.setdefault(prefix, []).append((row, params))
+            self.execute(f"{prefix} {row} {suffix}", params)
+            return
+        rows = self._rows.setdefault((prefix, suffix), {})
+        rows[len(rows) if key is None else key] = (row, params)
 
     def _flush(self) -> None:
         """Send the waiting rows (`insert`): one INSERT per prefix (per 30,000 values)."""
         pending, self._rows = self._rows, {}
-        for prefix, rows in pending.items():
+        for (prefix, suffix), by_key in pending.items():
+            rows = list(by_key.values())
             while rows:
                 take, values = 0, 0
                 while take < len(rows) and values + len(rows[take][1]) <= _MAX_PARAMS:
@@ -266,7 +274,8 @@ class PgDatabase:
                     texts.append(numbered(row, first))
                     first += len(params)
                 psycopg.RawCursor(self.conn).execute(
-                    f"{prefix} {','.join(texts)}", [v for _, params in chunk for v in params])
+                    f"{prefix} {','.join(texts)} {suffix}",
+                    [v for _, params in chunk for v in params])
 
     def data_version(self) -> int | None:
         """None: PostgreSQL has no cheap "another connection committed" counter, so the

@@ -401,10 +401,15 @@ def update_invoice_method(db: Db, inv: Invoice) -> None:
 
 
 def update_invoice(db: Db, inv: Invoice) -> None:
-    db.execute(
-        "UPDATE invoices SET status = ?, updated_at = ?, closed_at = ?, refund_tx = ? "
-        "WHERE id = ?",
-        [inv.status.value, inv.updated_at, inv.closed_at, inv.refund_tx, inv.id],
+    """Write an invoice's status, times and refund (inside a pipeline the row may wait and
+    go with others: `Db.update`)."""
+    db.update(
+        "UPDATE invoices SET status = v.column2, updated_at = v.column3, "
+        "closed_at = v.column4, refund_tx = v.column5 FROM (VALUES",
+        "(CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT), "
+        "CAST(? AS TEXT))",
+        [inv.id, inv.status.value, inv.updated_at, inv.closed_at, inv.refund_tx],
+        ") AS v WHERE invoices.id = v.column1", inv.id,
     )
 
 

@@ -111,6 +111,9 @@ class SqliteDatabase(Database):
     def insert(self, prefix: str, row: str, params: Sequence[Any]) -> None:
         self.execute(f"{prefix} {row}", params)
 
+    def update(self, prefix: str, row: str, params: Sequence[Any], suffix: str, key: str) -> None:
+        self.execute(f"{prefix} {row} {suffix}", params)
+
     def data_version(self) -> int:
         """`PRAGMA data_version`: changes when another connection commits."""
         return int(self.execute("PRAGMA data_version").fetchone()[0])
