@@ -103,12 +103,11 @@ def reset_delivery_heads(db: Db, event_ids: list[str]) -> None:
     """Mark the earliest pending delivery of each of these events' invoices as its head
     (and only that one). One statement, nothing read back (so it pipelines)."""
     marks = ",".join("?" * len(event_ids))
-    invoices = f"SELECT invoice_id FROM deliveries WHERE event_id IN ({marks})"
     db.execute(
         "UPDATE deliveries SET head = CASE WHEN state = 'pending' AND event_seq = (SELECT "
         "MIN(d.event_seq) FROM deliveries d WHERE d.invoice_id = deliveries.invoice_id "
-        f"AND d.state = 'pending') THEN 1 ELSE 0 END WHERE invoice_id IN ({invoices}) "
-        "AND (state = 'pending' OR head = 1)",
+        "AND d.state = 'pending') THEN 1 ELSE 0 END WHERE invoice_id IN (SELECT invoice_id "
+        f"FROM deliveries WHERE event_id IN ({marks})) AND (state = 'pending' OR head = 1)",
         event_ids,
     )
 
@@ -187,9 +186,10 @@ def insert_transfers(db: Db, rows: list[dict[str, Any]]) -> set[str]:
     new: set[str] = set()
     for start in range(0, len(rows), _CHUNK):
         chunk = rows[start : start + _CHUNK]
-        marks = "(" + ",".join("?" * len(chunk[0])) + ")"
+        row = chunk[0]  # the columns: transfer_row's fixed keys
+        marks = "(" + ",".join("?" * len(row)) + ")"
         new.update(r[0] for r in db.execute(
-            f"INSERT INTO transfers ({','.join(chunk[0])}) VALUES "
+            f"INSERT INTO transfers ({','.join(row)}) VALUES "
             f"{','.join([marks] * len(chunk))} ON CONFLICT DO NOTHING RETURNING id",
             [v for row in chunk for v in row.values()],
         ).fetchall())
