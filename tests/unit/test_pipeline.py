@@ -150,3 +150,16 @@ def test_waiting_updates_go_as_one_and_the_last_of_a_key_wins(db: Db) -> None:
         chain("a", 7)  # replaces the waiting 5: every column is written whole
     found = {r["network"]: r["chain_id"] for r in db.query("SELECT network, chain_id FROM cursors")}
     assert found == {"a": 7, "b": 6}
+
+
+def test_waiting_rows_of_one_statement_keep_their_order_whatever_their_text(db: Db) -> None:
+    """Rows of one prefix whose texts differ (a delivery's head written as 0 or 1) go in
+    the order they came: SQLite sends each run of equal texts as one `executemany`."""
+    came = [("e1", 0), ("e2", 1), ("e3", 1), ("e4", 0), ("e5", 1)]
+    with db.pipeline(), transaction(db):
+        for event_id, flag in came:
+            db.insert("INSERT INTO events (id, invoice_id, event, status, created_at, body) "
+                      "VALUES", f"(?, 'inv', 'x', NULL, {flag}, ?)", [event_id, b"{}"])
+    got = [(r["id"], r["created_at"]) for r in db.query("SELECT id, created_at FROM events "
+                                                        "ORDER BY seq")]
+    assert got == came

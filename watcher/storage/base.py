@@ -51,7 +51,8 @@ class Db(Protocol):
     def pipeline(self) -> AbstractContextManager[Any]:
         """Statements inside are sent without waiting for each answer (PostgreSQL's
         pipeline mode): a round trip is paid only where a result is read (`fetchone`) and
-        at the end. SQLite: nothing changes (every statement is a function call)."""
+        at the end. On both engines, rows written with `insert` and `update` inside wait
+        and go together (SQLite: one `executemany` per statement)."""
         ...
 
     def later(self, cursor: Any, use: Callable[[Any], None]) -> None:
@@ -61,12 +62,12 @@ class Db(Protocol):
 
     def insert(self, prefix: str, row: str, params: Sequence[Any]) -> None:
         """`INSERT ... VALUES` of one row: `prefix` is "INSERT INTO t (columns) VALUES",
-        `row` its "(?, ...)" (expressions allowed). Inside `pipeline()` on PostgreSQL the
-        rows wait, and go as one multi-row INSERT per `prefix`, in the order the prefixes
-        came, before the next other statement (or savepoint release, or commit); a
+        `row` its "(?, ...)" (expressions allowed). Inside `pipeline()` the rows wait, and
+        go as one multi-row INSERT per `prefix` (SQLite: one `executemany`), in the order
+        the prefixes came, before the next other statement (or savepoint, or commit); a
         savepoint rolled back drops its waiting rows. So a waiting row may depend only on
-        rows of a prefix that came earlier, and nothing reads it before it goes. Elsewhere
-        (and on SQLite): executed at once."""
+        rows of a prefix that came earlier, and nothing reads it before it goes. Outside
+        `pipeline()`: executed at once."""
         ...
 
     def update(self, prefix: str, row: str, params: Sequence[Any], suffix: str, key: str) -> None:

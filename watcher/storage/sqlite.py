@@ -9,12 +9,13 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
+from sqlite_utils.utils import dedupe_keys
 
 from watcher.errors import StoreError, StoreRefused
 from watcher.storage.schema import migrations
@@ -67,7 +68,29 @@ class SqliteDatabase(Database):
 
     dialect = "sqlite"
 
+    #: rows waiting to go inside `pipeline()` (`insert`, `update`): per statement (prefix,
+    #: suffix) in the order they came, by key (an update's) or arrival, with the row's
+    #: text; None outside a pipeline
+    _rows: dict[tuple[str, str], dict[Any, tuple[str, Sequence[Any]]]] | None = None
+
+    def execute(self, sql: str, parameters: Any = None) -> sqlite3.Cursor:
+        if self._rows:
+            self._flush()
+        return super().execute(sql, parameters)
+
+    def query(self, sql: str, params: Any = None) -> Generator[dict[str, Any], None, None]:
+        """Dict rows of a statement, executed now. sqlite-utils' own `query` (4.2) wraps
+        every statement in a SAVEPOINT and a RELEASE, to refuse statements that return no
+        rows: ~6 us more per read, measured; every caller here reads rows."""
+        if self._rows:
+            self._flush()
+        cursor = self.conn.execute(sql, () if params is None else params)
+        keys = dedupe_keys(d[0] for d in cursor.description)
+        return (dict(zip(keys, row, strict=True)) for row in cursor)
+
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> sqlite3.Cursor:
+        if self._rows:
+            self._flush()
         return self.conn.executemany(sql, rows)
 
     @property
@@ -80,16 +103,28 @@ class SqliteDatabase(Database):
         the write lock first, waiting up to `busy_timeout` for another writer (the CLI). A
         deferred `BEGIN` that reads and then writes fails at once with "database is locked"
         when another process wrote in between (WAL cannot upgrade a stale read snapshot).
-        Nested calls are savepoints."""
+        Nested calls are savepoints (rows waiting when one starts go first; those written
+        inside it are dropped if it rolls back)."""
         conn = self.conn
         if conn.in_transaction:
-            with self.atomic():
-                yield self
+            self._flush()
+            try:
+                with self.atomic():
+                    yield self
+                    self._flush()
+            except BaseException:
+                if self._rows is not None:
+                    self._rows = {}
+                raise
             return
+        self._flush()
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield self
+            self._flush()
         except BaseException:
+            if self._rows is not None:
+                self._rows = {}
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
@@ -102,17 +137,54 @@ class SqliteDatabase(Database):
     def relaxed_commit(self) -> None:
         pass
 
-    def pipeline(self) -> AbstractContextManager[None]:
-        return nullcontext()
+    @contextmanager
+    def pipeline(self) -> Iterator[SqliteDatabase]:
+        """Rows written with `insert` and `update` inside wait and go together, one
+        `executemany` per statement (one compiled statement for all of them, measured
+        cheaper than a statement each), before anything else is executed."""
+        if self._rows is not None:
+            yield self
+            self._flush()
+            return
+        self._rows = {}
+        try:
+            yield self
+            self._flush()
+        finally:
+            self._rows = None
 
     def later(self, cursor: Any, use: Callable[[Any], None]) -> None:
         use(cursor.fetchall())
 
     def insert(self, prefix: str, row: str, params: Sequence[Any]) -> None:
-        self.execute(f"{prefix} {row}", params)
+        self.update(prefix, row, params, "", None)
 
-    def update(self, prefix: str, row: str, params: Sequence[Any], suffix: str, key: str) -> None:
-        self.execute(f"{prefix} {row} {suffix}", params)
+    def update(
+        self, prefix: str, row: str, params: Sequence[Any], suffix: str, key: str | None
+    ) -> None:
+        if self._rows is None:
+            super().execute(f"{prefix} {row} {suffix}", params)
+            return
+        rows = self._rows.setdefault((prefix, suffix), {})
+        rows[len(rows) if key is None else key] = (row, params)
+
+    def _flush(self) -> None:
+        """Send the waiting rows: per statement, one `executemany` per run of rows with the
+        same text, in the order they came."""
+        if not self._rows:
+            return
+        pending, self._rows = self._rows, {}
+        for (prefix, suffix), by_key in pending.items():
+            rows = list(by_key.values())
+            start = 0
+            while start < len(rows):
+                text = rows[start][0]
+                end = start + 1
+                while end < len(rows) and rows[end][0] == text:
+                    end += 1
+                self.conn.executemany(f"{prefix} {text} {suffix}",
+                                      [params for _, params in rows[start:end]])
+                start = end
 
     def data_version(self) -> int:
         """`PRAGMA data_version`: changes when another connection commits."""
