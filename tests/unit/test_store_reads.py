@@ -125,3 +125,36 @@ async def test_wal_checkpoints_run_off_the_writer(tmp_path: Path) -> None:
         await asyncio.sleep(0.1)
     assert path.stat().st_size > size and store.checkpointer.runs >= 1
     await store.close()
+
+
+async def test_a_read_sees_one_state_even_when_a_commit_lands_in_the_middle(
+    database: str,
+) -> None:
+    """`Store.read` runs in one snapshot: a commit made between two of its statements (an
+    invoice read, then its payments) is seen by neither, and by the next read whole."""
+    store = await Store(database).open()
+    first_done, written = threading.Event(), threading.Event()
+
+    def count(db: Database) -> int:
+        return int(db.execute("SELECT COUNT(*) FROM cursors").fetchone()[0])
+
+    def two_statements(db: Database) -> tuple[int, int]:
+        before = count(db)
+        first_done.set()
+        written.wait(10)
+        return before, count(db)
+
+    def write(db: Database) -> None:
+        with transaction(db):
+            db.execute("INSERT INTO cursors (network, chain_id, updated_at) VALUES ('n', 1, 1)")
+
+    try:
+        reading = asyncio.ensure_future(store.read(two_statements))
+        await asyncio.to_thread(first_done.wait, 10)
+        await store.run(write)
+        written.set()
+        assert await reading == (0, 0)
+        assert await store.read(count) == 1
+    finally:
+        written.set()
+        await store.close()

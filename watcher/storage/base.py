@@ -48,6 +48,12 @@ class Db(Protocol):
         """A write transaction; nested calls are savepoints."""
         ...
 
+    def snapshot(self) -> AbstractContextManager[Any]:
+        """A read-only transaction: every statement inside sees the same committed state,
+        so a read of several statements (an invoice, then its payments) is never torn by a
+        commit between them. Inside a transaction: that transaction."""
+        ...
+
     def pipeline(self) -> AbstractContextManager[Any]:
         """Statements inside are sent without waiting for each answer (PostgreSQL's
         pipeline mode): a round trip is paid only where a result is read (`fetchone`) and

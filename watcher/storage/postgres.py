@@ -168,6 +168,26 @@ class PgDatabase:
         self._flush()
         self.conn.execute("COMMIT")
 
+    @contextmanager
+    def snapshot(self) -> Iterator[PgDatabase]:
+        """`REPEATABLE READ, READ ONLY`: one snapshot for every statement inside (taken at
+        the first); no lock is taken, so it never waits for the writer."""
+        if self.in_transaction:
+            yield self
+            return
+        self._depth = 1
+        try:
+            self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield self
+        except BaseException:
+            self._depth = 0
+            if not self.broken:
+                with contextlib.suppress(psycopg.Error):
+                    self.conn.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self.conn.execute("COMMIT")
+
     def relaxed_commit(self) -> None:
         self.conn.execute("SET LOCAL synchronous_commit = off")
 

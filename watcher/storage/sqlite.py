@@ -131,6 +131,21 @@ class SqliteDatabase(Database):
         else:
             conn.execute("COMMIT")
 
+    @contextmanager
+    def snapshot(self) -> Iterator[SqliteDatabase]:
+        """A deferred `BEGIN`: WAL keeps the state of the first read for every later one
+        until `COMMIT`; it never waits for the writer, nor the writer for it."""
+        conn = self.conn
+        if conn.in_transaction:
+            yield self
+            return
+        conn.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
     def notify(self) -> None:
         pass
 

@@ -121,15 +121,18 @@ class Store:
         self, fn: Callable[Concatenate[Db, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run `fn(db, *args)`, which only reads, on the reading thread (on the writer's when
-        the database is in memory)."""
+        the database is in memory), inside one snapshot (`Db.snapshot`): it sees the last
+        commit, whole, and never waits for a write in progress."""
         rdb = self._rdb
         if rdb is None:
             return await self.run(fn, *args, **kwargs)
-        if self.postgres:
-            return await self._submit(
-                lambda: fn(self._connected(reader=True), *args, **kwargs), executor=self._reader
-            )
-        return await self._submit(lambda: fn(rdb, *args, **kwargs), executor=self._reader)
+
+        def call() -> T:
+            db = self._connected(reader=True) if self.postgres else rdb
+            with db.snapshot():
+                return fn(db, *args, **kwargs)
+
+        return await self._submit(call, executor=self._reader)
 
     async def run(
         self, fn: Callable[Concatenate[Db, P], T], *args: P.args, **kwargs: P.kwargs

@@ -202,7 +202,7 @@ def _invoice_id(request: web.Request) -> str:
 
 
 async def _load(ctx: CheckoutContext, invoice_id: str) -> dict[str, Any]:
-    inv: Invoice | None = await ctx.store.run(load_invoice, invoice_id)
+    inv: Invoice | None = await ctx.store.read(load_invoice, invoice_id)
     if inv is None:
         raise web.HTTPNotFound()
     return ctx.ledger.render(inv)
@@ -343,7 +343,7 @@ async def socket(request: web.Request) -> web.WebSocketResponse:
         found: tuple[Invoice | None, int] = (None, 0)
         if _UUID.match(invoice_id):
             sockets.hub.subscribe(conn, key, hold=True)
-            found = await ctx.store.run(_invoice_and_seq, invoice_id)
+            found = await ctx.store.read(_invoice_and_seq, invoice_id)
         inv, seq = found
         if inv is None:
             await ws.close(code=CLOSE_NOT_FOUND, message=b"no such invoice")

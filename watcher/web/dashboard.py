@@ -39,6 +39,7 @@ from watcher.errors import ApiError, BadRequest, Invalid, StoreError
 from watcher.ledger import Ledger, NewInvoice, Outcome
 from watcher.models import Invoice
 from watcher.outbox import redeliver
+from watcher.storage.base import Db
 from watcher.storage.rows import load_invoice
 from watcher.storage.store import GroupCommit, Store
 from watcher.web import dashboard_forms as forms
@@ -449,7 +450,7 @@ def _assets(ledger: Ledger) -> list[str]:
 async def invoices_page(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     filters, errors = forms.parse_filters(request.query)
-    found, position = await ctx.store.run(
+    found, position = await ctx.store.read(
         queries.find_invoices, forms.invoice_where(filters), forms.PAGE_SIZE
     )
     return await _render(request, "invoices.html", {
@@ -470,23 +471,31 @@ async def live_json(request: web.Request) -> web.StreamResponse:
     """`?ids=a,b,c`: the status of each (the page's fallback when its socket fails)."""
     ctx = request.app[CTX]
     ids = [i for i in request.query.get("ids", "").split(",") if i][:200]
-    found = await ctx.store.run(queries.invoice_statuses, ids)
+    found = await ctx.store.read(queries.invoice_statuses, ids)
     return web.json_response({"data": found}, dumps=lambda o: orjson.dumps(o).decode())
 
 
 async def _load(ctx: DashboardContext, invoice_id: str) -> Invoice:
-    inv: Invoice | None = await ctx.store.run(load_invoice, invoice_id)
+    inv: Invoice | None = await ctx.store.read(load_invoice, invoice_id)
     if inv is None:
         raise web.HTTPNotFound()
     return inv
 
 
+def _invoice_view(
+    db: Db, invoice_id: str
+) -> tuple[Invoice | None, list[dict[str, Any]], list[str]]:
+    """An invoice, its events and its children, read in one snapshot."""
+    return (load_invoice(db, invoice_id), invoice_events(db, invoice_id) or [],
+            queries.children_of(db, invoice_id))
+
+
 async def invoice_page(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     invoice_id = request.match_info["id"]
-    inv = await _load(ctx, invoice_id)
-    events = await ctx.store.run(invoice_events, invoice_id) or []
-    children = await ctx.store.run(queries.children_of, invoice_id)
+    inv, events, children = await ctx.store.read(_invoice_view, invoice_id)
+    if inv is None:
+        raise web.HTTPNotFound()
     data = ctx.ledger.render(inv)
     return await _render(request, "invoice.html", {
         "nav": "invoices",

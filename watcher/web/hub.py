@@ -166,7 +166,7 @@ class Hub:
 
     async def start(self) -> None:
         """Begin after the newest event already committed: sockets get what follows."""
-        self.seq = await self.store.run(last_event_seq)
+        self.seq = await self.store.read(last_event_seq)
 
     async def run(self) -> None:
         if self.seq is None:
@@ -195,12 +195,12 @@ class Hub:
         assert self.seq is not None, "Hub.start() first"
         while True:
             if not self._subs:  # nobody listens: only move the mark
-                top = await self.store.run(last_event_seq)
+                top = await self.store.read(last_event_seq)
                 if not self._subs:  # still nobody (a subscriber may have come meanwhile)
                     self.seq = max(self.seq, top)
                     return
                 continue
-            rows = await self.store.run(_rows_after, self.seq, REPLAY_PAGE)
+            rows = await self.store.read(_rows_after, self.seq, REPLAY_PAGE)
             for row in rows:
                 msg = message_from_row(row)
                 self.seq = msg.seq
@@ -267,14 +267,14 @@ class Hub:
         out: list[Message] = []
         after = since_seq
         while True:
-            rows = await self.store.run(_replay_rows, key, after, upto, REPLAY_PAGE)
+            rows = await self.store.read(_replay_rows, key, after, upto, REPLAY_PAGE)
             out.extend(message_from_row(r) for r in rows)
             if len(rows) < REPLAY_PAGE:
                 return out
             after = rows[-1][0]
 
     async def event_seq(self, event_id: str) -> int | None:
-        return await self.store.run(_event_seq, event_id)
+        return await self.store.read(_event_seq, event_id)
 
     @property
     def subscriptions(self) -> int:
