@@ -23,6 +23,9 @@ from watcher.rpc import RpcClient, _Endpoint
 from watcher.storage.rows import status_counts, watched_invoices
 from watcher.storage.store import Store
 from watcher.web.api import ApiContext, create_app
+from watcher.web.channels import Limits, Sockets
+from watcher.web.checkout import CheckoutContext, create_checkout_app
+from watcher.web.hub import Hub
 
 from .workload import CHAIN_ID, NET, TOKEN_DECIMALS
 
@@ -54,6 +57,8 @@ class CatchUp:
     statuses: dict[str, int]
     #: seconds each `GET /v1/invoices/{id}` took while the catch-up ran (with `probe`)
     get_latency: list[float] = field(default_factory=list)
+    #: seconds each checkout page `GET /pay/{id}` took meanwhile (with `probe`)
+    page_latency: list[float] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -67,14 +72,14 @@ def assets(token: str) -> dict[str, Asset]:
     }
 
 
-async def _probe(base: str, invoice_id: str, out: list[float], stop: asyncio.Event) -> None:
-    """GET one invoice over HTTP, one request at a time, until `stop`: what a merchant's
-    backend polling the API sees while the daemon catches up."""
+async def _probe(url: str, out: list[float], stop: asyncio.Event) -> None:
+    """GET `url` over HTTP, one request at a time, until `stop`: what a merchant's backend
+    polling the API (or a customer's checkout page) sees while the daemon catches up."""
     headers = {"Authorization": f"Bearer {PROBE_KEY}"}
     async with aiohttp.ClientSession(headers=headers) as http:
         while not stop.is_set():
             t = time.perf_counter()
-            async with http.get(f"{base}/v1/invoices/{invoice_id}") as resp:
+            async with http.get(url) as resp:
                 await resp.read()
                 assert resp.status == 200, resp.status
             out.append(time.perf_counter() - t)
@@ -86,8 +91,9 @@ async def run_follower(
     max_block_range: int = 1000, profile: Any = None, probe: bool = False,
 ) -> CatchUp:
     """Scan from the database's cursor up to block `last` (the chain's head). `probe`: the
-    daemon's API runs on the same loop (as in `payment-watcher run`) and one invoice is read
-    over HTTP in a loop during the scan (reads go to the store's reading connection)."""
+    daemon's API and checkout run on the same loop (as in `payment-watcher run`) and one
+    invoice is read over HTTP in a loop during the scan, through the API and through its
+    checkout page (reads go to the store's reading connection)."""
     a = assets(token)
     started = time.perf_counter()
     store = await Store(db).open()
@@ -121,22 +127,28 @@ async def run_follower(
     await rpc.block_number()  # connect before timing
     rpc.calls = rpc.requests = 0
     latencies: list[float] = []
-    runner: web.AppRunner | None = None
+    pages: list[float] = []
+    runners: list[web.AppRunner] = []
     stop = asyncio.Event()
-    probing: asyncio.Task[None] | None = None
+    probing: list[asyncio.Task[None]] = []
     try:
         if probe:
-            runner = web.AppRunner(create_app(ApiContext(store, ledger, [PROBE_KEY])))
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = runner.addresses[0][1]
+            checkout = CheckoutContext(
+                store=store, ledger=ledger, languages=["en"], explorers={},
+                sockets=Sockets("checkout", Hub(store), Limits(), None))
+            for app in (create_app(ApiContext(store, ledger, [PROBE_KEY])),
+                        create_checkout_app(checkout)):
+                runners.append(web.AppRunner(app))
+                await runners[-1].setup()
+                await web.TCPSite(runners[-1], "127.0.0.1", 0).start()
+            api, page = (f"http://127.0.0.1:{r.addresses[0][1]}" for r in runners)
             some = await store.run(lambda d: d.execute("SELECT id FROM invoices LIMIT 1")
                                    .fetchone()[0])
-            probing = asyncio.create_task(
-                _probe(f"http://127.0.0.1:{port}", some, latencies, stop))
+            probing = [asyncio.create_task(_probe(f"{api}/v1/invoices/{some}", latencies, stop)),
+                       asyncio.create_task(_probe(f"{page}/pay/{some}", pages, stop))]
             await asyncio.sleep(0.2)  # connected and answering before the scan starts
             latencies.clear()
+            pages.clear()
         if profile is not None:
             profile.start()
         started = time.perf_counter()
@@ -149,12 +161,13 @@ async def run_follower(
         statuses = await store.run(status_counts)
     finally:
         stop.set()
-        if probing is not None:
-            await probing
-        if runner is not None:
+        for task in probing:
+            await task
+        for runner in runners:
             await runner.cleanup()
         await rpc.close()
         await store.close()
         gc.unfreeze()
         gc.set_threshold(*thresholds)
-    return CatchUp(last - first, seconds, load_seconds, calls, requests, statuses, latencies)
+    return CatchUp(last - first, seconds, load_seconds, calls, requests, statuses, latencies,
+                   pages)
