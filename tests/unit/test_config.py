@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from watcher.cli import main
@@ -798,3 +800,16 @@ def test_addresses_refused_naming_the_key(
     assert key in result.output
     for value in secret.values():
         assert value not in result.output
+
+
+@settings(max_examples=2000, deadline=None)
+@given(raw=st.binary(min_size=20, max_size=20), upper=st.booleans())
+def test_the_fast_eip55_checksum_is_eth_utils(raw: bytes, upper: bool) -> None:
+    """`watcher.addresses.checksum_address` (the hot paths' EIP-55) answers what eth_utils
+    answers, for any address in either case."""
+    from eth_utils.address import to_checksum_address
+
+    from watcher.addresses import checksum_address as fast
+
+    text = "0x" + (raw.hex().upper() if upper else raw.hex())
+    assert fast(text) == to_checksum_address(text)
