@@ -38,6 +38,7 @@ from watcher.render import Elsewhere, invoice_json, method_json
 from watcher.storage.base import Db
 from watcher.storage.rows import (
     assign_transfer,
+    chunks,
     insert_derived_address,
     insert_invoice,
     insert_leg,
@@ -66,8 +67,6 @@ SHARED_AMOUNT_HOLD = 3600
 #: The `cause` of the events written when the merchant assigns a transfer by hand.
 ASSIGNED_CAUSE = "assigned"
 _OPEN_SQL = ",".join(f"'{s.value}'" for s in OPEN_STATUSES)
-#: ids or addresses per `IN (...)` (well under both databases' parameter limits)
-_IN_CHUNK = 500
 
 
 @dataclass(slots=True)
@@ -156,6 +155,17 @@ def request_fingerprint(body: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+@dataclass(slots=True)
+class _Batch:
+    """What the creates of one `create_many` share."""
+
+    #: the invoices open on the batch's requested addresses, per (network, asset, address
+    #: lowercased), read once for the batch (`_busy`); a create adds its own
+    open_on: dict[tuple[str, str, str], list[tuple[str, int]]]
+    #: the invoices written, whose seqs are read at the batch's end
+    made: list[Invoice] = field(default_factory=list)
+
+
 class Ledger:
     """The rules that turn requests and chain findings into committed invoice state."""
 
@@ -198,11 +208,8 @@ class Ledger:
         self._waiting_seen: dict[str, int] = {}
         #: Networks whose start block is known to be written (see `started`).
         self._started: set[str] = set()
-        #: inside `create_many`: the invoices open on the batch's requested addresses, per
-        #: (network, asset, address lowercased), read once for the batch (`_busy`)
-        self._open_on: dict[tuple[str, str, str], list[tuple[str, int]]] | None = None
-        #: inside `create_many`: the invoices written, whose seqs are read at its end
-        self._made: list[Invoice] | None = None
+        #: inside `create_many`: what its creates share
+        self._batch: _Batch | None = None
         #: Timestamp of the newest block the follower has read per network: an invoice's
         #: collecting window opens `OPENS_EARLY` before it (or before the host's clock when
         #: that is earlier), so a host clock ahead of the chain's loses no payment.
@@ -423,9 +430,8 @@ class Ledger:
         and is returned in its place."""
         results: list[tuple[Invoice, bool, Outcome] | Exception] = []
         with db.pipeline(), transaction(db):  # PostgreSQL: a round trip per read only
-            self._open_on = self._open_on_addresses(db, [req for req, _ in requests])
-            made: list[Invoice] = []
-            self._made = made
+            batch = _Batch(self._open_on_addresses(db, [req for req, _ in requests]))
+            self._batch = batch
             try:
                 for req, now in requests:
                     # A savepoint only where a refusal can follow a write (`_create`): two
@@ -436,8 +442,8 @@ class Ledger:
                     except ApiError as exc:
                         results.append(exc)
             finally:
-                self._open_on = self._made = None
-            read_seqs(db, made)  # after the rows went (the read sends them first)
+                self._batch = None
+            read_seqs(db, batch.made)  # after the rows went (the read sends them first)
         return results
 
     def _open_on_addresses(
@@ -454,9 +460,7 @@ class Ledger:
             (network, asset, a): [] for (network, asset), addrs in wanted.items() for a in addrs
         }
         for (network, asset), addrs in wanted.items():
-            ordered = sorted(addrs)
-            for start in range(0, len(ordered), _IN_CHUNK):
-                chunk = ordered[start : start + _IN_CHUNK]
+            for chunk in chunks(sorted(addrs)):
                 for row in db.execute(
                     "SELECT to_lower, id, expire_at FROM invoices WHERE network = ? "
                     f"AND asset = ? AND to_lower IN ({','.join('?' * len(chunk))}) "
@@ -551,8 +555,8 @@ class Ledger:
             title=req.title,
             description=req.description,
         )
-        opened = self._open_on.get((net.name, asset.symbol, address.lower())) \
-            if self._open_on is not None else None
+        opened = self._batch.open_on.get((net.name, asset.symbol, address.lower())) \
+            if self._batch is not None else None
         if opened is not None:  # the batch's next create to this address finds it
             opened.append((inv.id, expire_at))
         return self._insert(db, inv)
@@ -583,9 +587,9 @@ class Ledger:
     def _insert(self, db: Db, inv: Invoice) -> Invoice:
         """Write a new invoice; in a batch of creates its row may wait to go with the
         others', its seq read at the end of the batch (`create_many`)."""
-        if self._made is None:
+        if self._batch is None:
             return insert_invoice(db, inv)
-        self._made.append(inv)
+        self._batch.made.append(inv)
         return insert_invoice(db, inv, read_seq=False)
 
     def choose(
@@ -676,8 +680,9 @@ class Ledger:
     def _busy(self, db: Db, network: str, asset: str, address: str, now: int) -> str | None:
         """The id of an invoice still collecting `asset` at `address`, if any."""
         key = (network, asset, address.lower())
-        if self._open_on is not None and key in self._open_on:  # read for the batch
-            return next((i for i, expire_at in self._open_on[key] if expire_at > now), None)
+        opened = self._batch.open_on.get(key) if self._batch is not None else None
+        if opened is not None:  # read for the batch
+            return next((i for i, expire_at in opened if expire_at > now), None)
         row = db.execute(
             f"SELECT id FROM invoices WHERE network = ? AND asset = ? AND to_lower = ? "
             f"AND status IN ({_OPEN_SQL}) AND closed_at IS NULL AND expire_at > ? LIMIT 1",

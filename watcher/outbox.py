@@ -14,12 +14,12 @@ restart at each redeliver, so a redelivered event gets the full backoff schedule
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, Literal
 
 from watcher.errors import Gone
 from watcher.storage.base import Db
-from watcher.storage.rows import reset_delivery_heads
+from watcher.storage.rows import chunks, reset_delivery_heads
 from watcher.storage.store import transaction
 
 Outcome = Literal["delivered", "retry", "failed"]
@@ -41,7 +41,6 @@ DUE_SQL = (
     f"WHERE d.next_attempt_at <= ? AND {_HEAD}{{skip}} "
     "ORDER BY d.next_attempt_at, d.event_seq LIMIT ?"
 )
-_CHUNK = 500
 
 
 def _not_busy(busy: Collection[str]) -> tuple[str, list[str]]:
@@ -89,8 +88,8 @@ def claim(
     with transaction(db):
         db.relaxed_commit()  # lost in a crash: the lease never began, sent again
         rows = due(db, now, limit, busy, lock=True)
-        for start in range(0, len(rows), _CHUNK):  # one statement, nothing read back
-            chunk = [r["event_id"] for r in rows[start : start + _CHUNK]]
+        for part in chunks(rows):  # one statement, nothing read back
+            chunk = [r["event_id"] for r in part]
             db.execute(
                 "UPDATE deliveries SET next_attempt_at = ? "
                 f"WHERE event_id IN ({','.join('?' * len(chunk))})",
@@ -157,8 +156,8 @@ def record_attempts(db: Db, attempts: Iterable[Attempt]) -> None:
         return
     with transaction(db):
         db.relaxed_commit()
-        for start in range(0, len(rows), _CHUNK):
-            _write_attempts(db, rows[start : start + _CHUNK])
+        for chunk in chunks(rows):
+            _write_attempts(db, chunk)
 
 
 def _checked(attempt: Attempt) -> Attempt:
@@ -177,7 +176,7 @@ _TYPED = ("(CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS DOUBLE PRECISION), "
           "CAST(? AS BIGINT), CAST(? AS TEXT))")
 
 
-def _write_attempts(db: Db, rows: list[Attempt]) -> None:
+def _write_attempts(db: Db, rows: Sequence[Attempt]) -> None:
     db.execute(
         "INSERT INTO attempts (event_id, at, status_code, error, duration_ms) VALUES "
         + ",".join(["(?, ?, ?, ?, ?)"] * len(rows)),
@@ -261,8 +260,7 @@ def attempts_for(db: Db, event_ids: Iterable[str]) -> dict[str, list[dict[str, A
     Every requested id is a key (an empty list when it has no attempt yet)."""
     ids = list(dict.fromkeys(event_ids))
     out: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start : start + _CHUNK]
+    for chunk in chunks(ids):
         for row in db.query(
             "SELECT event_id, at, status_code, error, duration_ms FROM attempts "
             f"WHERE event_id IN ({','.join('?' * len(chunk))}) ORDER BY id",

@@ -3,8 +3,8 @@ addresses and rescans that the ledger, the follower, the API and the CLI share."
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import orjson
 
@@ -177,15 +177,21 @@ def transfer_row(t: Transfer, seen_at: int) -> dict[str, Any]:
 
 #: rows per multi-row INSERT (18 columns), ids per `IN (...)`: well under both databases'
 #: parameter limits
-_CHUNK = 500
+CHUNK = 500
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+    """`items` in consecutive slices of at most `size` (one statement each)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def insert_transfers(db: Db, rows: list[dict[str, Any]]) -> set[str]:
     """Insert transfer rows (`transfer_row`), skipping those stored before: the ids of
     the rows this call inserted. One statement per 500 rows, one answer read."""
     new: set[str] = set()
-    for start in range(0, len(rows), _CHUNK):
-        chunk = rows[start : start + _CHUNK]
+    for chunk in chunks(rows):
         row = chunk[0]  # the columns: transfer_row's fixed keys
         marks = "(" + ",".join("?" * len(row)) + ")"
         new.update(r[0] for r in db.execute(
@@ -322,8 +328,7 @@ def load_invoices(db: Db, where: str, params: Iterable[Any] = ()) -> list[Invoic
 def load_legs(db: Db, invoice_ids: list[str]) -> dict[str, list[Leg]]:
     """The methods each invoice was switched away from, oldest first."""
     found: dict[str, list[Leg]] = {}
-    for start in range(0, len(invoice_ids), _CHUNK):
-        chunk = invoice_ids[start : start + _CHUNK]
+    for chunk in chunks(invoice_ids):
         marks = ",".join("?" * len(chunk))
         for r in db.query(
             f"SELECT * FROM invoice_legs WHERE invoice_id IN ({marks}) ORDER BY invoice_id, n",
@@ -385,8 +390,7 @@ def read_seqs(db: Db, invoices: list[Invoice]) -> None:
             by_id[invoice_id].seq = int(seq)
 
     ids = list(by_id)
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start : start + _CHUNK]
+    for chunk in chunks(ids):
         db.later(db.execute(
             f"SELECT id, seq FROM invoices WHERE id IN ({','.join('?' * len(chunk))})", chunk),
             use)
@@ -534,8 +538,7 @@ def invoices_by_ids(db: Db, ids: list[str]) -> list[Invoice]:
     """The invoices with these ids, with their legs (payments not loaded); read 500 ids a
     query (a refresh after a burst of creates may ask for thousands)."""
     found: list[dict[str, Any]] = []
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start : start + _CHUNK]
+    for chunk in chunks(ids):
         found += db.query(
             f"SELECT * FROM invoices WHERE id IN ({','.join('?' * len(chunk))})", chunk)
     return _with_legs(db, found)
