@@ -345,10 +345,13 @@ class Ledger:
             args = [event_id, event_id, inv.id, event, url, now, now]
             if event == CREATED_EVENT or queued:  # may wait to go with others (Db.insert)
                 db.insert(prefix, values.format("0" if queued else "1"), args)
-            else:  # decided by the rows written before it: goes now
-                db.execute(f"{prefix} " + values.format(
-                    "CASE WHEN EXISTS (SELECT 1 FROM deliveries WHERE invoice_id = ? "
-                    "AND state = 'pending') THEN 0 ELSE 1 END"), [*args, inv.id])
+                return True
+            decided = values.format("CASE WHEN EXISTS (SELECT 1 FROM deliveries WHERE "
+                                    "invoice_id = ? AND state = 'pending') THEN 0 ELSE 1 END")
+            if db.rows_see_earlier_rows:  # decided by the rows before it: it may wait too
+                db.insert(prefix, decided, [*args, inv.id])
+            else:  # goes now, after every row before it
+                db.execute(f"{prefix} {decided}", [*args, inv.id])
         return True
 
     def _move(

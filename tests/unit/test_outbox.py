@@ -236,3 +236,29 @@ def test_concurrent_claims_never_share_a_row(database: str) -> None:
     with ThreadPoolExecutor(4) as pool:
         claimed = [e for got in pool.map(claimer, range(4)) for e in got]
     assert len(claimed) == 40 and len(set(claimed)) == 40
+
+
+def test_a_delivery_written_behind_a_waiting_one_of_its_invoice_is_not_a_head(db: Db) -> None:
+    """In one pipelined transaction (a range commit), an invoice's second event decides its
+    delivery's head from the rows written before it, even while they wait to go together
+    (SQLite: each row of an `executemany` sees those before it; PostgreSQL: it goes at
+    once, after them): one head per invoice, the first event."""
+    from watcher.storage.rows import load_invoice
+    from watcher.storage.store import transaction
+
+    ledger = make_ledger()
+    a, b = create_invoices(db, ledger, 2, URL, T0)
+    for invoice_id in (a, b):
+        outbox.record_attempt(db, event_ids(db, [invoice_id])[0], T0, 200, None, 3,
+                              "delivered", None)
+    invoices = [load_invoice(db, a), load_invoice(db, b)]
+    with db.pipeline(), transaction(db):  # no read between the writes: they all wait
+        for inv in invoices:
+            assert inv is not None
+            ledger._emit(db, inv, "invoice.late_payment", None, T0)
+            ledger._emit(db, inv, "invoice.updated", None, T0)
+    a_late, a_updated = event_ids(db, [a])[1:]  # the second waits behind the first
+    b_late, b_updated = event_ids(db, [b])[1:]
+    assert _heads(db) == {a_late, b_late}
+    assert _due_ids(db) == [a_late, b_late]
+    assert {a_updated, b_updated}.isdisjoint(_due_ids(db, now=T0 + 10_000))

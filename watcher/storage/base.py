@@ -34,6 +34,10 @@ class Cursor(Protocol):
 class Db(Protocol):
     #: "sqlite" or "postgres": for the few statements only one of them has
     dialect: str
+    #: Waiting rows of one statement (`insert`) go one after another, each seeing the rows
+    #: before it (SQLite's `executemany`), so a row may depend on rows of its own kind
+    #: that came earlier. False: they go as one statement, which sees none of them.
+    rows_see_earlier_rows: bool
 
     def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Cursor: ...
 
@@ -72,7 +76,8 @@ class Db(Protocol):
         go as one multi-row INSERT per `prefix` (SQLite: one `executemany`), in the order
         the prefixes came, before the next other statement (or savepoint, or commit); a
         savepoint rolled back drops its waiting rows. So a waiting row may depend only on
-        rows of a prefix that came earlier, and nothing reads it before it goes. Outside
+        rows of a prefix that came earlier (and, where `rows_see_earlier_rows`, on the
+        rows of its own prefix before it), and nothing reads it before it goes. Outside
         `pipeline()`: executed at once."""
         ...
 

@@ -89,6 +89,7 @@ class PgDatabase:
     """One PostgreSQL connection (autocommit outside `transaction()`), used by one thread."""
 
     dialect = "postgres"
+    rows_see_earlier_rows = False
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn

@@ -67,6 +67,7 @@ class SqliteDatabase(Database):
     """sqlite-utils' `Database` with the rest of the `base.Db` interface."""
 
     dialect = "sqlite"
+    rows_see_earlier_rows = True
 
     #: rows waiting to go inside `pipeline()` (`insert`, `update`): per statement (prefix,
     #: suffix) in the order they came, by key (an update's) or arrival, with the row's
