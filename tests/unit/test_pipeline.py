@@ -163,3 +163,21 @@ def test_waiting_rows_of_one_statement_keep_their_order_whatever_their_text(db: 
     got = [(r["id"], r["created_at"]) for r in db.query("SELECT id, created_at FROM events "
                                                         "ORDER BY seq")]
     assert got == came
+
+
+def test_statements_with_many_parameters_read_back_inside_and_outside_a_pipeline(
+    db: Db,
+) -> None:
+    """Statements past psycopg's parse cache (over 50 parameters: PostgreSQL sends them
+    with `$n` through a `RawCursor`) return their rows like short ones."""
+    names_in = [f"n{i:03d}" for i in range(60)]
+    marks = ",".join(["(?, 1, 0)"] * len(names_in))
+    got: list[str] = []
+    with db.pipeline(), transaction(db):
+        cur = db.execute(f"INSERT INTO cursors (network, chain_id, updated_at) VALUES {marks} "
+                         "RETURNING network", names_in)
+        db.later(cur, lambda rows: got.extend(r[0] for r in rows))
+    assert sorted(got) == names_in
+    found = db.query(f"SELECT network FROM cursors WHERE network IN "
+                     f"({','.join('?' * len(names_in))}) ORDER BY network", names_in)
+    assert [r["network"] for r in found] == names_in

@@ -41,3 +41,22 @@ def test_numbered_placeholders_skip_quoted_text_and_comments() -> None:
     assert numbered("(?, (SELECT seq FROM events WHERE id = ?), 'it''s ?', 5 % 2)", 7) == (
         "($7, (SELECT seq FROM events WHERE id = $8), 'it''s ?', 5 % 2)")
     assert numbered("(1, 2)", 3) == "(1, 2)"
+
+
+@pytest.mark.parametrize(("sql", "params"), [
+    ("SELECT * FROM t WHERE a = ? AND b = ?", [1, "x"]),
+    ("SELECT '?' , ? FROM t", [1]),
+    ("SELECT 'it''s ?', ?", [1]),
+    ("SELECT a FROM t WHERE a LIKE 'x%' AND b = ?", [1]),
+    ("SELECT 5 % 2, ?", [1]),
+    ("SELECT * FROM invoices INDEXED BY invoices_updated WHERE x = ?", [1]),
+    ("SELECT 1 -- why? 100%\nFROM t WHERE a = ?", [1]),
+])
+def test_a_long_statement_reaches_the_server_as_a_short_one_would(
+    sql: str, params: list[object]
+) -> None:
+    """`raw_sql` (statements too long for psycopg's parse cache, sent by a `RawCursor`)
+    gives the server what psycopg makes of `format_sql`'s form."""
+    from watcher.storage.postgres import raw_sql
+
+    assert raw_sql(sql) == server_form(sql, params)
