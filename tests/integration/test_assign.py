@@ -24,11 +24,12 @@ ETH = 10**18
 
 
 async def test_late_and_unmatched_transfers_assigned_over_http_and_the_cli(
-    daemons: Daemons, rx: Receiver, chain: DevChain, token: str, payer: str
+    daemons: Daemons, rx: Receiver, chain: DevChain, token: str, payer: str, database: str
 ) -> None:
     shared = DevChain.new_account()
     tokens = [{"symbol": "USDT", "address": token, "decimals": 6, "shared_address": shared}]
-    d = await daemons.start(callback_url=rx.url, extra={"networks.anvil": {"tokens": tokens}})
+    d = await daemons.start(database_url=database, callback_url=rx.url,
+                            extra={"networks.anvil": {"tokens": tokens}})
     conf = str(d.config.path)
 
     # 1. A cancelled invoice, then ETH to its address: a late payment; assigned over HTTP

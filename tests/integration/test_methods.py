@@ -42,9 +42,9 @@ async def _events(d: DaemonProc, invoice_id: str) -> list[str]:
 
 
 async def test_choose_switch_and_a_late_payment_to_the_first_choice(
-    daemons: Daemons, chain: DevChain, payer: str, token: str, rx: Receiver
+    daemons: Daemons, chain: DevChain, payer: str, token: str, rx: Receiver, database: str
 ) -> None:
-    d = await daemons.start(callback_url=rx.url, confirmations=1, extra={
+    d = await daemons.start(database_url=database, callback_url=rx.url, confirmations=1, extra={
         "addresses": {"xpub": hdkeys.xpub(), "start_index": 5000}, "rates.pairs": RATES})
     inv = await _create(d)
     assert inv["status"] == "PENDING" and inv["method"] is None
@@ -118,9 +118,9 @@ async def test_choose_switch_and_a_late_payment_to_the_first_choice(
 
 
 async def test_fifty_racing_choices_end_with_one_method_at_a_shared_address(
-    daemons: Daemons, chain: DevChain, payer: str, token: str
+    daemons: Daemons, chain: DevChain, payer: str, token: str, database: str
 ) -> None:
-    d = await daemons.start(confirmations=1, extra={
+    d = await daemons.start(database_url=database, confirmations=1, extra={
         "rates.pairs": RATES,
         f"networks.{NETWORK}": {
             "native": {"symbol": "ETH", "decimals": 18, "shared_address": SHARED},
@@ -166,10 +166,10 @@ async def test_fifty_racing_choices_end_with_one_method_at_a_shared_address(
     assert status == 409 and body["error"]["code"] == "conflict", body
 
 
-async def test_refusals(daemons: Daemons, chain: DevChain, token: str) -> None:
+async def test_refusals(daemons: Daemons, chain: DevChain, token: str, database: str) -> None:
     stale = chain.deploy_aggregator(8, "ETH / USD")
     chain.set_round(stale, 2500_00000000, updated_at=1)  # never fresh: no usable rate
-    d = await daemons.start(extra={
+    d = await daemons.start(database_url=database, extra={
         "addresses": {"xpub": hdkeys.xpub(), "start_index": 6000},
         "rates.pairs": {"ETH/USD": [{"chainlink": NETWORK, "feed": stale}],
                         "USDT/USD": [{"fixed": "1"}]}})

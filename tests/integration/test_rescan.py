@@ -14,10 +14,11 @@ USDT = 10**6
 
 
 async def test_a_rescan_finds_what_a_lossy_node_hid(
-    daemons: Daemons, rx: Receiver, chain: DevChain, rpc_url: str, token: str, payer: str
+    daemons: Daemons, rx: Receiver, chain: DevChain, rpc_url: str, token: str, payer: str,
+    database: str,
 ) -> None:
     async with RpcProxy(rpc_url) as proxy:
-        d = await daemons.start(rpc=[proxy.url], callback_url=rx.url)
+        d = await daemons.start(database_url=database, rpc=[proxy.url], callback_url=rx.url)
         conf = str(d.config.path)
         to = chain.new_account()
         inv = await d.ok("POST", "/v1/invoices", {"network": NETWORK, "asset": "USDT",
@@ -75,12 +76,13 @@ async def test_a_rescan_finds_what_a_lossy_node_hid(
 
 
 async def test_start_block_is_where_a_new_database_starts(
-    daemons: Daemons, chain: DevChain
+    daemons: Daemons, chain: DevChain, database: str
 ) -> None:
     chain.mine(30)
     head = chain.block_number()
     start = head - 20
-    d = await daemons.start(extra={f"networks.{NETWORK}": {"start_block": start}})
+    d = await daemons.start(database_url=database,
+                            extra={f"networks.{NETWORK}": {"start_block": start}})
     await d.wait_scanned(head)
     assert f"starting at the configured start_block {start}" in d.log_text()
 
