@@ -125,6 +125,25 @@ async def test_invoice_channel_gets_exactly_the_callback_bodies(env: Env) -> Non
     await ws.close()
 
 
+async def test_a_live_subscription_starts_after_what_was_committed(
+    database: str, aiohttp_client: Any
+) -> None:
+    """The hub has not pumped the invoice's creation yet (its task is not running) when the
+    socket subscribes: that older event is not sent, the cancel committed after the ack is."""
+    e = await make_env(database, aiohttp_client)
+    try:
+        inv = await e.create()
+        ws = await e.socket()
+        await subscribe(ws, subscribe="invoice", id=inv["id"])
+        await e.cancel(inv["id"])
+        await e.hub.pump()
+        msg = await recv(ws)
+        assert msg["event"] == "invoice.voided"
+        await ws.close()
+    finally:
+        await e.store.close()
+
+
 async def test_client_channel_follows_one_customer(env: Env) -> None:
     ws = await env.socket()
     await subscribe(ws, subscribe="client", clientId="alice")

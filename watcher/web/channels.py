@@ -321,10 +321,12 @@ class MerchantSession:
             if since_seq is None:
                 self.conn.push_raw(_error("unknown_event", f"no event {since!r} to replay after"))
                 return
-        upto = hub.subscribe(self.conn, key, hold=since_seq is not None)
+        upto = hub.subscribe(self.conn, key, hold=True)
         self.conn.push_raw(orjson.dumps({"subscribed": _describe(key)}))
         if since_seq is not None:
             self.conn.push_replay(Replay(key, since_seq, upto))
+        else:  # live from here: what was committed before the ack is not sent
+            await hub.from_now(self.conn, key)
 
 
 def _describe(key: Key) -> dict[str, str]:
