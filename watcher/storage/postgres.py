@@ -26,6 +26,7 @@ from psycopg import pq
 from psycopg.rows import dict_row
 
 from watcher.errors import StoreError, StoreRefused
+from watcher.storage.waiting import WaitingRows
 
 #: what a PostgreSQL failure raises (`Store` turns it into a `StoreError`)
 DatabaseError = psycopg.Error
@@ -121,7 +122,7 @@ class PgDatabase:
         self._later: list[tuple[Any, Callable[[Any], None]]] | None = None
         #: rows waiting to go (`insert`, `update`), per statement (prefix, suffix) in the
         #: order they came, by key (an update's) or arrival
-        self._rows: dict[tuple[str, str], dict[Any, tuple[str, Sequence[Any]]]] = {}
+        self._rows = WaitingRows()
         self._pipe: psycopg.Pipeline | None = None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
@@ -187,11 +188,8 @@ class PgDatabase:
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)", [WRITE_LOCK])
             yield self
         except BaseException:
-            self._depth = 0
-            self._rows = {}
-            if not self.broken:
-                with contextlib.suppress(psycopg.Error):  # the first error is the one raised
-                    self.conn.execute("ROLLBACK")  # (skipped in an aborted pipeline: below)
+            self._rows.drop()
+            self._abandon()
             raise
         self._depth = 0
         self._flush()
@@ -209,13 +207,19 @@ class PgDatabase:
             self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield self
         except BaseException:
-            self._depth = 0
-            if not self.broken:
-                with contextlib.suppress(psycopg.Error):
-                    self.conn.execute("ROLLBACK")
+            self._abandon()
             raise
         self._depth = 0
         self.conn.execute("COMMIT")
+
+    def _abandon(self) -> None:
+        """An outermost block failed: roll back unless the connection broke (the first error
+        is the one raised; in an aborted pipeline the ROLLBACK is skipped: `pipeline()`
+        sends it after the sync)."""
+        self._depth = 0
+        if not self.broken:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.execute("ROLLBACK")
 
     def relaxed_commit(self) -> None:
         self.conn.execute("SET LOCAL synchronous_commit = off")
@@ -239,7 +243,7 @@ class PgDatabase:
         try:
             yield self
         except BaseException:
-            self._rows = {}  # all written since the savepoint (it began with none waiting)
+            self._rows.drop()  # all written since the savepoint (it began with none waiting)
             failed = self.conn.info.transaction_status == pq.TransactionStatus.INERROR
             if not self.broken and not failed:
                 self.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
@@ -271,7 +275,7 @@ class PgDatabase:
                 self._flush()
         except BaseException:
             self._later = None
-            self._rows = {}
+            self._rows.drop()
             raise
         finally:
             self._pipe = None
@@ -304,14 +308,11 @@ class PgDatabase:
         if self._pipe is None:
             self.execute(f"{prefix} {row} {suffix}", params)
             return
-        rows = self._rows.setdefault((prefix, suffix), {})
-        rows[len(rows) if key is None else key] = (row, params)
+        self._rows.hold(prefix, row, params, suffix, key)
 
     def _flush(self) -> None:
         """Send the waiting rows (`insert`): one INSERT per prefix (per 30,000 values)."""
-        pending, self._rows = self._rows, {}
-        for (prefix, suffix), by_key in pending.items():
-            rows = list(by_key.values())
+        for prefix, suffix, rows in self._rows.take():
             while rows:
                 take, values = 0, 0
                 while take < len(rows) and values + len(rows[take][1]) <= _MAX_PARAMS:

@@ -19,6 +19,7 @@ from sqlite_utils.utils import dedupe_keys
 
 from watcher.errors import StoreError, StoreRefused
 from watcher.storage.schema import migrations
+from watcher.storage.waiting import WaitingRows
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,8 @@ class SqliteDatabase(Database):
     dialect = "sqlite"
     rows_see_earlier_rows = True
 
-    #: rows waiting to go inside `pipeline()` (`insert`, `update`): per statement (prefix,
-    #: suffix) in the order they came, by key (an update's) or arrival, with the row's
-    #: text; None outside a pipeline
-    _rows: dict[tuple[str, str], dict[Any, tuple[str, Sequence[Any]]]] | None = None
+    #: rows waiting to go inside `pipeline()` (`insert`, `update`); None outside one
+    _rows: WaitingRows | None = None
 
     def execute(self, sql: str, parameters: Any = None) -> sqlite3.Cursor:
         if self._rows:
@@ -115,7 +114,7 @@ class SqliteDatabase(Database):
                     self._flush()
             except BaseException:
                 if self._rows is not None:
-                    self._rows = {}
+                    self._rows.drop()
                 raise
             return
         self._flush()
@@ -125,7 +124,7 @@ class SqliteDatabase(Database):
             self._flush()
         except BaseException:
             if self._rows is not None:
-                self._rows = {}
+                self._rows.drop()
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
@@ -162,7 +161,7 @@ class SqliteDatabase(Database):
             yield self
             self._flush()
             return
-        self._rows = {}
+        self._rows = WaitingRows()
         try:
             yield self
             self._flush()
@@ -181,17 +180,14 @@ class SqliteDatabase(Database):
         if self._rows is None:
             super().execute(f"{prefix} {row} {suffix}", params)
             return
-        rows = self._rows.setdefault((prefix, suffix), {})
-        rows[len(rows) if key is None else key] = (row, params)
+        self._rows.hold(prefix, row, params, suffix, key)
 
     def _flush(self) -> None:
         """Send the waiting rows: per statement, one `executemany` per run of rows with the
         same text, in the order they came."""
         if not self._rows:
             return
-        pending, self._rows = self._rows, {}
-        for (prefix, suffix), by_key in pending.items():
-            rows = list(by_key.values())
+        for prefix, suffix, rows in self._rows.take():
             start = 0
             while start < len(rows):
                 text = rows[start][0]
