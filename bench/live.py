@@ -53,6 +53,9 @@ class LiveResult:
     rss_mb: float = 0.0
     hwm_mb: float = 0.0
     creates_per_s: float = 0.0
+    #: during the creates: the daemon's CPU (cores) and the whole machine's busy share
+    creates_daemon_cores: float = 0.0
+    creates_machine_busy: float = 0.0
     creates: int = 0
     create_concurrency: int = 0
     create_errors: int = 0
@@ -71,6 +74,26 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine since boot (`/proc/stat`)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of the machine's CPU time spent busy between two `machine_busy()` reads."""
+    return (after[0] - before[0]) / max(1, after[1] - before[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (`/proc/PID/stat`)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _status_kb(pid: int, key: str) -> int:
@@ -171,10 +194,13 @@ async def run_live(
             res.rss_mb = _status_kb(proc.pid, "VmRSS") / 1024
             say(f"  RSS: {res.rss_mb:.0f} MB")
             # 3. creates over HTTP
+            cpu, machine = cpu_seconds(proc.pid), machine_busy()
             res.creates, res.create_errors, secs = await _creates(
                 http, base, creates, create_concurrency
             )
             res.creates_per_s = res.creates / secs
+            res.creates_daemon_cores = (cpu_seconds(proc.pid) - cpu) / secs
+            res.creates_machine_busy = busy_share(machine, machine_busy())
             say(f"  creates: {res.creates_per_s:,.0f}/s ({res.create_errors} errors)")
             # the same again priced in EUR, once the first run's callbacks have drained:
             # both runs then compete with the same (idle) callback sender

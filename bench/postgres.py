@@ -28,7 +28,16 @@ from watcher.storage import migrate, postgres
 from watcher.storage.sqlite import connect
 
 from .catchup import run_follower
-from .live import API_KEY, _config, _creates, _free_port, _wait_ready, spawn_daemon
+from .live import (
+    API_KEY,
+    _config,
+    _creates,
+    _free_port,
+    _wait_ready,
+    busy_share,
+    machine_busy,
+    spawn_daemon,
+)
 from .workload import build_chain, copy_db, prefill, set_cursor, start_chain
 
 
@@ -82,12 +91,14 @@ async def catch_up(
 async def creates(
     server: PgServer, work: Path, *, count: int, concurrency: int,
     say: Callable[[str], None],
-) -> dict[str, float]:
-    """Creates/s: "sqlite", "postgres", "postgres x2" (two instances, one database)."""
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Creates/s, and the machine's busy CPU share meanwhile: "sqlite", "postgres",
+    "postgres x2" (two instances, one database)."""
     node, _, token = start_chain(block_time=1)
     receiver = Receiver(secret="bench-secret")
     procs: list[subprocess.Popen[bytes]] = []
     out: dict[str, float] = {}
+    busy: dict[str, float] = {}
     try:
         await receiver.start()
         url = _new_database(server, "bench_creates")
@@ -114,16 +125,18 @@ async def creates(
             ) as http:
                 for base, proc in zip(bases, procs[-len(bases):], strict=True):
                     await _wait_ready(http, base, proc)
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), machine_busy()
                 share = count // len(bases)
                 done = await asyncio.gather(*(
                     _creates(http, base, share, concurrency, offset=n * share)
                     for n, base in enumerate(bases)))
                 secs = time.perf_counter() - started
+                busy[name] = busy_share(cpu, machine_busy())
             made = sum(ok for ok, _, _ in done)
             errors = sum(e for _, e, _ in done)
             out[name] = made / secs
-            say(f"  creates on {name}: {out[name]:,.0f}/s ({errors} errors)")
+            say(f"  creates on {name}: {out[name]:,.0f}/s ({errors} errors, machine CPU "
+                f"{busy[name]:.0%} busy)")
             for proc in procs[-len(bases):]:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
@@ -134,13 +147,13 @@ async def creates(
                 proc.wait()
         await receiver.stop()
         node.stop()
-    return out
+    return out, busy
 
 
 async def run_postgres(
     work: Path, *, blocks: int, invoices: int, rounds: int, count: int, concurrency: int,
     say: Callable[[str], None],
-) -> tuple[tuple[list[float], list[float], int], dict[str, float]]:
+) -> tuple[tuple[list[float], list[float], int], tuple[dict[str, float], dict[str, float]]]:
     with start_postgres(durable=True) as server:  # fsync on, as in production
         cu = await catch_up(server, work, blocks=blocks, invoices=invoices, rounds=rounds,
                             say=say)

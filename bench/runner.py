@@ -226,6 +226,10 @@ def live_rows(res: LiveResult, mode: Mode) -> list[Row]:
         Row(f"invoice creates/s over HTTP ({res.create_concurrency} in flight, n={res.creates:,})",
             f"{res.creates_per_s:,.0f}/s ({res.create_errors} errors)", ">= 2,000/s",
             res.creates_per_s >= 2000 and res.create_errors == 0),
+        Row("  of which: CPU during the creates, the daemon; the whole machine (2 CPUs: "
+            "daemon, bench client and receiver, anvil)",
+            f"{res.creates_daemon_cores:.2f} cores; {res.creates_machine_busy:.0%} busy",
+            "info", None),
         Row("invoice creates/s priced in EUR (price + currency, rate in memory) / with amount",
             f"{res.priced_per_s / max(res.creates_per_s, 1e-9):.2f}x "
             f"({res.priced_per_s:,.0f} / {res.creates_per_s:,.0f}/s, "
@@ -306,7 +310,7 @@ def socket_rows(res: SocketsResult) -> list[Row]:
 async def postgres_rows(mode: Mode, work: Path, say: Callable[[str], None]) -> list[Row]:
     from .postgres import median_ratio, run_postgres
 
-    (lite, pg, blocks), creates = await run_postgres(
+    (lite, pg, blocks), (creates, busy) = await run_postgres(
         work, blocks=mode.pg_blocks, invoices=mode.pg_invoices, rounds=mode.pg_rounds,
         count=mode.pg_creates, concurrency=16, say=say)
     catch = median_ratio(pg, lite)
@@ -323,6 +327,9 @@ async def postgres_rows(mode: Mode, work: Path, say: Callable[[str], None]) -> l
         Row("creates over HTTP, two instances on one PostgreSQL / one (16 in flight each)",
             f"{two:.2f}x ({creates['postgres x2']:,.0f} / {creates['postgres']:,.0f}/s)",
             ">= 1.6x", two >= 1.6),
+        Row("  of which: the machine's CPU busy during those creates (all processes: "
+            "daemons, server, bench client, anvil)",
+            ", ".join(f"{name} {share:.0%}" for name, share in busy.items()), "info", None),
     ]
 
 
