@@ -144,6 +144,32 @@ async def test_a_live_subscription_starts_after_what_was_committed(
         await e.store.close()
 
 
+async def test_the_ack_comes_once_the_subscription_knows_where_it_starts(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `subscribed` ack is sent only after the position the subscription starts from
+    is read: a client that acts on the ack never misses what it caused."""
+    gate = asyncio.Event()
+    committed_seq = env.hub.committed_seq
+
+    async def held() -> int:
+        await gate.wait()
+        return await committed_seq()
+
+    monkeypatch.setattr(env.hub, "committed_seq", held)
+    ws = await env.socket()
+    await ws.send_json({"subscribe": "all"})
+    with pytest.raises(asyncio.TimeoutError):  # no ack while the position is unknown
+        await ws.receive(timeout=0.3)
+    inv = await env.create()  # committed before the ack: not sent
+    gate.set()
+    assert await recv(ws) == {"subscribed": {"channel": "all"}}
+    await env.cancel(inv["id"])
+    msg = await recv(ws)
+    assert msg["event"] == "invoice.voided" and msg["data"]["id"] == inv["id"]
+    await ws.close()
+
+
 async def test_client_channel_follows_one_customer(env: Env) -> None:
     ws = await env.socket()
     await subscribe(ws, subscribe="client", clientId="alice")

@@ -322,11 +322,21 @@ class MerchantSession:
                 self.conn.push_raw(_error("unknown_event", f"no event {since!r} to replay after"))
                 return
         upto = hub.subscribe(self.conn, key, hold=True)
+        if since_seq is None:
+            # live from the ack: the events committed before it are not sent, even those
+            # the hub has not published yet; the ones after it wait in the hold
+            try:
+                upto = await hub.committed_seq()
+            except BaseException:
+                hub.unsubscribe(self.conn, key)
+                raise
+            if key not in self.conn.keys:  # the socket closed meanwhile
+                return
         self.conn.push_raw(orjson.dumps({"subscribed": _describe(key)}))
         if since_seq is not None:
             self.conn.push_replay(Replay(key, since_seq, upto))
-        else:  # live from here: what was committed before the ack is not sent
-            await hub.from_now(self.conn, key)
+        else:
+            hub.release(self.conn, key, upto)
 
 
 def _describe(key: Key) -> dict[str, str]:

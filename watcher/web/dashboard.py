@@ -872,8 +872,7 @@ async def socket(request: web.Request) -> web.StreamResponse:
                 return
 
     async def on_open(ws: web.WebSocketResponse) -> bool:
-        sockets.hub.subscribe(conn, ("all", ""), hold=True)
-        await sockets.hub.from_now(conn, ("all", ""))
+        sockets.hub.subscribe(conn, ("all", ""))
         watchers.append(asyncio.create_task(watch(ws)))
         return True
 

@@ -245,14 +245,10 @@ class Hub:
             if msg.seq > after:
                 conn.push(msg)
 
-    async def from_now(self, conn: Connection, key: Key) -> None:
-        """Release a held subscription after the newest committed event: the events committed
-        before this call never arrive, even those the pump has not reached yet; every later
-        one does (it waited in the hold)."""
-        top = await self.store.read(last_event_seq)
-        if key in conn.keys and key in conn.held:
-            assert self.seq is not None, "Hub.start() first"
-            self.release(conn, key, max(top, self.seq))
+    async def committed_seq(self) -> int:
+        """The newest event committed, whether or not the pump has published it yet."""
+        assert self.seq is not None, "Hub.start() first"
+        return max(await self.store.read(last_event_seq), self.seq)
 
     def unsubscribe(self, conn: Connection, key: Key) -> bool:
         if key not in conn.keys:
