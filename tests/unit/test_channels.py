@@ -15,6 +15,7 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
 from tests.unit.test_ledger import NET, make_ledger, new, pay
+from watcher.errors import StoreError
 from watcher.ledger import Ledger, Outcome
 from watcher.metrics import Metrics
 from watcher.storage.store import Store
@@ -167,6 +168,31 @@ async def test_the_ack_comes_once_the_subscription_knows_where_it_starts(
     await env.cancel(inv["id"])
     msg = await recv(ws)
     assert msg["event"] == "invoice.voided" and msg["data"]["id"] == inv["id"]
+    await ws.close()
+
+
+async def test_a_subscription_while_the_database_is_away_gets_an_error_and_no_socket_dies(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Subscribing needs a read (the position to start from, or the `since` event): with
+    the database away the client gets `unavailable`, nothing is subscribed, and the same
+    socket subscribes once the database is back."""
+    async def away(*_args: Any) -> int:
+        raise StoreError("database unreachable")
+
+    inv = await env.create()
+    ws = await env.socket()
+    with monkeypatch.context() as m:
+        m.setattr(env.hub, "committed_seq", away)
+        m.setattr(env.hub, "event_seq", away)
+        for msg in ({"subscribe": "all"}, {"subscribe": "all", "since": "evt_x"}):
+            await ws.send_json(msg)
+            answer = await recv(ws)
+            assert answer["error"]["code"] == "unavailable", answer
+        assert env.hub.subscriptions == 0
+    await subscribe(ws, subscribe="all")
+    await env.cancel(inv["id"])
+    assert (await recv(ws))["event"] == "invoice.voided"
     await ws.close()
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from watcher.errors import Unavailable
+from watcher.errors import StoreError, Unavailable
 from watcher.metrics import Metrics
 from watcher.web.hub import CHANNELS, Connection, Hub, Key, Message
 
@@ -158,6 +158,11 @@ def _coalesce(ws: web.WebSocketResponse) -> None:
 
 def _error(code: str, message: str) -> bytes:
     return orjson.dumps({"error": {"code": code, "message": message}})
+
+
+#: a subscription that needed the database while it could not be used (nothing subscribed)
+_UNAVAILABLE = _error("unavailable", "the database cannot be used right now: nothing was "
+                      "subscribed; try again")
 
 
 #: A hub message as this socket sends it (None: nothing to send).
@@ -317,7 +322,11 @@ class MerchantSession:
             if not isinstance(since, str) or not since:
                 self.conn.push_raw(_error("bad_subscription", "since must be an event id"))
                 return
-            since_seq = await hub.event_seq(since)
+            try:
+                since_seq = await hub.event_seq(since)
+            except StoreError:
+                self.conn.push_raw(_UNAVAILABLE)
+                return
             if since_seq is None:
                 self.conn.push_raw(_error("unknown_event", f"no event {since!r} to replay after"))
                 return
@@ -327,9 +336,12 @@ class MerchantSession:
             # the hub has not published yet; the ones after it wait in the hold
             try:
                 upto = await hub.committed_seq()
-            except BaseException:
+            except BaseException as exc:
                 hub.unsubscribe(self.conn, key)
-                raise
+                if not isinstance(exc, StoreError):
+                    raise
+                self.conn.push_raw(_UNAVAILABLE)
+                return
             if key not in self.conn.keys:  # the socket closed meanwhile
                 return
         self.conn.push_raw(orjson.dumps({"subscribed": _describe(key)}))
