@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 import zxingcpp
-from aiohttp import WSMsgType
+from aiohttp import WSCloseCode, WSMsgType
 from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from tests.unit.test_ledger import NET, make_ledger, new, pay
+from watcher.errors import StoreError
 from watcher.ledger import Ledger
 from watcher.models import Invoice
 from watcher.storage.store import Store
@@ -290,6 +291,28 @@ async def test_socket_sends_the_view_then_every_change(env: Env) -> None:
         assert_no_secrets(msg.data)
         statuses.append(json.loads(msg.data)["status"])
     assert statuses == ["WAITING_FOR_CONFIRMATIONS", "COMPLETED"]
+    await ws.close()
+
+
+async def test_socket_while_the_database_is_away_closes_try_again_later(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first view cannot be read: the socket closes 1013 (the page polls meanwhile),
+    no traceback; once the database is back a new socket gets the view."""
+    inv = await env.invoice()
+    read = env.store.read
+
+    async def away(*_args: Any, **_kw: Any) -> Any:
+        raise StoreError("database unreachable")
+
+    monkeypatch.setattr(env.store, "read", away)
+    ws = await env.client.ws_connect(f"/pay/{inv.id}/ws")
+    msg = await ws.receive(timeout=5)
+    assert msg.type == WSMsgType.CLOSE and msg.data == WSCloseCode.TRY_AGAIN_LATER
+    monkeypatch.setattr(env.store, "read", read)
+    ws = await env.client.ws_connect(f"/pay/{inv.id}/ws")
+    first = await ws.receive(timeout=5)
+    assert json.loads(first.data)["status"] == "PENDING"
     await ws.close()
 
 

@@ -222,7 +222,12 @@ async def serve_socket(
     sockets.tasks.add(writer)
     writer.add_done_callback(sockets.tasks.discard)
     try:
-        if on_open is None or await on_open(ws):
+        try:
+            opened = on_open is None or await on_open(ws)
+        except StoreError:  # its first read failed: the page falls back to polling
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"database unavailable")
+            opened = False
+        if opened:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT and on_text is not None:
                     await on_text(msg.data)

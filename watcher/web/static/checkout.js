@@ -368,8 +368,11 @@
       startPolling();
       return;
     }
-    ws.onopen = function () { retries = 0; stopPolling(); setLive("live"); };
-    ws.onmessage = function (ev) { render(JSON.parse(ev.data)); };
+    var live = false;  // live once the first view arrived (a socket may open, then close 1013)
+    ws.onmessage = function (ev) {
+      if (!live) { live = true; retries = 0; stopPolling(); setLive("live"); }
+      render(JSON.parse(ev.data));
+    };
     ws.onclose = function (ev) {
       if (ev.code === 4404) { return; }
       startPolling();
