@@ -35,7 +35,7 @@ from tests.unit.test_ledger import (
     tx_hash,
 )
 from watcher import requests as rq
-from watcher.errors import Invalid
+from watcher.errors import Invalid, StoreError
 from watcher.ledger import Ledger, Outcome, ScanBatch
 from watcher.models import Invoice, Status, Transfer
 from watcher.outbox import record_attempt
@@ -820,6 +820,18 @@ async def test_the_socket_sends_status_changes_and_closes_when_the_session_ends(
     assert msg.type == WSMsgType.TEXT
     assert msg.json() == {"id": inv.id, "event": "invoice.voided", "status": "VOIDED",
                           "amountPaid": "0", "confirmations": 0}
+    # a session check while the database is away does not end the checks
+    run, failed = env.store.run, asyncio.Event()
+
+    async def away(*_args: Any, **_kw: Any) -> Any:
+        failed.set()
+        raise StoreError("database unreachable")
+
+    env.store.run = away  # type: ignore[method-assign]
+    try:
+        await asyncio.wait_for(failed.wait(), 5)
+    finally:
+        env.store.run = run  # type: ignore[method-assign]
     await env.post("/dashboard/signout")
     closed = await ws.receive(timeout=5)
     assert closed.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)

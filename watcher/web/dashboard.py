@@ -866,7 +866,10 @@ async def socket(request: web.Request) -> web.StreamResponse:
     async def watch(ws: web.WebSocketResponse) -> None:
         while True:
             await asyncio.sleep(ctx.socket_check)
-            current = await ctx.store.run(load_session, session.id_hash)
+            try:
+                current = await ctx.store.run(load_session, session.id_hash)
+            except StoreError:  # the database is away: check again at the next tick
+                continue
             if current is None or not ctx.policy.alive(current, ctx.now(), ctx.fingerprints()):
                 await ws.close(code=CLOSE_SESSION_OVER, message=b"session over")
                 return
