@@ -120,9 +120,7 @@ class PgDatabase:
         #: the server process serving this connection (its notifications carry it)
         self.backend_pid: int = conn.info.backend_pid
         self._later: list[tuple[Any, Callable[[Any], None]]] | None = None
-        #: rows waiting to go (`insert`, `update`), per statement (prefix, suffix) in the
-        #: order they came, by key (an update's) or arrival
-        self._rows = WaitingRows()
+        self._rows = WaitingRows()  # rows waiting to go inside `pipeline()`
         self._pipe: psycopg.Pipeline | None = None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:

@@ -11,6 +11,8 @@ import sqlite3
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -188,15 +190,8 @@ class SqliteDatabase(Database):
         if not self._rows:
             return
         for prefix, suffix, rows in self._rows.take():
-            start = 0
-            while start < len(rows):
-                text = rows[start][0]
-                end = start + 1
-                while end < len(rows) and rows[end][0] == text:
-                    end += 1
-                self.conn.executemany(f"{prefix} {text} {suffix}",
-                                      [params for _, params in rows[start:end]])
-                start = end
+            for text, run in groupby(rows, key=itemgetter(0)):
+                self.conn.executemany(f"{prefix} {text} {suffix}", [params for _, params in run])
 
     def data_version(self) -> int:
         """`PRAGMA data_version`: changes when another connection commits."""
