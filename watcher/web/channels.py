@@ -160,9 +160,9 @@ def _error(code: str, message: str) -> bytes:
     return orjson.dumps({"error": {"code": code, "message": message}})
 
 
-#: a subscription that needed the database while it could not be used (nothing subscribed)
+#: a client message that needed the database while it could not be used (it did nothing)
 _UNAVAILABLE = _error("unavailable", "the database cannot be used right now: nothing was "
-                      "subscribed; try again")
+                      "done; send the message again later")
 
 
 #: A hub message as this socket sends it (None: nothing to send).
@@ -230,7 +230,10 @@ async def serve_socket(
         if opened:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT and on_text is not None:
-                    await on_text(msg.data)
+                    try:
+                        await on_text(msg.data)
+                    except StoreError:
+                        conn.push_raw(_UNAVAILABLE)
                 elif msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                     conn.push_raw(_error("bad_message", "send JSON text messages"))
                 if writer.done():
@@ -327,11 +330,7 @@ class MerchantSession:
             if not isinstance(since, str) or not since:
                 self.conn.push_raw(_error("bad_subscription", "since must be an event id"))
                 return
-            try:
-                since_seq = await hub.event_seq(since)
-            except StoreError:
-                self.conn.push_raw(_UNAVAILABLE)
-                return
+            since_seq = await hub.event_seq(since)
             if since_seq is None:
                 self.conn.push_raw(_error("unknown_event", f"no event {since!r} to replay after"))
                 return
@@ -341,12 +340,9 @@ class MerchantSession:
             # the hub has not published yet; the ones after it wait in the hold
             try:
                 upto = await hub.committed_seq()
-            except BaseException as exc:
+            except BaseException:
                 hub.unsubscribe(self.conn, key)
-                if not isinstance(exc, StoreError):
-                    raise
-                self.conn.push_raw(_UNAVAILABLE)
-                return
+                raise
             if key not in self.conn.keys:  # the socket closed meanwhile
                 return
         self.conn.push_raw(orjson.dumps({"subscribed": _describe(key)}))
