@@ -4,7 +4,8 @@ Everything is copied in one PostgreSQL transaction from one SQLite read snapshot
 daemon first: what it writes after the snapshot would not be copied). Keys keep their
 values (invoice and event numbers, transfer positions), the identity sequences continue
 after them. Before the commit, each table's row count and the sums of the amounts (as
-integers) are compared on both sides; any difference rolls everything back.
+integers) are compared on both sides; any difference rolls everything back. The copy is
+then analysed, so the planner has statistics from the daemon's first query.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def copy(source: SqliteDatabase, target: PgDatabase) -> Report:
             _verify(source, target, report)
     finally:
         source.execute("ROLLBACK")
+    target.execute("ANALYZE")  # statistics for the planner now, as after any bulk load
     return report
 
 

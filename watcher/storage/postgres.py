@@ -26,6 +26,7 @@ from psycopg import pq
 from psycopg.rows import dict_row
 
 from watcher.errors import StoreError, StoreRefused
+from watcher.storage.base import Db
 from watcher.storage.waiting import WaitingRows
 
 #: what a PostgreSQL failure raises (`Store` turns it into a `StoreError`)
@@ -398,6 +399,32 @@ def store_error(exc: psycopg.Error) -> StoreError:
     if isinstance(exc, psycopg.OperationalError):
         return StoreError(f"PostgreSQL is unreachable: {text}")
     return StoreError(f"database error: {text}")
+
+
+#: the tables a new database fills first. Until a table's first ANALYZE the planner has no
+#: statistics for it and guesses: sequential scans for lookups by key, the wrong index for
+#: an address. Autovacuum's first ANALYZE comes only after its nap (a minute by default).
+FIRST_TABLES = ("invoices", "events", "deliveries", "attempts", "transfers")
+#: rows written to a never-analysed table before `analyze_new_tables` analyses it
+ANALYZE_AFTER_ROWS = 100
+
+
+def analyze_new_tables(db: Db) -> int:
+    """ANALYZE each of `FIRST_TABLES` that nobody has analysed yet (not autovacuum, not an
+    operator) once `ANALYZE_AFTER_ROWS` rows were written to it; how many of them are still
+    never analysed. Autovacuum keeps the statistics fresh after that."""
+    rows = db.execute(
+        "SELECT relname, n_mod_since_analyze FROM pg_stat_user_tables "
+        "WHERE schemaname = current_schema() AND relname = ANY(?) "
+        "AND last_analyze IS NULL AND last_autoanalyze IS NULL",
+        [list(FIRST_TABLES)],
+    ).fetchall()
+    waiting = len(rows)
+    for table, written in rows:
+        if written >= ANALYZE_AFTER_ROWS:
+            db.execute(f"ANALYZE {table}")  # a name from FIRST_TABLES
+            waiting -= 1
+    return waiting
 
 
 def connect(url: str, *, password: str | None = None, migrate: bool = True) -> PgDatabase:
