@@ -6,7 +6,8 @@ the tests do); and creates with two instances on one database against one.
   chain and the same invoices, each round on a fresh copy: a SQLite file, and a PostgreSQL
   database made from one `migrate-to-postgres` copy (`CREATE DATABASE ... TEMPLATE`).
 - creates over HTTP: `payment-watcher run` on SQLite, on PostgreSQL, and two instances on
-  one PostgreSQL database, each given `concurrency` requests in flight.
+  one PostgreSQL database, each given `concurrency` requests in flight; in `rounds` rounds,
+  the three cases one after the other in each, the ratios taken per round (their median).
 """
 
 from __future__ import annotations
@@ -89,57 +90,59 @@ async def catch_up(
 
 
 async def creates(
-    server: PgServer, work: Path, *, count: int, concurrency: int,
+    server: PgServer, work: Path, *, count: int, concurrency: int, rounds: int,
     say: Callable[[str], None],
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Creates/s, and the machine's busy CPU share meanwhile: "sqlite", "postgres",
-    "postgres x2" (two instances, one database)."""
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Creates/s per round, and the machine's busy CPU share meanwhile: "sqlite",
+    "postgres", "postgres x2" (two instances, one database), one after the other in each
+    round, each on a new database (the rate of a single run moves by +-20% here)."""
     node, _, token = start_chain(block_time=1)
     receiver = Receiver(secret="bench-secret")
     procs: list[subprocess.Popen[bytes]] = []
-    out: dict[str, float] = {}
-    busy: dict[str, float] = {}
+    out: dict[str, list[float]] = {}
+    busy: dict[str, list[float]] = {}
     try:
         await receiver.start()
-        url = _new_database(server, "bench_creates")
-        cases: list[tuple[str, list[str]]] = [
-            ("sqlite", [str(work / "creates.db")]),
-            ("postgres", [url]),
-            ("postgres x2", [_new_database(server, "bench_creates2")] * 2),
-        ]
         headers = {"Authorization": f"Bearer {API_KEY}"}
-        for name, databases in cases:
-            _checkpoint(server)
-            bases = []
-            for n, database in enumerate(databases):
-                port = _free_port()
-                cfg = work / f"creates-{n}.toml"
-                _config(cfg, database, port, node.url, token, receiver.url)
-                if database.startswith("postgresql://"):
-                    with cfg.open("a") as f:
-                        f.write(f'[cluster]\ninstance_name = "bench-{n}"\n')
-                procs.append(spawn_daemon(cfg, work / f"creates-{n}.log"))
-                bases.append(f"http://127.0.0.1:{port}")
-            async with aiohttp.ClientSession(
-                headers=headers, connector=aiohttp.TCPConnector(limit=128)
-            ) as http:
-                for base, proc in zip(bases, procs[-len(bases):], strict=True):
-                    await _wait_ready(http, base, proc)
-                started, cpu = time.perf_counter(), machine_busy()
-                share = count // len(bases)
-                done = await asyncio.gather(*(
-                    _creates(http, base, share, concurrency, offset=n * share)
-                    for n, base in enumerate(bases)))
-                secs = time.perf_counter() - started
-                busy[name] = busy_share(cpu, machine_busy())
-            made = sum(ok for ok, _, _ in done)
-            errors = sum(e for _, e, _ in done)
-            out[name] = made / secs
-            say(f"  creates on {name}: {out[name]:,.0f}/s ({errors} errors, machine CPU "
-                f"{busy[name]:.0%} busy)")
-            for proc in procs[-len(bases):]:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(30)
+        for round_ in range(rounds):
+            cases: list[tuple[str, list[str]]] = [
+                ("sqlite", [str(work / f"creates-{round_}.db")]),
+                ("postgres", [_new_database(server, f"bench_creates_{round_}")]),
+                ("postgres x2", [_new_database(server, f"bench_creates2_{round_}")] * 2),
+            ]
+            for name, databases in cases:
+                _checkpoint(server)
+                bases = []
+                for n, database in enumerate(databases):
+                    port = _free_port()
+                    cfg = work / f"creates-{n}.toml"
+                    _config(cfg, database, port, node.url, token, receiver.url)
+                    if database.startswith("postgresql://"):
+                        with cfg.open("a") as f:
+                            f.write(f'[cluster]\ninstance_name = "bench-{n}"\n')
+                    procs.append(spawn_daemon(cfg, work / f"creates-{n}.log"))
+                    bases.append(f"http://127.0.0.1:{port}")
+                async with aiohttp.ClientSession(
+                    headers=headers, connector=aiohttp.TCPConnector(limit=128)
+                ) as http:
+                    for base, proc in zip(bases, procs[-len(bases):], strict=True):
+                        await _wait_ready(http, base, proc)
+                    started, cpu = time.perf_counter(), machine_busy()
+                    share = count // len(bases)
+                    done = await asyncio.gather(*(
+                        _creates(http, base, share, concurrency, offset=n * share)
+                        for n, base in enumerate(bases)))
+                    secs = time.perf_counter() - started
+                    share_busy = busy_share(cpu, machine_busy())
+                made = sum(ok for ok, _, _ in done)
+                errors = sum(e for _, e, _ in done)
+                out.setdefault(name, []).append(made / secs)
+                busy.setdefault(name, []).append(share_busy)
+                say(f"  round {round_ + 1}, creates on {name}: {made / secs:,.0f}/s "
+                    f"({errors} errors, machine CPU {share_busy:.0%} busy)")
+                for proc in procs[-len(bases):]:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(30)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -153,11 +156,13 @@ async def creates(
 async def run_postgres(
     work: Path, *, blocks: int, invoices: int, rounds: int, count: int, concurrency: int,
     say: Callable[[str], None],
-) -> tuple[tuple[list[float], list[float], int], tuple[dict[str, float], dict[str, float]]]:
+) -> tuple[tuple[list[float], list[float], int],
+           tuple[dict[str, list[float]], dict[str, list[float]]]]:
     with start_postgres(durable=True) as server:  # fsync on, as in production
         cu = await catch_up(server, work, blocks=blocks, invoices=invoices, rounds=rounds,
                             say=say)
-        cr = await creates(server, work, count=count, concurrency=concurrency, say=say)
+        cr = await creates(server, work, count=count, concurrency=concurrency, rounds=rounds,
+                           say=say)
     return cu, cr
 
 
