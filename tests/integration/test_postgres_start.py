@@ -78,3 +78,27 @@ def test_a_newer_sqlite_schema_is_refused(tmp_path: Path) -> None:
     code, out = run(config(tmp_path, str(db_path)), "invoices", "list")
     line = one_error_line(out)
     assert code == 2 and "0099_future" in line and "0015_heads_in_event_order" in line
+
+
+def connection_settings(url: str) -> tuple[dict[str, str], str]:
+    """The libpq parameters a daemon's connection to `url` was made with, and the
+    application name the server sees."""
+    db = postgres.connect(url, migrate=False)
+    try:
+        return db.conn.info.get_parameters(), db.execute("SHOW application_name").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_connections_detect_a_silent_server_and_keep_the_operators_values(
+    pg_databases: PgDatabases,
+) -> None:
+    """Every connection has keepalives and a TCP user timeout (a partition fails it within
+    ~30 s instead of hours); a value the URL names is used as given."""
+    url = pg_databases.new()
+    params, name = connection_settings(url)
+    assert name == "payment-watcher" and params["connect_timeout"] == "10"
+    assert params["keepalives_idle"] == "10" and params["tcp_user_timeout"] == "30000"
+    params, name = connection_settings(f"{url}?connect_timeout=30&application_name=shop-a")
+    assert name == "shop-a" and params["connect_timeout"] == "30"
+    assert params["keepalives_count"] == "3"

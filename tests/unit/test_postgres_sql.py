@@ -60,3 +60,17 @@ def test_a_long_statement_reaches_the_server_as_a_short_one_would(
     from watcher.storage.postgres import raw_sql
 
     assert raw_sql(sql) == server_form(sql, params)
+
+
+def test_connection_defaults_fill_in_only_what_the_url_does_not_name() -> None:
+    from watcher.storage.postgres import CONNECTION_DEFAULTS, connection_options
+
+    assert connection_options("postgresql://pw@db.internal/shop") == CONNECTION_DEFAULTS
+    named = connection_options(
+        "postgresql://pw@db.internal/shop?connect_timeout=30&keepalives_idle=60"
+        "&application_name=shop-a")
+    assert "connect_timeout" not in named and "keepalives_idle" not in named
+    assert "application_name" not in named  # the operator's values are kept as given
+    assert named["tcp_user_timeout"] == "30000" and named["keepalives_count"] == "3"
+    # a URL libpq cannot read gets every default; connecting then says what is wrong
+    assert connection_options("postgresql://pw@db.internal/shop?bogus=1") == CONNECTION_DEFAULTS

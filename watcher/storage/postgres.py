@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
 from watcher.errors import StoreError, StoreRefused
@@ -380,8 +381,8 @@ class Listener:
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self.url, password=self.password, autocommit=True,
-                                     connect_timeout=10) as conn:
+                with psycopg.connect(with_defaults(self.url), password=self.password,
+                                     autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     backoff = 0.5
                     self.on_change()  # whatever was missed while not listening
@@ -427,12 +428,47 @@ def analyze_new_tables(db: Db) -> int:
     return waiting
 
 
+#: libpq settings every connection takes unless its URL names its own (an operator's value is
+#: kept). The keepalives and `tcp_user_timeout` make a connection whose server went silent
+#: (a network partition, a host gone without a word) fail within ~25-30 s, where Linux's
+#: own TCP settings take two hours for an idle connection and ~15 minutes for one waiting
+#: on an answer: the daemon then answers 503 and connects again, instead of hanging.
+CONNECTION_DEFAULTS = {
+    "application_name": "payment-watcher",
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
+
+
+def connection_options(url: str) -> dict[str, str]:
+    """The `CONNECTION_DEFAULTS` that `url` does not name (all of them if it cannot be
+    read: connecting then says what is wrong with it)."""
+    try:
+        named = conninfo_to_dict(url)
+    except psycopg.Error:
+        named = {}
+    return {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in named}
+
+
+def with_defaults(url: str) -> str:
+    """`url` as a libpq connection string with `connection_options` added (`url` itself
+    when it cannot be read: connecting then says what is wrong with it)."""
+    try:
+        return make_conninfo(url, **connection_options(url))
+    except psycopg.Error:
+        return url
+
+
 def connect(url: str, *, password: str | None = None, migrate: bool = True) -> PgDatabase:
     """Connect (autocommit) and, with `migrate`, create or check the schema. A server that
     refuses these credentials or names raises `StoreRefused` (retrying cannot help); one
     that cannot be reached, `StoreError` (systemd's `Restart=` tries again)."""
     try:
-        conn = psycopg.connect(url, password=password, autocommit=True, connect_timeout=10)
+        conn = psycopg.connect(with_defaults(url), password=password, autocommit=True)
     except psycopg.Error as exc:
         text = " ".join(str(exc).split())
         where = f"database: cannot connect to PostgreSQL ({_safe(url)}): {text}"
