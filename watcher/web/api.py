@@ -162,8 +162,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             return resp
         code = _HTTP_CODES.get(exc.status, "http_error")
         return _error(exc.status, code, exc.reason)
-    except StoreError:
-        log.exception("database unavailable in %s %s", request.method, request.path)
+    except StoreError as exc:  # its message names the cause; a traceback would add noise
+        log.error("database unavailable in %s %s: %s", request.method, request.path, exc)
         return _error(503, "unavailable", "the database is unavailable; try again later")
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)

@@ -167,8 +167,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             return _page_error(request, 404)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         return _json_error(exc.status, code, exc.reason)
-    except StoreError:
-        log.exception("database unavailable in checkout %s", request.path)
+    except StoreError as exc:
+        log.error("database unavailable in checkout %s: %s", request.path, exc)
         return _json_error(503, "unavailable", "try again in a moment")
     except Exception:
         log.exception("unhandled error in checkout %s", request.path)

@@ -296,8 +296,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await _error_page(request, exc.status, text)
     except ApiError as exc:
         return await _error_page(request, exc.status, exc.message)
-    except StoreError:
-        log.exception("database unavailable in dashboard %s %s", request.method, request.path)
+    except StoreError as exc:
+        log.error("database unavailable in dashboard %s %s: %s", request.method, request.path,
+                  exc)
         return await _error_page(request, 503, "The database is unavailable; try again in "
                                                "a moment.")
     except Exception:
