@@ -173,3 +173,71 @@ async def test_postgres_down_gives_503_and_the_work_resumes(
         timeout=30)
     status, _ = await d.request("GET", "/readyz", auth=False)
     assert status == 200
+
+
+async def test_a_leader_cut_off_from_postgres_while_alive_hands_over_and_loses_nothing(
+    daemons: Daemons, rx: Receiver, chain: DevChain, token: str, payer: str,
+    pg_databases: PgDatabases,
+) -> None:
+    """The leader's process lives on, but PostgreSQL drops every session it has and every
+    one it opens for a while (what the server does to a partitioned client once its TCP
+    keepalive gives up): it answers 503 meanwhile, the standby takes over, and after the
+    cut the old leader is a standby; every payment, made during the cut or after, is
+    recorded once and exactly."""
+    url = pg_databases.new()
+    pair = {name: await daemons.start(
+        callback_url=rx.url, **cluster_config(name, f"{url}?application_name=pw-{name}"))
+        for name in ("a", "b")}
+
+    async def the_leader() -> str | None:
+        for name, d in pair.items():
+            if await leading(d):
+                return name
+        return None
+    cut_name = await poll(the_leader, 20, interval=0.1, what="a leader")
+    cut, other = pair[cut_name], pair["b" if cut_name == "a" else "a"]
+    invoices: list[tuple[str, str, int]] = []
+    for i in range(6):
+        address = chain.new_account()
+        units = (i + 1) * USDT + 7 * i
+        invoices.append((await other.create("USDT", format_amount(units, 6), address),
+                         address, units))
+    refused: list[int] = []
+    with psycopg.connect(pg_databases.server.url, autocommit=True) as admin:
+        def drop_sessions() -> int:
+            return len(admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = %s", [f"pw-{cut_name}"]).fetchall())
+        assert drop_sessions() >= 2  # its writer, reader and listener
+        until = time.monotonic() + 6
+        paid = False
+        while time.monotonic() < until:
+            drop_sessions()
+            if not paid:  # paid while the leader is cut off
+                for _, address, units in invoices[:3]:
+                    chain.send_token(token, payer, address, units)
+                chain.mine(1)
+                paid = True
+            status, _ = await cut.request("GET", f"/v1/invoices/{invoices[0][0]}")
+            refused.append(status)
+            await asyncio.sleep(0.05)
+    assert 503 in refused, refused
+    await poll(lambda: leading(other), 20, interval=0.1, what="the standby leading")
+    for _, address, units in invoices[3:]:  # paid after the cut
+        chain.send_token(token, payer, address, units)
+    chain.mine(3)
+    for inv_id, _, units in invoices:
+        inv = await other.wait_status(inv_id, "COMPLETED", timeout=60)
+        assert inv["amountPaid"] == format_amount(units, 6)
+        assert len(inv["payments"]) == 1
+        seen_by_cut = await cut.invoice(inv_id)  # it serves the API again, same answer
+        assert seen_by_cut["amountPaid"] == inv["amountPaid"]
+    assert await leading(cut) is False  # a standby now: the lock stayed with the other
+    log = cut.log_text()
+    assert "connected again to PostgreSQL" in log
+    # one line per refused request, naming the cause; no tracebacks for an outage
+    assert "database unavailable in GET /v1/invoices/" in log and "Traceback" not in log, log
+    with psycopg.connect(url) as conn:
+        events = {r[0] for r in conn.execute("SELECT id FROM events")}
+        assert conn.execute("SELECT COUNT(*) FROM transfers").fetchone()[0] == 6
+    await rx.wait_for(lambda r: events <= r.delivery_ids(200), timeout=60)
