@@ -725,9 +725,9 @@ class Daemon:
 
     async def _first_statistics(self) -> None:
         """PostgreSQL: a new database's busiest tables are analysed as soon as they hold
-        rows (`postgres.analyze_new_tables`), not a minute later by autovacuum: creates on a
-        new database were ~20% slower until then (bench/RESULTS.md). Ends when none is left
-        unanalysed, or after `FIRST_STATISTICS_FOR` seconds."""
+        rows (`postgres.analyze_new_tables`), not a minute later by autovacuum: creates on
+        a new database were ~25% slower until then (bench/RESULTS.md, finding 38). Ends
+        when none is left unanalysed, or after `FIRST_STATISTICS_FOR` seconds."""
         from watcher.storage.postgres import analyze_new_tables
 
         loop = asyncio.get_running_loop()
