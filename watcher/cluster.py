@@ -33,7 +33,8 @@ def lock_key(network: str) -> int:
     return int.from_bytes(digest.digest(), "big", signed=True)
 
 
-def _held(db: Db, network: str) -> bool:
+def holds(db: Db, network: str) -> bool:
+    """This session holds `network`'s lock (a read of `pg_locks`, nothing written)."""
     key = lock_key(network) & 0xFFFFFFFFFFFFFFFF
     row = db.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
@@ -47,7 +48,7 @@ def _held(db: Db, network: str) -> bool:
 def try_lead(db: Db, network: str, instance: str, now: int) -> bool:
     """Take `network`'s leadership if nobody holds it (or this session already does);
     True when this session leads. Recorded in `leaders` when it does."""
-    if not _held(db, network):
+    if not holds(db, network):
         row = db.execute("SELECT pg_try_advisory_lock(?)", [lock_key(network)]).fetchone()
         if not row or not row[0]:
             return False
@@ -64,7 +65,7 @@ def try_lead(db: Db, network: str, instance: str, now: int) -> bool:
 
 def still_leads(db: Db, network: str, instance: str, now: int) -> bool:
     """This session still holds `network`'s lock; its `leaders` row is refreshed if so."""
-    if not _held(db, network):
+    if not holds(db, network):
         return False
     db.execute("UPDATE leaders SET seen_at = ? WHERE network = ? AND instance = ?",
                [now, network, instance])
@@ -73,13 +74,13 @@ def still_leads(db: Db, network: str, instance: str, now: int) -> bool:
 
 def resign(db: Db, network: str) -> None:
     """Let go of `network`'s lock (a clean stop: a standby need not wait)."""
-    if _held(db, network):
+    if holds(db, network):
         db.execute("SELECT pg_advisory_unlock(?)", [lock_key(network)])
 
 
 def fence(db: Db, network: str) -> None:
     """Inside a range commit's transaction: `NotLeader` unless this session leads."""
-    if not _held(db, network):
+    if not holds(db, network):
         raise NotLeader(f"{network}: this instance no longer leads it; nothing committed")
 
 

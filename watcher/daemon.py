@@ -67,6 +67,10 @@ HOUSEKEEPING_INTERVAL = 10.0
 #: statistics (`_first_statistics`)
 FIRST_STATISTICS_FOR = 600.0
 FIRST_STATISTICS_EVERY = 1.0
+#: PostgreSQL: how often a leader checks that its session still holds the lock (a read of
+#: pg_locks). One that lost it (its session dropped, a new one won nothing) stops following
+#: and stops saying it leads within this, not at its next `failover_after / 3` refresh.
+LEAD_CHECK = 1.0
 #: A follower whose loop has not come round for this long is wedged (an RPC outage still
 #: comes round: each call gives up after its retries): the watchdog stops pinging.
 STALL_LIMIT = 300.0
@@ -545,14 +549,21 @@ class Daemon:
         self.followers[name] = follower
         self.metrics.leader.labels(network=name).set(1)
         task = asyncio.create_task(follower.run(), name=f"follow-{name}")
+        loop = asyncio.get_running_loop()
+        refreshed = loop.time()
         try:
             while not task.done():
-                await asyncio.wait({task}, timeout=every)
+                await asyncio.wait({task}, timeout=min(every, LEAD_CHECK))
                 if task.done():
                     break
                 try:
-                    if not await self.store.run(cluster.still_leads, name, self.instance,
-                                                timeutil.now()):
+                    if loop.time() - refreshed >= every:  # still leads; the row refreshed
+                        refreshed = loop.time()
+                        leads = await self.store.run(cluster.still_leads, name,
+                                                     self.instance, timeutil.now())
+                    else:
+                        leads = await self.store.run(cluster.holds, name)
+                    if not leads:
                         break
                 except StoreError:
                     self.database_ok = False

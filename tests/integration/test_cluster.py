@@ -241,3 +241,27 @@ async def test_a_leader_cut_off_from_postgres_while_alive_hands_over_and_loses_n
         events = {r[0] for r in conn.execute("SELECT id FROM events")}
         assert conn.execute("SELECT COUNT(*) FROM transfers").fetchone()[0] == 6
     await rx.wait_for(lambda r: events <= r.delivery_ids(200), timeout=60)
+
+
+async def test_a_leader_that_lost_its_session_stops_saying_it_leads_at_once(
+    daemons: Daemons, chain: DevChain, pg_databases: PgDatabases
+) -> None:
+    """With `failover_after` 30 s a leader refreshes its row every 10 s; that its session
+    still holds the lock it checks every second (`LEAD_CHECK`). Its session dropped right
+    after it won, it stops following and saying it leads within a few seconds, not at the
+    next refresh."""
+    url = pg_databases.new()
+    d = await daemons.start(
+        database_url=f"{url}?application_name=pw-solo",
+        extra={"cluster": {"failover_after": "30s", "instance_name": "solo"}})
+    await poll(lambda: leading(d), 20, interval=0.05, what="leading")
+    with psycopg.connect(pg_databases.server.url, autocommit=True) as admin:
+        dropped = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'pw-solo'").fetchall()
+    assert len(dropped) >= 2
+
+    async def deposed() -> bool:
+        return await leading(d) is False
+    await poll(deposed, 4, interval=0.1, what="the leader saying it no longer leads")
+    assert "this instance (solo) no longer leads it" in d.log_text()
