@@ -1,7 +1,9 @@
 """The checkout page in a real headless Chromium (Debian's `chromium`, driven by Playwright)
 against the real daemon following a real anvil: live status without reload, the redirect,
 PARTIAL asking for the rest, expiry, the polling fallback, copy buttons, the QR code read
-back from the rendered page, no request leaving 127.0.0.1 and no console error.
+back from the rendered page, no request leaving 127.0.0.1 and no console error. The paid-live
+test runs on PostgreSQL too (the page's reads, its socket and the redirect through the
+other store).
 
 Screenshots (360 px and 1280 px wide) are saved under each test's tmp dir, and also under
 `$PW_SCREENSHOTS` when it is set (to look at them)."""
@@ -26,6 +28,7 @@ from PIL import Image
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from tests.integration.conftest import serving
+from tests.integration.daemonproc import poll
 from watcher.config import Settings
 from watcher.daemon import Daemon
 from watcher.devchain import DevChain
@@ -84,6 +87,7 @@ class Env:
     api: aiohttp.ClientSession
     shots: Path
     saved: list[Path] = field(default_factory=list)
+    engine: str = "sqlite"
 
     async def create(self, **body: Any) -> dict[str, Any]:
         body.setdefault("network", "anvil")
@@ -96,7 +100,8 @@ class Env:
 
     async def shot(self, page: Page, name: str) -> None:
         width = page.viewport_size["width"] if page.viewport_size else 0
-        path = self.shots / f"{name}-{width}.png"
+        engine = "" if self.engine == "sqlite" else f"-{self.engine}"
+        path = self.shots / f"{name}-{width}{engine}.png"
         await page.screenshot(path=str(path), full_page=True)
         self.saved.append(path)
         extra = os.environ.get("PW_SCREENSHOTS")
@@ -106,9 +111,17 @@ class Env:
 
 
 @pytest.fixture
-async def env(tmp_path: Path, chain: DevChain, token: str, rpc_url: str) -> AsyncIterator[Env]:
+async def env(
+    request: pytest.FixtureRequest, tmp_path: Path, chain: DevChain, token: str, rpc_url: str
+) -> AsyncIterator[Env]:
+    """A daemon with the checkout on; on SQLite, or on PostgreSQL where a test asks for it
+    (`parametrize("env", ["postgres"], indirect=True)`)."""
+    engine = getattr(request, "param", "sqlite")
+    database: Path | str = tmp_path / "watcher.db"
+    if engine == "postgres":
+        database = request.getfixturevalue("pg_databases").new()
     settings = Settings(
-        database=tmp_path / "watcher.db",
+        database=database,
         api={"listen": "127.0.0.1:0", "api_keys": [KEY]},
         checkout={"enabled": True, "listen": "127.0.0.1:0", "redirect_delay": 3},
         networks={
@@ -124,11 +137,13 @@ async def env(tmp_path: Path, chain: DevChain, token: str, rpc_url: str) -> Asyn
     )
     daemon = Daemon(settings)
     await daemon.start()
+    if engine == "postgres":  # creates open once this instance leads and read a block
+        await poll(lambda: _started(daemon), 20, interval=0.05, what="leading anvil")
     api = aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"})
     shots = tmp_path / "screenshots"
     shots.mkdir()
     try:
-        yield Env(daemon, chain, token, api, shots)
+        yield Env(daemon, chain, token, api, shots, engine=engine)
     finally:
         await api.close()
         await daemon.stop()
@@ -183,9 +198,15 @@ async def status_is(page: Page, status: str, texts: dict[str, str] = EN) -> None
     await expect(page.locator("#pw-status")).to_have_text(texts[f"status_{status}"], timeout=WAIT)
 
 
+async def _started(daemon: Daemon) -> bool:
+    follower = daemon.followers.get("anvil")
+    return follower is not None and follower.scanned is not None
+
+
 # ---------------------------------------------------------------- tests
 
 
+@pytest.mark.parametrize("env", ["sqlite", "postgres"], indirect=True)
 async def test_paid_live_without_reload_then_redirected(
     env: Env, browser: Browser, shop: str
 ) -> None:
