@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import psycopg
@@ -47,6 +48,25 @@ async def leading(d: DaemonProc) -> bool | None:
     return bool(body["data"][0]["isLeader"])
 
 
+async def leader_of(daemons: Iterable[DaemonProc]) -> DaemonProc:
+    """The one of `daemons` that says it leads (waited for)."""
+    async def find() -> DaemonProc | None:
+        for d in daemons:
+            if await leading(d):
+                return d
+        return None
+    found: DaemonProc = await poll(find, 20, interval=0.1, what="a leader")
+    return found
+
+
+def drop_sessions(admin: psycopg.Connection[Any], application_name: str) -> int:
+    """Terminate every server session of that application name (as the server does to a
+    client it lost); how many there were."""
+    return len(admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+        [application_name]).fetchall())
+
+
 async def test_kill_9_of_the_leader_during_a_payment_storm(
     daemons: Daemons, chain: DevChain, token: str, payer: str, pg_databases: PgDatabases
 ) -> None:
@@ -66,18 +86,9 @@ async def test_kill_9_of_the_leader_during_a_payment_storm(
                 both_led.append(time.monotonic())
             await asyncio.sleep(0.1)
 
-    async def leader() -> DaemonProc:
-        async def find() -> DaemonProc | None:
-            for d in pair:
-                if await leading(d):
-                    return d
-            return None
-        found: DaemonProc = await poll(find, 20, interval=0.1, what="a leader")
-        return found
-
     watcher = asyncio.create_task(watch())
     try:
-        first = await leader()
+        first = await leader_of(pair)
         invoices: list[tuple[str, str, int]] = []  # (id, address, base units)
         for i in range(24):
             address = chain.new_account()
@@ -88,14 +99,14 @@ async def test_kill_9_of_the_leader_during_a_payment_storm(
         for round_ in range(4):
             for _, address, units in invoices[round_ * 6:(round_ + 1) * 6]:
                 chain.send_token(token, payer, address, units)
-            doomed = await leader()
+            doomed = await leader_of(pair)
             doomed.kill()
             kills += 1
             await asyncio.sleep(0.5)
             await doomed.start()
         assert kills == 4
         chain.mine(3)
-        survivor = await leader()
+        survivor = await leader_of(pair)
         for inv_id, _, units in invoices:
             inv = await survivor.wait_status(inv_id, "COMPLETED", timeout=60)
             assert inv["amountPaid"] == format_amount(units, 6)
@@ -188,14 +199,9 @@ async def test_a_leader_cut_off_from_postgres_while_alive_hands_over_and_loses_n
     pair = {name: await daemons.start(
         callback_url=rx.url, **cluster_config(name, f"{url}?application_name=pw-{name}"))
         for name in ("a", "b")}
-
-    async def the_leader() -> str | None:
-        for name, d in pair.items():
-            if await leading(d):
-                return name
-        return None
-    cut_name = await poll(the_leader, 20, interval=0.1, what="a leader")
-    cut, other = pair[cut_name], pair["b" if cut_name == "a" else "a"]
+    cut = await leader_of(pair.values())
+    cut_name = "a" if cut is pair["a"] else "b"
+    other = pair["b" if cut_name == "a" else "a"]
     invoices: list[tuple[str, str, int]] = []
     for i in range(6):
         address = chain.new_account()
@@ -204,15 +210,11 @@ async def test_a_leader_cut_off_from_postgres_while_alive_hands_over_and_loses_n
                          address, units))
     refused: list[int] = []
     with psycopg.connect(pg_databases.server.url, autocommit=True) as admin:
-        def drop_sessions() -> int:
-            return len(admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = %s", [f"pw-{cut_name}"]).fetchall())
-        assert drop_sessions() >= 2  # its writer, reader and listener
+        assert drop_sessions(admin, f"pw-{cut_name}") >= 2  # writer, reader, listener
         until = time.monotonic() + 6
         paid = False
         while time.monotonic() < until:
-            drop_sessions()
+            drop_sessions(admin, f"pw-{cut_name}")
             if not paid:  # paid while the leader is cut off
                 for _, address, units in invoices[:3]:
                     chain.send_token(token, payer, address, units)
@@ -256,10 +258,7 @@ async def test_a_leader_that_lost_its_session_stops_saying_it_leads_at_once(
         extra={"cluster": {"failover_after": "30s", "instance_name": "solo"}})
     await poll(lambda: leading(d), 20, interval=0.05, what="leading")
     with psycopg.connect(pg_databases.server.url, autocommit=True) as admin:
-        dropped = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'pw-solo'").fetchall()
-    assert len(dropped) >= 2
+        assert drop_sessions(admin, "pw-solo") >= 2
 
     async def deposed() -> bool:
         return await leading(d) is False
